@@ -1,0 +1,163 @@
+// The four roles a diffusion posterior sampler is assembled from, as C++20 concepts.
+//
+//   ForwardOperator  y = A(x)            the measurement physics (LinearOperator refines it)
+//   NoiseModel       y ~ p(y | A(x))     how the measurement was corrupted, and the data-fidelity term
+//   ScoreModel       eps(x_t, t)         the pretrained diffusion prior
+//   Sampler          x_t -> x_{t-1}      one reverse step of the diffusion process
+//
+// Each concept is split into small named requirements so that a type which misses one gets an error that
+// names the missing piece. Conventions shared by all of them: tensors are NCHW, images live in [-1, 1],
+// device and dtype are taken from the inputs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <concepts>
+#include <cstdint>
+#include <vector>
+
+namespace diffpost {
+
+/// Shape of a tensor as an owning vector; what `measurement_shape` returns.
+using Shape = std::vector<int64_t>;
+
+/// Result of one reverse diffusion step: the next iterate and the denoised estimate it was built from.
+struct SamplerStep {
+  torch::Tensor x_prev;  ///< x_{t-1}
+  torch::Tensor x0_hat;  ///< Tweedie estimate of x_0 from x_t (clipped when the sampler clips)
+};
+
+class DiffusionSchedule;
+
+// ---------------------------------------------------------------------------------------------------------------
+// ForwardOperator
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Requirement 1 of ForwardOperator: `op.forward(x)` maps an image batch [B, C, H, W] to a measurement batch,
+/// built from differentiable LibTorch operations so that autograd can take d/dx through it.
+template <class Op>
+concept HasForward = requires(const Op& op, const torch::Tensor& x) {
+  { op.forward(x) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement 2 of ForwardOperator: `op.measurement_shape(image_shape)` tells the measurement shape produced
+/// for an image batch of the given shape, without running the operator.
+template <class Op>
+concept HasMeasurementShape = requires(const Op& op, const Shape& image_shape) {
+  { op.measurement_shape(image_shape) } -> std::convertible_to<Shape>;
+};
+
+/// A measurement operator A. Requirements:
+///   1. `op.forward(x) -> torch::Tensor`, differentiable in x (HasForward);
+///   2. `op.measurement_shape(image_shape) -> Shape` (HasMeasurementShape).
+/// Not required: linearity, an adjoint, copyability beyond what the method storing it needs.
+/// Refined by LinearOperator.
+template <class Op>
+concept ForwardOperator = HasForward<Op> && HasMeasurementShape<Op>;
+
+/// Requirement of LinearOperator: `op.adjoint(y)` applies A^T to a measurement batch, returning an image batch.
+template <class Op>
+concept HasAdjoint = requires(const Op& op, const torch::Tensor& y) {
+  { op.adjoint(y) } -> std::same_as<torch::Tensor>;
+};
+
+/// A linear measurement operator: a ForwardOperator with an exact adjoint, <A x, y> = <x, A^T y>.
+/// Projection methods (MCG, Score-SDE) need it. Refined by PseudoInvertibleOperator.
+template <class Op>
+concept LinearOperator = ForwardOperator<Op> && HasAdjoint<Op>;
+
+/// Requirement of PseudoInvertibleOperator: `op.pseudo_inverse(y)` applies A^+, with A A^+ A = A.
+template <class Op>
+concept HasPseudoInverse = requires(const Op& op, const torch::Tensor& y) {
+  { op.pseudo_inverse(y) } -> std::same_as<torch::Tensor>;
+};
+
+/// A linear operator whose Moore-Penrose pseudo-inverse is cheap (masks, colorization).
+template <class Op>
+concept PseudoInvertibleOperator = LinearOperator<Op> && HasPseudoInverse<Op>;
+
+/// `op.naive_inverse(y)`: the image a user would get without a prior (zero-filled inpainting, bicubic upsampling,
+/// the blurred image itself). Baselines and SDEdit start from it.
+template <class Op>
+concept HasNaiveInverse = requires(const Op& op, const torch::Tensor& y) {
+  { op.naive_inverse(y) } -> std::same_as<torch::Tensor>;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// NoiseModel
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Requirement 1 of NoiseModel: `noise.sample(clean, generator)` draws a noisy measurement from the clean one
+/// A(x), using only the given generator so that runs are reproducible.
+template <class N>
+concept HasNoiseSample = requires(const N& noise, const torch::Tensor& clean, at::Generator& generator) {
+  { noise.sample(clean, generator) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement 2 of NoiseModel: `noise.data_fidelity(y, predicted)` returns one non-negative residual per batch
+/// element, shape [B], differentiable in `predicted` = A(x0_hat). DPS descends its gradient (DPS eq. 16).
+template <class N>
+concept HasDataFidelity = requires(const N& noise, const torch::Tensor& y, const torch::Tensor& predicted) {
+  { noise.data_fidelity(y, predicted) } -> std::same_as<torch::Tensor>;
+};
+
+/// A measurement noise model p(y | A(x)). Requirements:
+///   1. `noise.sample(clean, generator) -> torch::Tensor` (HasNoiseSample);
+///   2. `noise.data_fidelity(y, predicted) -> torch::Tensor` of shape [B] (HasDataFidelity).
+/// Not required: a closed-form likelihood or a noise level; the residual is what the sampler differentiates.
+template <class N>
+concept NoiseModel = HasNoiseSample<N> && HasDataFidelity<N>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// ScoreModel
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Requirement 1 of ScoreModel: `model(x_t, t)` returns the raw network output for x_t [B, C, H, W] and the
+/// original (un-respaced) integer timesteps t [B] (int64): eps in the first C channels, followed by C
+/// learned-variance channels when the model learns its variance.
+template <class M>
+concept HasNoisePrediction = requires(M& model, const torch::Tensor& x_t, const torch::Tensor& t) {
+  { model(x_t, t) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement 2 of ScoreModel: `model.learns_variance()` says whether the output carries the 2C-channel
+/// `learned_range` variance (improved DDPM) or eps only.
+template <class M>
+concept HasVarianceKind = requires(const M& model) {
+  { model.learns_variance() } -> std::convertible_to<bool>;
+};
+
+/// An eps-prediction diffusion model, the prior. Requirements:
+///   1. `model(x_t, t) -> torch::Tensor` (HasNoisePrediction);
+///   2. `model.learns_variance() -> bool` (HasVarianceKind).
+/// Not required: being a torch::nn::Module (analytic priors such as GaussianPrior are plain classes), or
+/// knowing the noise schedule (the sampler owns it).
+template <class M>
+concept ScoreModel = HasNoisePrediction<M> && HasVarianceKind<M>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sampler
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Requirement 1 of Sampler: `sampler.schedule()` gives the (possibly respaced) schedule it steps along.
+template <class S>
+concept HasSchedule = requires(const S& sampler) {
+  { sampler.schedule() } -> std::same_as<const DiffusionSchedule&>;
+};
+
+/// Requirement 2 of Sampler: `sampler.step(model_output, x_t, index, noise)` performs reverse step `index`
+/// (0 is the last) given the raw model output at x_t and an explicit standard-normal tensor shaped like x_t.
+template <class S>
+concept HasReverseStep = requires(const S& sampler, const torch::Tensor& model_output, const torch::Tensor& x_t,
+                                  int64_t index, const torch::Tensor& noise) {
+  { sampler.step(model_output, x_t, index, noise) } -> std::same_as<SamplerStep>;
+};
+
+/// One reverse step of a diffusion process. Requirements:
+///   1. `sampler.schedule() -> const DiffusionSchedule&` (HasSchedule);
+///   2. `sampler.step(model_output, x_t, index, noise) -> SamplerStep` (HasReverseStep).
+/// Not required: drawing its own noise (the caller passes it, so steps can be compared number for number).
+template <class S>
+concept Sampler = HasSchedule<S> && HasReverseStep<S>;
+
+}  // namespace diffpost

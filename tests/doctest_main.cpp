@@ -1,0 +1,12 @@
+// Shared doctest entry point: fixes LibTorch's thread count (it defaults to one here) before any test runs.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <thread>
+
+int main(int argc, char** argv) {
+  torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  doctest::Context context(argc, argv);
+  return context.run();
+}
