@@ -1,0 +1,659 @@
+// The ADM UNet of Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis" (2021), as published in
+// openai/guided-diffusion and used by DPS (Chung et al. 2023) for its FFHQ and ImageNet priors.
+//
+// The module tree is built so that `named_parameters()` equals the reference `state_dict()` key for key and
+// shape for shape (`time_embed.0.weight`, `input_blocks.3.0.in_layers.2.weight`, `out.2.bias`, ...):
+// published checkpoints load without any renaming. The numerics follow the reference: GroupNorm with 32
+// groups computed in float32, SiLU, FiLM-style scale-shift conditioning, multi-head self-attention with q and
+// k each scaled by ch^-1/4 and the softmax in float32, and a sinusoidal timestep embedding with the cosines
+// first. Gradient checkpointing is deliberately absent: the reference recomputes every attention block in the
+// backward pass, which costs time and changes no number.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/ostream.h>
+
+namespace diffpost {
+
+/// Hyper-parameters of an ADM UNet, named after the arguments of the reference `create_model`
+/// (guided-diffusion `script_util.py`), with its defaults. `image_size`, `num_channels` and `num_res_blocks`
+/// have no default there and are constructor arguments here. Differences from the reference: `in_channels` is
+/// configurable (the reference hard-codes 3 colour channels), `attention_resolutions` is a list of
+/// feature-map sizes (the reference's comma string), `num_classes` replaces `class_cond` (0 means
+/// unconditional, the reference's class-conditional models use 1000), and there is no
+/// `use_checkpoint`/`use_fp16` (gradient checkpointing is not implemented; the model computes in the dtype of
+/// its parameters). Use the presets `ffhq256()` and `imagenet256_uncond()` for the published DPS priors;
+/// `validate()` checks the combination.
+struct AdmUNetOptions {
+  /// Options for a UNet on `image_size` x `image_size` images with `num_channels` base channels and
+  /// `num_res_blocks` residual blocks per resolution level.
+  AdmUNetOptions(int64_t image_size, int64_t num_channels, int64_t num_res_blocks)
+      : image_size_(image_size), num_channels_(num_channels), num_res_blocks_(num_res_blocks) {}
+
+  /// Side length of the (square) training images; the input H and W must be divisible by 2^(levels-1).
+  TORCH_ARG(int64_t, image_size);
+  /// Image channels of x_t (the reference hard-codes 3).
+  TORCH_ARG(int64_t, in_channels) = 3;
+  /// Base channel count (`model_channels` in UNetModel); the timestep embedding has 4x this width.
+  TORCH_ARG(int64_t, num_channels);
+  /// Residual blocks per resolution level on the way down (one more on the way up).
+  TORCH_ARG(int64_t, num_res_blocks);
+  /// Channel multiplier per resolution level; empty selects the reference default for `image_size`
+  /// (256: 1,1,2,2,4,4; 128: 1,1,2,3,4; 64: 1,2,3,4).
+  TORCH_ARG(std::vector<int64_t>, channel_mult) = {};
+  /// Feature-map sizes at which self-attention follows each residual block, e.g. {32, 16, 8}; the reference
+  /// converts them to downsample rates image_size / resolution.
+  TORCH_ARG(std::vector<int64_t>, attention_resolutions) = {16};
+  /// Attention heads when `num_head_channels` is -1.
+  TORCH_ARG(int64_t, num_heads) = 1;
+  /// Channels per attention head; when not -1 it overrides `num_heads` (heads = channels /
+  /// num_head_channels).
+  TORCH_ARG(int64_t, num_head_channels) = -1;
+  /// Attention heads in the upsampling path when `num_head_channels` is -1; -1 means `num_heads`.
+  TORCH_ARG(int64_t, num_heads_upsample) = -1;
+  /// FiLM conditioning `GN(h) * (1 + scale) + shift` instead of adding the embedding before the norm.
+  TORCH_ARG(bool, use_scale_shift_norm) = false;
+  /// Residual blocks with built-in average-pool / nearest-upsample instead of strided / plain convolutions.
+  TORCH_ARG(bool, resblock_updown) = false;
+  /// Output 2 * in_channels channels: eps, then the `learned_range` variance interpolation v.
+  TORCH_ARG(bool, learn_sigma) = false;
+  /// Dropout rate inside the residual blocks (active in training mode only).
+  TORCH_ARG(double, dropout) = 0.0;
+  /// Split q, k, v before the heads (QKVAttention) instead of the legacy heads-first order.
+  TORCH_ARG(bool, use_new_attention_order) = false;
+  /// Number of classes of a class-conditional model (the reference's class_cond uses 1000); 0 =
+  /// unconditional.
+  TORCH_ARG(int64_t, num_classes) = 0;
+
+ public:
+  /// The DPS FFHQ 256x256 prior (`ffhq_10m.pt`, 93.56 M parameters; DPS configs/model_config.yaml).
+  static AdmUNetOptions ffhq256() {
+    return AdmUNetOptions(256, 128, 1)
+        .attention_resolutions({16})
+        .num_heads(4)
+        .num_head_channels(64)
+        .learn_sigma(true)
+        .use_scale_shift_norm(true)
+        .resblock_updown(true);
+  }
+
+  /// The guided-diffusion ImageNet 256x256 unconditional prior (`256x256_diffusion_uncond.pt`, 552.8 M
+  /// parameters).
+  static AdmUNetOptions imagenet256_uncond() {
+    return AdmUNetOptions(256, 256, 2)
+        .attention_resolutions({32, 16, 8})
+        .num_heads(4)
+        .num_head_channels(64)
+        .learn_sigma(true)
+        .use_scale_shift_norm(true)
+        .resblock_updown(true);
+  }
+
+  /// Channels of the raw output: in_channels, or twice that when the model learns its variance.
+  int64_t out_channels() const { return learn_sigma_ ? 2 * in_channels_ : in_channels_; }
+
+  /// `channel_mult`, or the reference default for `image_size` when it is empty.
+  std::vector<int64_t> resolved_channel_mult() const {
+    if (!channel_mult_.empty()) return channel_mult_;
+    switch (image_size_) {
+      case 256:
+        return {1, 1, 2, 2, 4, 4};
+      case 128:
+        return {1, 1, 2, 3, 4};
+      case 64:
+        return {1, 2, 3, 4};
+      default:
+        break;
+    }
+    TORCH_CHECK(image_size_ != 512,
+                "AdmUNetOptions: the reference default channel_mult for image_size 512 is "
+                "(0.5,1,1,2,2,4,4), whose half multiplier is not supported; set channel_mult "
+                "explicitly");
+    TORCH_CHECK(
+        false, "AdmUNetOptions: no default channel_mult for image_size ", image_size_,
+        " (defaults exist for 64, 128 and 256); set channel_mult explicitly, e.g. .channel_mult({1, 2, 2})");
+  }
+
+  /// Attention downsample rates image_size / resolution, as the reference `create_model` computes them.
+  std::vector<int64_t> attention_downsample_rates() const {
+    std::vector<int64_t> rates;
+    for (int64_t resolution : attention_resolutions_) {
+      TORCH_CHECK(resolution > 0 && image_size_ % resolution == 0, "AdmUNetOptions: attention resolution ",
+                  resolution, " does not divide image_size ", image_size_,
+                  "; give feature-map sizes such as 16 for attention at 16x16");
+      rates.push_back(image_size_ / resolution);
+    }
+    return rates;
+  }
+
+  /// Attention heads of a block with `channels` channels; `upsample` selects `num_heads_upsample`.
+  int64_t heads_for(int64_t channels, bool upsample) const {
+    if (num_head_channels_ != -1) return channels / num_head_channels_;
+    return (upsample && num_heads_upsample_ != -1) ? num_heads_upsample_ : num_heads_;
+  }
+
+  /// Throws c10::Error naming the first inconsistent option: sizes that do not halve down to the last level,
+  /// widths not divisible into 32 normalisation groups, attention widths not divisible into heads, attention
+  /// at a resolution the UNet never reaches.
+  void validate() const {
+    TORCH_CHECK(image_size_ > 0, "AdmUNetOptions: image_size must be positive, got ", image_size_);
+    TORCH_CHECK(in_channels_ > 0, "AdmUNetOptions: in_channels must be positive, got ", in_channels_);
+    TORCH_CHECK(num_channels_ > 0, "AdmUNetOptions: num_channels must be positive, got ", num_channels_);
+    TORCH_CHECK(num_res_blocks_ > 0, "AdmUNetOptions: num_res_blocks must be positive, got ",
+                num_res_blocks_);
+    TORCH_CHECK(dropout_ >= 0.0 && dropout_ < 1.0, "AdmUNetOptions: dropout must be in [0, 1), got ",
+                dropout_);
+    TORCH_CHECK(num_classes_ >= 0, "AdmUNetOptions: num_classes must be >= 0 (0 = unconditional), got ",
+                num_classes_);
+    const auto mult = resolved_channel_mult();
+    const auto levels = static_cast<int64_t>(mult.size());
+    const int64_t coarsest_factor = int64_t{1} << (levels - 1);
+    TORCH_CHECK(image_size_ % coarsest_factor == 0, "AdmUNetOptions: image_size ", image_size_,
+                " is not divisible by 2^(levels-1) = ", coarsest_factor, " for ", levels,
+                " channel_mult levels; use fewer levels or a multiple of ", coarsest_factor);
+    for (int64_t m : mult) {
+      TORCH_CHECK(m > 0, "AdmUNetOptions: channel_mult entries must be positive, got ", m);
+      TORCH_CHECK((m * num_channels_) % 32 == 0, "AdmUNetOptions: level width ", m, " * num_channels ",
+                  num_channels_, " = ", m * num_channels_,
+                  " is not divisible by the 32 GroupNorm groups; use num_channels a multiple of 32");
+    }
+    TORCH_CHECK(num_head_channels_ == -1 || num_head_channels_ > 0,
+                "AdmUNetOptions: num_head_channels must be -1 (use num_heads) or positive, got ",
+                num_head_channels_);
+    TORCH_CHECK(num_head_channels_ != -1 || num_heads_ > 0,
+                "AdmUNetOptions: num_heads must be positive when num_head_channels is -1, got ", num_heads_);
+    TORCH_CHECK(num_heads_upsample_ == -1 || num_heads_upsample_ > 0,
+                "AdmUNetOptions: num_heads_upsample must be -1 (same as num_heads) or positive, got ",
+                num_heads_upsample_);
+    auto check_heads = [&](int64_t channels, bool upsample) {
+      if (num_head_channels_ != -1) {
+        TORCH_CHECK(channels % num_head_channels_ == 0, "AdmUNetOptions: attention width ", channels,
+                    " is not divisible by num_head_channels ", num_head_channels_);
+      } else {
+        const int64_t heads = heads_for(channels, upsample);
+        TORCH_CHECK(channels % heads == 0, "AdmUNetOptions: attention width ", channels,
+                    " is not divisible by ", heads, upsample ? " num_heads_upsample" : " num_heads");
+      }
+    };
+    const auto rates = attention_downsample_rates();
+    for (size_t r = 0; r < rates.size(); ++r) {
+      bool reached = false;
+      for (int64_t level = 0; level < levels; ++level) {
+        if ((int64_t{1} << level) != rates[r]) continue;
+        reached = true;
+        check_heads(mult[level] * num_channels_, false);
+        check_heads(mult[level] * num_channels_, true);
+      }
+      TORCH_CHECK(reached, "AdmUNetOptions: attention resolution ", attention_resolutions_[r],
+                  " is never reached: the feature maps are ", image_size_, " down to ",
+                  image_size_ / coarsest_factor, " in ", levels, " halvings");
+    }
+    check_heads(mult.back() * num_channels_, false);  // the middle block always has attention
+  }
+};
+
+/// Prints the options as `AdmUNetOptions(image_size=256, in_channels=3, ...)`, one field per reference
+/// argument, for logs and error messages.
+inline std::ostream& operator<<(std::ostream& os, const AdmUNetOptions& o) {
+  auto list = [](const std::vector<int64_t>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+    return "\"" + s + "\"";
+  };
+  return os << "AdmUNetOptions(image_size=" << o.image_size() << ", in_channels=" << o.in_channels()
+            << ", out_channels=" << o.out_channels() << ", num_channels=" << o.num_channels()
+            << ", num_res_blocks=" << o.num_res_blocks() << ", channel_mult=" << list(o.channel_mult())
+            << ", attention_resolutions=" << list(o.attention_resolutions())
+            << ", num_heads=" << o.num_heads() << ", num_head_channels=" << o.num_head_channels()
+            << ", num_heads_upsample=" << o.num_heads_upsample()
+            << ", use_scale_shift_norm=" << std::boolalpha << o.use_scale_shift_norm()
+            << ", resblock_updown=" << o.resblock_updown() << ", learn_sigma=" << o.learn_sigma()
+            << ", dropout=" << o.dropout() << ", use_new_attention_order=" << o.use_new_attention_order()
+            << ", num_classes=" << o.num_classes() << ")" << std::noboolalpha;
+}
+
+/// Building blocks of the ADM UNet, exposed for tests and for models that reuse them. Each registers its
+/// submodules under the reference names.
+namespace adm {
+
+/// Sinusoidal timestep embedding [B, dim] of integer (or fractional) timesteps [B]: cos(t f_i) then sin(t
+/// f_i), with f_i = exp(-ln(10000) i / half), i < half = dim / 2, computed in float32 (guided-diffusion
+/// nn.py; the transformer position encoding of Vaswani et al. 2017 sec. 3.5 with the halves swapped). Odd dim
+/// gets a zero column.
+inline torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim,
+                                        double max_period = 10000.0) {
+  TORCH_CHECK(timesteps.dim() == 1, "timestep_embedding: timesteps must be 1-D [B], got shape ",
+              timesteps.sizes());
+  const int64_t half = dim / 2;
+  // Same operation order as the reference so that float32 rounding matches.
+  auto freqs = torch::exp(-std::log(max_period) *
+                          torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat32)) / half)
+                   .to(timesteps.device());
+  auto args = timesteps.unsqueeze(1).to(torch::kFloat32) * freqs.unsqueeze(0);
+  auto embedding = torch::cat({torch::cos(args), torch::sin(args)}, -1);
+  if (dim % 2) embedding = torch::cat({embedding, torch::zeros_like(embedding.narrow(1, 0, 1))}, -1);
+  return embedding;
+}
+
+/// GroupNorm with 32 groups and eps 1e-5 that normalises in float32 whatever the input dtype, and returns the
+/// input dtype (guided-diffusion `GroupNorm32`). Parameters `weight` and `bias`, one per channel.
+class GroupNorm32Impl : public torch::nn::Module {
+ public:
+  explicit GroupNorm32Impl(int64_t channels) : channels_(channels) {
+    weight = register_parameter("weight", torch::ones({channels}));
+    bias = register_parameter("bias", torch::zeros({channels}));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return torch::group_norm(x.to(torch::kFloat32), 32, weight.to(torch::kFloat32), bias.to(torch::kFloat32),
+                             1e-5)
+        .to(x.scalar_type());
+  }
+  void pretty_print(std::ostream& os) const override {
+    os << "diffpost::adm::GroupNorm32(" << channels_ << ")";
+  }
+
+  torch::Tensor weight;
+  torch::Tensor bias;
+
+ private:
+  int64_t channels_;
+};
+TORCH_MODULE(GroupNorm32);
+
+/// How a residual block changes the resolution.
+enum class Resample { none, down, up };
+
+/// Residual block with timestep conditioning (guided-diffusion `ResBlock`): `in_layers` (GroupNorm, SiLU, 3x3
+/// conv), `emb_layers` (SiLU, Linear to out or 2*out channels), `out_layers` (GroupNorm, SiLU, Dropout, 3x3
+/// conv, zero-initialised), and a 1x1 `skip_connection` when the width changes. With `resample` the block
+/// average-pools or nearest-upsamples both paths by 2 between the first norm and the first conv.
+class ResBlockImpl : public torch::nn::Module {
+ public:
+  ResBlockImpl(int64_t channels, int64_t emb_channels, double dropout, int64_t out_channels,
+               bool use_scale_shift_norm, Resample resample = Resample::none)
+      : use_scale_shift_norm_(use_scale_shift_norm), resample_(resample) {
+    namespace nn = torch::nn;
+    in_norm_ = GroupNorm32(channels);
+    in_conv_ = nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1));
+    register_module("in_layers", nn::Sequential(in_norm_, nn::SiLU(), in_conv_));
+    emb_linear_ = nn::Linear(emb_channels, use_scale_shift_norm ? 2 * out_channels : out_channels);
+    register_module("emb_layers", nn::Sequential(nn::SiLU(), emb_linear_));
+    out_norm_ = GroupNorm32(out_channels);
+    dropout_ = nn::Dropout(dropout);
+    out_conv_ = nn::Conv2d(nn::Conv2dOptions(out_channels, out_channels, 3).padding(1));
+    {
+      torch::NoGradGuard no_grad;  // zero_module in the reference: each block starts as the identity
+      out_conv_->weight.zero_();
+      out_conv_->bias.zero_();
+    }
+    register_module("out_layers", nn::Sequential(out_norm_, nn::SiLU(), dropout_, out_conv_));
+    if (out_channels == channels) {
+      register_module("skip_connection", nn::Identity());
+    } else {
+      skip_conv_ =
+          register_module("skip_connection", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 1)));
+    }
+  }
+
+  /// h = skip(x) + out_layers(FiLM(in_layers(x), emb)) for x [B, C, H, W] and emb [B, emb_channels].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& emb) {
+    auto h = torch::silu(in_norm_(x));
+    auto skip = x;
+    if (resample_ != Resample::none) {
+      h = resampled(h);
+      skip = resampled(x);
+    }
+    h = in_conv_(h);
+    auto emb_out = emb_linear_(torch::silu(emb)).to(h.scalar_type()).unsqueeze(-1).unsqueeze(-1);
+    if (use_scale_shift_norm_) {
+      auto scale_shift = emb_out.chunk(2, 1);  // scale first, then shift
+      h = out_norm_(h) * (1 + scale_shift[0]) + scale_shift[1];
+      h = out_conv_(dropout_(torch::silu(h)));
+    } else {
+      h = out_conv_(dropout_(torch::silu(out_norm_(h + emb_out))));
+    }
+    return (skip_conv_ ? skip_conv_(skip) : skip) + h;
+  }
+
+ private:
+  torch::Tensor resampled(const torch::Tensor& x) const {
+    if (resample_ == Resample::down) return torch::avg_pool2d(x, {2, 2}, {2, 2});
+    return torch::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2});
+  }
+
+  bool use_scale_shift_norm_;
+  Resample resample_;
+  GroupNorm32 in_norm_{nullptr};
+  torch::nn::Conv2d in_conv_{nullptr};
+  torch::nn::Linear emb_linear_{nullptr};
+  GroupNorm32 out_norm_{nullptr};
+  torch::nn::Dropout dropout_{nullptr};
+  torch::nn::Conv2d out_conv_{nullptr};
+  torch::nn::Conv2d skip_conv_{nullptr};
+};
+TORCH_MODULE(ResBlock);
+
+/// Multi-head self-attention over all spatial positions with a residual connection (guided-diffusion
+/// `AttentionBlock`): `norm` (GroupNorm), `qkv` (1x1 Conv1d to 3C), `proj_out` (1x1 Conv1d,
+/// zero-initialised). Legacy order splits the heads before q, k, v (`QKVAttentionLegacy`, what the published
+/// checkpoints use); the new order splits q, k, v first (`QKVAttention`). q and k are each scaled by ch^-1/4
+/// before the product (Vaswani et al. eq. 1's 1/sqrt(ch), split for float16 range) and the softmax runs in
+/// float32.
+class AttentionBlockImpl : public torch::nn::Module {
+ public:
+  AttentionBlockImpl(int64_t channels, int64_t num_heads, bool use_new_attention_order)
+      : channels_(channels), num_heads_(num_heads), use_new_attention_order_(use_new_attention_order) {
+    namespace nn = torch::nn;
+    TORCH_CHECK(num_heads > 0 && channels % num_heads == 0, "AttentionBlock: ", channels,
+                " channels are not divisible into ", num_heads, " heads");
+    norm_ = register_module("norm", GroupNorm32(channels));
+    qkv_ = register_module("qkv", nn::Conv1d(nn::Conv1dOptions(channels, 3 * channels, 1)));
+    proj_out_ = register_module("proj_out", nn::Conv1d(nn::Conv1dOptions(channels, channels, 1)));
+    torch::NoGradGuard no_grad;  // zero_module in the reference
+    proj_out_->weight.zero_();
+    proj_out_->bias.zero_();
+  }
+
+  /// x + proj_out(attention(qkv(norm(x)))) for x [B, C, H, W].
+  torch::Tensor forward(const torch::Tensor& x) {
+    const auto batch = x.size(0);
+    const auto sizes = x.sizes().vec();
+    auto flat = x.reshape({batch, channels_, -1});
+    const auto length = flat.size(2);
+    auto qkv = qkv_(norm_(flat));
+    const int64_t ch = channels_ / num_heads_;
+    torch::Tensor q, k, v;
+    if (use_new_attention_order_) {
+      auto parts = qkv.chunk(3, 1);
+      q = parts[0].reshape({batch * num_heads_, ch, length});
+      k = parts[1].reshape({batch * num_heads_, ch, length});
+      v = parts[2].reshape({batch * num_heads_, ch, length});
+    } else {
+      auto parts = qkv.reshape({batch * num_heads_, 3 * ch, length}).split(ch, 1);
+      q = parts[0];
+      k = parts[1];
+      v = parts[2];
+    }
+    const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(ch)));
+    // weight[b, t, s] = sum_c q[b, c, t] k[b, c, s]
+    auto weight = torch::bmm((q * scale).transpose(1, 2), k * scale);
+    weight = torch::softmax(weight.to(torch::kFloat32), -1).to(weight.scalar_type());
+    // a[b, c, t] = sum_s weight[b, t, s] v[b, c, s]
+    auto attended = torch::bmm(v, weight.transpose(1, 2)).reshape({batch, channels_, length});
+    return (flat + proj_out_(attended)).reshape(sizes);
+  }
+
+ private:
+  int64_t channels_;
+  int64_t num_heads_;
+  bool use_new_attention_order_;
+  GroupNorm32 norm_{nullptr};
+  torch::nn::Conv1d qkv_{nullptr};
+  torch::nn::Conv1d proj_out_{nullptr};
+};
+TORCH_MODULE(AttentionBlock);
+
+/// Strided 3x3 convolution halving the resolution (guided-diffusion `Downsample` with conv_resample),
+/// parameter `op`.
+class DownsampleImpl : public torch::nn::Module {
+ public:
+  explicit DownsampleImpl(int64_t channels) {
+    op_ = register_module(
+        "op", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(1)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return op_(x); }
+
+ private:
+  torch::nn::Conv2d op_{nullptr};
+};
+TORCH_MODULE(Downsample);
+
+/// Nearest-neighbour x2 upsampling followed by a 3x3 convolution (guided-diffusion `Upsample` with
+/// conv_resample), parameter `conv`.
+class UpsampleImpl : public torch::nn::Module {
+ public:
+  explicit UpsampleImpl(int64_t channels) {
+    conv_ = register_module("conv",
+                            torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return conv_(torch::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}));
+  }
+
+ private:
+  torch::nn::Conv2d conv_{nullptr};
+};
+TORCH_MODULE(Upsample);
+
+/// A sequence of layers registered as "0", "1", ... that passes the timestep embedding to the layers taking
+/// one (guided-diffusion `TimestepEmbedSequential`).
+class TimestepSequenceImpl : public torch::nn::Module {
+ public:
+  /// Appends `module` (a ModuleHolder whose forward takes (x) or (x, emb)) under the next numeric name.
+  template <class Holder>
+  void push_back(Holder module) {
+    auto impl = register_module(std::to_string(layers_.size()), std::move(module));
+    layers_.emplace_back([impl](const torch::Tensor& x, const torch::Tensor& emb) -> torch::Tensor {
+      if constexpr (requires { impl->forward(x, emb); }) {
+        return impl->forward(x, emb);
+      } else {
+        return impl->forward(x);
+      }
+    });
+  }
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& emb) {
+    for (auto& layer : layers_) x = layer(x, emb);
+    return x;
+  }
+
+ private:
+  std::vector<std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>> layers_;
+};
+TORCH_MODULE(TimestepSequence);
+
+}  // namespace adm
+
+/// The ADM UNet eps(x_t, t) (guided-diffusion `UNetModel`). Submodules are registered under the reference
+/// names
+/// (`time_embed`, `label_emb`, `input_blocks`, `middle_block`, `output_blocks`, `out`) so that a published
+/// `state_dict` loads key for key. Parameters are initialised as the reference does (PyTorch defaults, with
+/// the last convolution of every residual block, every attention projection and the output convolution
+/// zeroed).
+class AdmUNetImpl : public torch::nn::Module {
+ public:
+  /// Builds the UNet; throws c10::Error when `options.validate()` does.
+  explicit AdmUNetImpl(AdmUNetOptions options) : options_(std::move(options)) {
+    namespace nn = torch::nn;
+    options_.validate();
+    const auto& o = options_;
+    const auto mult = o.resolved_channel_mult();
+    const auto attention_rates = o.attention_downsample_rates();
+    auto has_attention = [&](int64_t ds) {
+      return std::find(attention_rates.begin(), attention_rates.end(), ds) != attention_rates.end();
+    };
+    const int64_t model_channels = o.num_channels();
+    const int64_t time_embed_dim = 4 * model_channels;
+
+    time_embed_ =
+        register_module("time_embed", nn::Sequential(nn::Linear(model_channels, time_embed_dim), nn::SiLU(),
+                                                     nn::Linear(time_embed_dim, time_embed_dim)));
+    if (o.num_classes() > 0)
+      label_emb_ = register_module("label_emb", nn::Embedding(o.num_classes(), time_embed_dim));
+
+    auto resblock = [&](int64_t in, int64_t out, adm::Resample resample = adm::Resample::none) {
+      return adm::ResBlock(in, time_embed_dim, o.dropout(), out, o.use_scale_shift_norm(), resample);
+    };
+    auto attention = [&](int64_t channels, bool upsample) {
+      return adm::AttentionBlock(channels, o.heads_for(channels, upsample), o.use_new_attention_order());
+    };
+
+    input_blocks_ = register_module("input_blocks", nn::ModuleList());
+    int64_t ch = mult[0] * model_channels;
+    const int64_t input_ch = ch;
+    {
+      adm::TimestepSequence first;
+      first->push_back(nn::Conv2d(nn::Conv2dOptions(o.in_channels(), ch, 3).padding(1)));
+      add_block(input_blocks_, inputs_, first);
+    }
+    std::vector<int64_t> skip_channels{ch};
+    int64_t ds = 1;
+    for (size_t level = 0; level < mult.size(); ++level) {
+      for (int64_t i = 0; i < o.num_res_blocks(); ++i) {
+        adm::TimestepSequence block;
+        block->push_back(resblock(ch, mult[level] * model_channels));
+        ch = mult[level] * model_channels;
+        if (has_attention(ds)) block->push_back(attention(ch, false));
+        add_block(input_blocks_, inputs_, block);
+        skip_channels.push_back(ch);
+      }
+      if (level + 1 != mult.size()) {
+        adm::TimestepSequence block;
+        if (o.resblock_updown()) {
+          block->push_back(resblock(ch, ch, adm::Resample::down));
+        } else {
+          block->push_back(adm::Downsample(ch));
+        }
+        add_block(input_blocks_, inputs_, block);
+        skip_channels.push_back(ch);
+        ds *= 2;
+      }
+    }
+
+    middle_ = register_module("middle_block", adm::TimestepSequence());
+    middle_->push_back(resblock(ch, ch));
+    middle_->push_back(attention(ch, false));
+    middle_->push_back(resblock(ch, ch));
+
+    output_blocks_ = register_module("output_blocks", nn::ModuleList());
+    for (size_t level = mult.size(); level-- > 0;) {
+      for (int64_t i = 0; i <= o.num_res_blocks(); ++i) {
+        const int64_t skip_ch = skip_channels.back();
+        skip_channels.pop_back();
+        adm::TimestepSequence block;
+        block->push_back(resblock(ch + skip_ch, mult[level] * model_channels));
+        ch = mult[level] * model_channels;
+        if (has_attention(ds)) block->push_back(attention(ch, true));
+        if (level > 0 && i == o.num_res_blocks()) {
+          if (o.resblock_updown()) {
+            block->push_back(resblock(ch, ch, adm::Resample::up));
+          } else {
+            block->push_back(adm::Upsample(ch));
+          }
+          ds /= 2;
+        }
+        add_block(output_blocks_, outputs_, block);
+      }
+    }
+
+    out_norm_ = adm::GroupNorm32(ch);
+    out_conv_ = nn::Conv2d(nn::Conv2dOptions(input_ch, o.out_channels(), 3).padding(1));
+    {
+      torch::NoGradGuard no_grad;  // zero_module in the reference: the untrained model predicts eps = 0
+      out_conv_->weight.zero_();
+      out_conv_->bias.zero_();
+    }
+    register_module("out", nn::Sequential(out_norm_, nn::SiLU(), out_conv_));
+  }
+
+  /// Raw output [B, out_channels, H, W] for x [B, in_channels, H, W], timesteps t [B] (the original,
+  /// un-respaced integers) and, for a class-conditional model, labels y [B] (int64); leave y undefined
+  /// otherwise.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y = {}) {
+    const auto& o = options_;
+    TORCH_CHECK(x.dim() == 4 && x.size(1) == o.in_channels(), "AdmUNet: expected x of shape [B, ",
+                o.in_channels(), ", H, W], got ", x.sizes());
+    const int64_t coarsest_factor = int64_t{1} << (o.resolved_channel_mult().size() - 1);
+    TORCH_CHECK(x.size(2) % coarsest_factor == 0 && x.size(3) % coarsest_factor == 0,
+                "AdmUNet: H and W must be ", "divisible by ", coarsest_factor, " (2^(levels-1)), got ",
+                x.sizes());
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0), "AdmUNet: expected timesteps of shape [", x.size(0),
+                "], got ", t.sizes());
+    TORCH_CHECK(y.defined() == (o.num_classes() > 0),
+                o.num_classes() > 0 ? "AdmUNet: this model is class-conditional; pass labels y of shape [B]"
+                                    : "AdmUNet: this model is unconditional; do not pass labels y");
+    auto emb = time_embed_->forward(adm::timestep_embedding(t, o.num_channels()).to(x.device()));
+    if (y.defined()) {
+      TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0), "AdmUNet: expected labels of shape [", x.size(0),
+                  "], got ", y.sizes());
+      emb = emb + label_emb_(y);
+    }
+    std::vector<torch::Tensor> skips;
+    skips.reserve(inputs_.size());
+    auto h = x;
+    for (auto& block : inputs_) {
+      h = block->forward(h, emb);
+      skips.push_back(h);
+    }
+    h = middle_->forward(h, emb);
+    for (auto& block : outputs_) {
+      h = block->forward(torch::cat({h, skips.back()}, 1), emb);
+      skips.pop_back();
+    }
+    return out_conv_(torch::silu(out_norm_(h)));
+  }
+
+  /// The options the model was built with.
+  const AdmUNetOptions& options() const { return options_; }
+
+  void pretty_print(std::ostream& os) const override { os << "diffpost::AdmUNet(" << options_ << ")"; }
+
+ private:
+  static void add_block(torch::nn::ModuleList& list, std::vector<adm::TimestepSequence>& typed,
+                        adm::TimestepSequence block) {
+    list->push_back(block);
+    typed.push_back(std::move(block));
+  }
+
+  AdmUNetOptions options_;
+  torch::nn::Sequential time_embed_{nullptr};
+  torch::nn::Embedding label_emb_{nullptr};
+  torch::nn::ModuleList input_blocks_{nullptr};
+  torch::nn::ModuleList output_blocks_{nullptr};
+  std::vector<adm::TimestepSequence> inputs_;
+  std::vector<adm::TimestepSequence> outputs_;
+  adm::TimestepSequence middle_{nullptr};
+  adm::GroupNorm32 out_norm_{nullptr};
+  torch::nn::Conv2d out_conv_{nullptr};
+};
+
+/// Module holder for AdmUNetImpl that also models diffpost::ScoreModel: `model(x_t, t)` returns the raw
+/// output and `learns_variance()` tells whether its second half is the `learned_range` variance. Copies share
+/// the same module, like every LibTorch module holder.
+class AdmUNet : public torch::nn::ModuleHolder<AdmUNetImpl> {
+ public:
+  using torch::nn::ModuleHolder<AdmUNetImpl>::ModuleHolder;
+
+  /// A UNet with freshly initialised parameters for `options`.
+  explicit AdmUNet(const AdmUNetOptions& options) : ModuleHolder(std::make_shared<AdmUNetImpl>(options)) {}
+
+  /// True when the output has 2C channels (eps, then the variance interpolation v of improved DDPM).
+  bool learns_variance() const { return impl_->options().learn_sigma(); }
+
+  /// eps (and v) for x_t [B, C, H, W] and original timesteps t [B]; for unconditional models.
+  torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& t) {
+    return impl_->forward(x_t, t);
+  }
+
+  /// eps (and v) for x_t, t and class labels y [B]; for class-conditional models.
+  torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& y) {
+    return impl_->forward(x_t, t, y);
+  }
+};
+
+}  // namespace diffpost
+
+/// `fmt::format("{}", options)` prints what `operator<<` prints.
+template <>
+struct fmt::formatter<diffpost::AdmUNetOptions> : fmt::ostream_formatter {};

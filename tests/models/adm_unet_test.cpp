@@ -1,0 +1,209 @@
+// AdmUNet against the reference guided-diffusion UNetModel: state-dict key names and shapes, outputs of two
+// small reference runs (tests/data/adm_small/README.md says how they were made), option validation.
+#include <diffpost/concepts.hpp>
+#include <diffpost/detail/random.hpp>
+#include <diffpost/models/adm_unet.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+static_assert(diffpost::ScoreModel<diffpost::AdmUNet>, "AdmUNet must model ScoreModel");
+static_assert(!diffpost::HasVarianceKind<diffpost::AdmUNetImpl>,
+              "the Impl has no learns_variance(); the holder adds it");
+
+const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/";
+
+// The small reference configuration (DPS-like: legacy attention, scale-shift, resblock up/down, learned
+// sigma).
+diffpost::AdmUNetOptions small_options() {
+  return diffpost::AdmUNetOptions(32, 32, 1)
+      .channel_mult({1, 1})
+      .attention_resolutions({16})
+      .num_heads(4)
+      .num_head_channels(16)
+      .learn_sigma(true)
+      .use_scale_shift_norm(true)
+      .resblock_updown(true);
+}
+
+// The other branches: new attention order, num_heads, additive embedding, conv resampling, class labels.
+diffpost::AdmUNetOptions variant_options() {
+  return diffpost::AdmUNetOptions(16, 32, 2)
+      .in_channels(1)
+      .channel_mult({1, 2})
+      .attention_resolutions({8})
+      .num_heads(2)
+      .num_heads_upsample(4)
+      .use_new_attention_order(true)
+      .num_classes(5);
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> read_key_list(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", path);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> keys;
+  std::string name, shape;
+  while (in >> name >> shape) {
+    std::vector<int64_t> sizes;
+    std::stringstream ss(shape);
+    for (std::string part; std::getline(ss, part, ',');) sizes.push_back(std::stoll(part));
+    keys.emplace_back(name, sizes);
+  }
+  return keys;
+}
+
+// Redraws the reference test weights: state-dict order, one generator; dim > 1: N(0,1)/sqrt(fan_in),
+// 1-D weights: 1 + 0.1 N(0,1), biases: 0.1 N(0,1).
+void randomize(torch::nn::Module& model, uint64_t seed) {
+  auto generator = diffpost::make_generator(seed);
+  torch::NoGradGuard no_grad;
+  for (auto& item : model.named_parameters()) {
+    auto& p = item.value();
+    auto draw = at::randn(p.sizes(), generator, p.options());
+    if (p.dim() > 1) {
+      p.copy_(draw / std::sqrt(static_cast<double>(p[0].numel())));
+    } else if (item.key().ends_with("weight")) {
+      p.copy_(1 + 0.1 * draw);
+    } else {
+      p.copy_(0.1 * draw);
+    }
+  }
+}
+
+c10::Dict<c10::IValue, c10::IValue> read_plain_dict(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", path);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes).toGenericDict();
+}
+
+double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
+  return (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
+}
+
+void check_keys(torch::nn::Module& model, const std::string& key_file) {
+  const auto expected = read_key_list(key_file);
+  const auto params = model.named_parameters();
+  REQUIRE(params.size() == expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    CHECK(params[i].key() == expected[i].first);
+    CHECK_MESSAGE(params[i].value().sizes().vec() == expected[i].second, expected[i].first);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("AdmUNet parameter names and shapes equal the reference state_dict in order") {
+  SUBCASE("small: scale-shift, resblock up/down, learned sigma") {
+    diffpost::AdmUNet model(small_options());
+    check_keys(*model, kDataDir + "small_keys.txt");
+  }
+  SUBCASE("variant: conv resampling, labels, one input channel") {
+    diffpost::AdmUNet model(variant_options());
+    check_keys(*model, kDataDir + "variant_keys.txt");
+  }
+}
+
+TEST_CASE(
+    "AdmUNet output matches the reference UNetModel (legacy attention, scale-shift, up/down resblocks)") {
+  torch::manual_seed(0);
+  diffpost::AdmUNet model(small_options());
+  randomize(*model, 1);
+  model->eval();
+  auto io = read_plain_dict(kDataDir + "small_io.pt");
+  auto x = io.at("x").toTensor();
+  auto t = io.at("t").toTensor();
+  auto expected = io.at("out").toTensor();
+  torch::NoGradGuard no_grad;
+  auto out = model(x, t);
+  REQUIRE(out.sizes() == expected.sizes());
+  CHECK(model.learns_variance());
+  const double err = relative_error(out, expected);
+  MESSAGE("small relative error ", err);
+  CHECK(err < 1e-4);
+}
+
+TEST_CASE(
+    "AdmUNet output matches the reference UNetModel (new attention order, labels, additive embedding)") {
+  diffpost::AdmUNet model(variant_options());
+  randomize(*model, 3);
+  model->eval();
+  auto io = read_plain_dict(kDataDir + "variant_io.pt");
+  torch::NoGradGuard no_grad;
+  auto out = model(io.at("x").toTensor(), io.at("t").toTensor(), io.at("y").toTensor());
+  auto expected = io.at("out").toTensor();
+  REQUIRE(out.sizes() == expected.sizes());
+  CHECK_FALSE(model.learns_variance());
+  const double err = relative_error(out, expected);
+  MESSAGE("variant relative error ", err);
+  CHECK(err < 1e-4);
+}
+
+TEST_CASE("AdmUNet timestep embedding puts the cosines first") {
+  auto t = torch::tensor({0, 7}, torch::kInt64);
+  auto emb = diffpost::adm::timestep_embedding(t, 6);
+  // f_i = 10000^(-i/3), i = 0, 1, 2
+  for (int i = 0; i < 3; ++i) {
+    const double f = std::pow(10000.0, -i / 3.0);
+    CHECK(emb[1][i].item<double>() == doctest::Approx(std::cos(7 * f)).epsilon(1e-6));
+    CHECK(emb[1][i + 3].item<double>() == doctest::Approx(std::sin(7 * f)).epsilon(1e-6));
+    CHECK(emb[0][i].item<double>() == 1.0);
+  }
+}
+
+TEST_CASE("AdmUNetOptions resolves reference defaults and rejects inconsistent settings") {
+  auto ffhq = diffpost::AdmUNetOptions::ffhq256();
+  CHECK(ffhq.resolved_channel_mult() == std::vector<int64_t>{1, 1, 2, 2, 4, 4});
+  CHECK(ffhq.attention_downsample_rates() == std::vector<int64_t>{16});
+  CHECK(ffhq.out_channels() == 6);
+  CHECK(diffpost::AdmUNetOptions::imagenet256_uncond().attention_downsample_rates() ==
+        std::vector<int64_t>{8, 16, 32});
+  CHECK_NOTHROW(ffhq.validate());
+
+  auto message = [](const diffpost::AdmUNetOptions& o) {
+    try {
+      o.validate();
+    } catch (const c10::Error& e) {
+      return std::string(e.what_without_backtrace());
+    }
+    return std::string("no error");
+  };
+  CHECK(
+      message(small_options().image_size(34).channel_mult({1, 1, 1})).find("not divisible by 2^(levels-1)") !=
+      std::string::npos);
+  CHECK(message(small_options().num_channels(48)).find("32 GroupNorm groups") != std::string::npos);
+  CHECK(message(small_options().num_head_channels(24)).find("num_head_channels 24") != std::string::npos);
+  CHECK(message(small_options().attention_resolutions({4})).find("never reached") != std::string::npos);
+  CHECK(message(diffpost::AdmUNetOptions(48, 32, 1)).find("no default channel_mult") != std::string::npos);
+  CHECK_THROWS_AS(diffpost::AdmUNet(small_options().num_heads(3).num_head_channels(-1)), c10::Error);
+}
+
+TEST_CASE("AdmUNetOptions prints every reference argument") {
+  std::ostringstream os;
+  os << diffpost::AdmUNetOptions::ffhq256();
+  const std::string text = os.str();
+  CHECK(text.find("image_size=256") != std::string::npos);
+  CHECK(text.find("attention_resolutions=\"16\"") != std::string::npos);
+  CHECK(text.find("use_scale_shift_norm=true") != std::string::npos);
+  CHECK(fmt::format("{}", diffpost::AdmUNetOptions::ffhq256()) == text);
+}
+
+TEST_CASE("AdmUNet rejects inputs of the wrong shape and labels for an unconditional model") {
+  diffpost::AdmUNet model(small_options());
+  auto t = torch::zeros({1}, torch::kInt64);
+  CHECK_THROWS_AS(model(torch::zeros({1, 1, 32, 32}), t), c10::Error);
+  CHECK_THROWS_AS(model(torch::zeros({1, 3, 31, 31}), t), c10::Error);
+  CHECK_THROWS_AS(model(torch::zeros({1, 3, 32, 32}), t, torch::zeros({1}, torch::kInt64)), c10::Error);
+  // Untrained: the zero-initialised output convolution predicts eps = 0, as in the reference.
+  CHECK(model(torch::randn({1, 3, 32, 32}), t).abs().max().item<double>() == 0.0);
+}
