@@ -91,9 +91,13 @@ double relative_error(const torch::Tensor& actual, const torch::Tensor& expected
   return (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
 }
 
-void check_keys(torch::nn::Module& model, const std::string& key_file) {
-  const auto expected = read_key_list(key_file);
-  const auto params = model.named_parameters();
+// The built module and the plan-only shape list both equal the reference key list, in order.
+void check_keys(const diffpost::AdmUNetOptions& options, const std::string& key_file) {
+  const auto expected = read_key_list(kDataDir + key_file);
+  const auto planned = diffpost::adm_state_dict_shapes(options);
+  CHECK(planned == expected);
+  diffpost::AdmUNet model(options);
+  const auto params = model->named_parameters();
   REQUIRE(params.size() == expected.size());
   for (size_t i = 0; i < expected.size(); ++i) {
     CHECK(params[i].key() == expected[i].first);
@@ -105,13 +109,25 @@ void check_keys(torch::nn::Module& model, const std::string& key_file) {
 
 TEST_CASE("AdmUNet parameter names and shapes equal the reference state_dict in order") {
   SUBCASE("small: scale-shift, resblock up/down, learned sigma") {
-    diffpost::AdmUNet model(small_options());
-    check_keys(*model, kDataDir + "small_keys.txt");
+    check_keys(small_options(), "small_keys.txt");
   }
   SUBCASE("variant: conv resampling, labels, one input channel") {
-    diffpost::AdmUNet model(variant_options());
-    check_keys(*model, kDataDir + "variant_keys.txt");
+    check_keys(variant_options(), "variant_keys.txt");
   }
+  SUBCASE("the FFHQ 256 prior of DPS") {
+    check_keys(diffpost::AdmUNetOptions::ffhq256(), "ffhq256_keys.txt");
+  }
+}
+
+TEST_CASE("AdmUNet presets have the published parameter counts") {
+  // Counts printed by the reference create_model for DPS configs/model_config.yaml and
+  // imagenet_model_config.yaml (tests/data/adm_small/README.md): 93.56 M and 552.8 M as REFERENCE.md section
+  // 4 gives them.
+  CHECK(diffpost::adm_parameter_count(diffpost::AdmUNetOptions::ffhq256()) == 93'563'910);
+  CHECK(diffpost::adm_parameter_count(diffpost::AdmUNetOptions::imagenet256_uncond()) == 552'814'086);
+  // The ImageNet model is too big to build in a unit test; its planned keys and shapes match the reference's.
+  CHECK(diffpost::adm_state_dict_shapes(diffpost::AdmUNetOptions::imagenet256_uncond()) ==
+        read_key_list(kDataDir + "imagenet256_uncond_keys.txt"));
 }
 
 TEST_CASE(

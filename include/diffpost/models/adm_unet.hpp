@@ -437,6 +437,92 @@ class UpsampleImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Upsample);
 
+/// What a layer of an ADM UNet block is.
+enum class LayerKind { input_conv, resblock, attention, downsample, upsample };
+
+/// One layer of a block as planned from the options: its kind, its widths, and for residual blocks the
+/// resampling, for attention the number of heads.
+struct LayerSpec {
+  LayerKind kind;
+  int64_t in_channels;
+  int64_t out_channels;
+  Resample resample = Resample::none;
+  int64_t heads = 0;
+};
+
+/// The layers of one `input_blocks.N`, `middle_block` or `output_blocks.N` entry, in registration order.
+using BlockSpec = std::vector<LayerSpec>;
+
+/// The architecture an AdmUNetOptions describes, block by block: the single place where the reference
+/// `UNetModel.__init__` walk (levels, residual blocks, attention at the listed downsample rates, skip widths)
+/// is reproduced. The module is built from it, and `adm_state_dict_shapes` reads the parameter shapes off it.
+struct UNetPlan {
+  int64_t model_channels = 0;
+  int64_t time_embed_dim = 0;
+  std::vector<BlockSpec> input_blocks;
+  BlockSpec middle_block;
+  std::vector<BlockSpec> output_blocks;
+  int64_t output_channels_in = 0;  ///< width entering `out` (= channel_mult[0] * num_channels)
+};
+
+/// Plans the blocks of the UNet for `options` (validated first; throws c10::Error like `validate()`).
+inline UNetPlan make_plan(const AdmUNetOptions& options) {
+  options.validate();
+  const auto mult = options.resolved_channel_mult();
+  const auto rates = options.attention_downsample_rates();
+  auto has_attention = [&](int64_t ds) { return std::find(rates.begin(), rates.end(), ds) != rates.end(); };
+  auto resblock = [](int64_t in, int64_t out, Resample resample = Resample::none) {
+    return LayerSpec{LayerKind::resblock, in, out, resample};
+  };
+  auto attention = [&](int64_t channels, bool upsample) {
+    return LayerSpec{LayerKind::attention, channels, channels, Resample::none,
+                     options.heads_for(channels, upsample)};
+  };
+  UNetPlan plan;
+  plan.model_channels = options.num_channels();
+  plan.time_embed_dim = 4 * options.num_channels();
+
+  int64_t ch = mult[0] * options.num_channels();
+  plan.output_channels_in = ch;
+  plan.input_blocks.push_back({LayerSpec{LayerKind::input_conv, options.in_channels(), ch}});
+  std::vector<int64_t> skip_channels{ch};
+  int64_t ds = 1;  // downsample rate of the current level
+  for (size_t level = 0; level < mult.size(); ++level) {
+    const int64_t width = mult[level] * options.num_channels();
+    for (int64_t i = 0; i < options.num_res_blocks(); ++i) {
+      BlockSpec block{resblock(ch, width)};
+      ch = width;
+      if (has_attention(ds)) block.push_back(attention(ch, false));
+      plan.input_blocks.push_back(block);
+      skip_channels.push_back(ch);
+    }
+    if (level + 1 != mult.size()) {
+      plan.input_blocks.push_back({options.resblock_updown() ? resblock(ch, ch, Resample::down)
+                                                             : LayerSpec{LayerKind::downsample, ch, ch}});
+      skip_channels.push_back(ch);
+      ds *= 2;
+    }
+  }
+  plan.middle_block = {resblock(ch, ch), attention(ch, false), resblock(ch, ch)};
+  for (size_t level = mult.size(); level-- > 0;) {
+    const int64_t width = mult[level] * options.num_channels();
+    for (int64_t i = 0; i <= options.num_res_blocks(); ++i) {
+      // Each output block eats the matching input block's activation, concatenated on the channels.
+      BlockSpec block{resblock(ch + skip_channels.back(), width)};
+      skip_channels.pop_back();
+      ch = width;
+      if (has_attention(ds)) block.push_back(attention(ch, true));
+      if (level > 0 && i == options.num_res_blocks()) {
+        block.push_back(options.resblock_updown() ? resblock(ch, ch, Resample::up)
+                                                  : LayerSpec{LayerKind::upsample, ch, ch});
+        ds /= 2;
+      }
+      plan.output_blocks.push_back(block);
+    }
+  }
+  return plan;
+}
+
 /// A sequence of layers registered as "0", "1", ... that passes the timestep embedding to the layers taking
 /// one (guided-diffusion `TimestepEmbedSequential`).
 class TimestepSequenceImpl : public torch::nn::Module {
@@ -476,89 +562,48 @@ class AdmUNetImpl : public torch::nn::Module {
   /// Builds the UNet; throws c10::Error when `options.validate()` does.
   explicit AdmUNetImpl(AdmUNetOptions options) : options_(std::move(options)) {
     namespace nn = torch::nn;
-    options_.validate();
+    const auto plan = adm::make_plan(options_);
     const auto& o = options_;
-    const auto mult = o.resolved_channel_mult();
-    const auto attention_rates = o.attention_downsample_rates();
-    auto has_attention = [&](int64_t ds) {
-      return std::find(attention_rates.begin(), attention_rates.end(), ds) != attention_rates.end();
-    };
-    const int64_t model_channels = o.num_channels();
-    const int64_t time_embed_dim = 4 * model_channels;
-
-    time_embed_ =
-        register_module("time_embed", nn::Sequential(nn::Linear(model_channels, time_embed_dim), nn::SiLU(),
-                                                     nn::Linear(time_embed_dim, time_embed_dim)));
+    time_embed_ = register_module(
+        "time_embed", nn::Sequential(nn::Linear(plan.model_channels, plan.time_embed_dim), nn::SiLU(),
+                                     nn::Linear(plan.time_embed_dim, plan.time_embed_dim)));
     if (o.num_classes() > 0)
-      label_emb_ = register_module("label_emb", nn::Embedding(o.num_classes(), time_embed_dim));
+      label_emb_ = register_module("label_emb", nn::Embedding(o.num_classes(), plan.time_embed_dim));
 
-    auto resblock = [&](int64_t in, int64_t out, adm::Resample resample = adm::Resample::none) {
-      return adm::ResBlock(in, time_embed_dim, o.dropout(), out, o.use_scale_shift_norm(), resample);
+    auto build = [&](const adm::BlockSpec& spec) {
+      adm::TimestepSequence block;
+      for (const auto& layer : spec) {
+        switch (layer.kind) {
+          case adm::LayerKind::input_conv:
+            block->push_back(
+                nn::Conv2d(nn::Conv2dOptions(layer.in_channels, layer.out_channels, 3).padding(1)));
+            break;
+          case adm::LayerKind::resblock:
+            block->push_back(adm::ResBlock(layer.in_channels, plan.time_embed_dim, o.dropout(),
+                                           layer.out_channels, o.use_scale_shift_norm(), layer.resample));
+            break;
+          case adm::LayerKind::attention:
+            block->push_back(
+                adm::AttentionBlock(layer.in_channels, layer.heads, o.use_new_attention_order()));
+            break;
+          case adm::LayerKind::downsample:
+            block->push_back(adm::Downsample(layer.in_channels));
+            break;
+          case adm::LayerKind::upsample:
+            block->push_back(adm::Upsample(layer.in_channels));
+            break;
+        }
+      }
+      return block;
     };
-    auto attention = [&](int64_t channels, bool upsample) {
-      return adm::AttentionBlock(channels, o.heads_for(channels, upsample), o.use_new_attention_order());
-    };
-
     input_blocks_ = register_module("input_blocks", nn::ModuleList());
-    int64_t ch = mult[0] * model_channels;
-    const int64_t input_ch = ch;
-    {
-      adm::TimestepSequence first;
-      first->push_back(nn::Conv2d(nn::Conv2dOptions(o.in_channels(), ch, 3).padding(1)));
-      add_block(input_blocks_, inputs_, first);
-    }
-    std::vector<int64_t> skip_channels{ch};
-    int64_t ds = 1;
-    for (size_t level = 0; level < mult.size(); ++level) {
-      for (int64_t i = 0; i < o.num_res_blocks(); ++i) {
-        adm::TimestepSequence block;
-        block->push_back(resblock(ch, mult[level] * model_channels));
-        ch = mult[level] * model_channels;
-        if (has_attention(ds)) block->push_back(attention(ch, false));
-        add_block(input_blocks_, inputs_, block);
-        skip_channels.push_back(ch);
-      }
-      if (level + 1 != mult.size()) {
-        adm::TimestepSequence block;
-        if (o.resblock_updown()) {
-          block->push_back(resblock(ch, ch, adm::Resample::down));
-        } else {
-          block->push_back(adm::Downsample(ch));
-        }
-        add_block(input_blocks_, inputs_, block);
-        skip_channels.push_back(ch);
-        ds *= 2;
-      }
-    }
-
-    middle_ = register_module("middle_block", adm::TimestepSequence());
-    middle_->push_back(resblock(ch, ch));
-    middle_->push_back(attention(ch, false));
-    middle_->push_back(resblock(ch, ch));
-
+    for (const auto& spec : plan.input_blocks) add_block(input_blocks_, inputs_, build(spec));
+    middle_ = register_module("middle_block", build(plan.middle_block));
     output_blocks_ = register_module("output_blocks", nn::ModuleList());
-    for (size_t level = mult.size(); level-- > 0;) {
-      for (int64_t i = 0; i <= o.num_res_blocks(); ++i) {
-        const int64_t skip_ch = skip_channels.back();
-        skip_channels.pop_back();
-        adm::TimestepSequence block;
-        block->push_back(resblock(ch + skip_ch, mult[level] * model_channels));
-        ch = mult[level] * model_channels;
-        if (has_attention(ds)) block->push_back(attention(ch, true));
-        if (level > 0 && i == o.num_res_blocks()) {
-          if (o.resblock_updown()) {
-            block->push_back(resblock(ch, ch, adm::Resample::up));
-          } else {
-            block->push_back(adm::Upsample(ch));
-          }
-          ds /= 2;
-        }
-        add_block(output_blocks_, outputs_, block);
-      }
-    }
+    for (const auto& spec : plan.output_blocks) add_block(output_blocks_, outputs_, build(spec));
 
-    out_norm_ = adm::GroupNorm32(ch);
-    out_conv_ = nn::Conv2d(nn::Conv2dOptions(input_ch, o.out_channels(), 3).padding(1));
+    out_norm_ = adm::GroupNorm32(plan.output_channels_in);
+    out_conv_ = nn::Conv2d(nn::Conv2dOptions(plan.output_channels_in, o.out_channels(), 3).padding(1));
     {
       torch::NoGradGuard no_grad;  // zero_module in the reference: the untrained model predicts eps = 0
       out_conv_->weight.zero_();
@@ -651,6 +696,79 @@ class AdmUNet : public torch::nn::ModuleHolder<AdmUNetImpl> {
     return impl_->forward(x_t, t, y);
   }
 };
+
+/// Name and shape of one state-dict entry.
+using ParameterShape = std::pair<std::string, std::vector<int64_t>>;
+
+/// The state-dict keys and shapes of an AdmUNet built with `options`, in `named_parameters()` order, computed
+/// from the plan without allocating a single parameter: for checking which configuration a checkpoint was
+/// made for, and for counting the parameters of configurations too big to build casually.
+inline std::vector<ParameterShape> adm_state_dict_shapes(const AdmUNetOptions& options) {
+  const auto plan = adm::make_plan(options);
+  const bool scale_shift = options.use_scale_shift_norm();
+  std::vector<ParameterShape> shapes;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    shapes.emplace_back(name, std::move(shape));
+  };
+  auto add_affine = [&](const std::string& prefix, std::vector<int64_t> weight_shape) {
+    const int64_t rows = weight_shape[0];
+    add(prefix + ".weight", std::move(weight_shape));
+    add(prefix + ".bias", {rows});
+  };
+  auto add_block = [&](const std::string& prefix, const adm::BlockSpec& block) {
+    for (size_t i = 0; i < block.size(); ++i) {
+      const auto& layer = block[i];
+      const std::string p = prefix + "." + std::to_string(i);
+      const int64_t in = layer.in_channels, out = layer.out_channels;
+      switch (layer.kind) {
+        case adm::LayerKind::input_conv:
+          add_affine(p, {out, in, 3, 3});
+          break;
+        case adm::LayerKind::resblock:
+          add_affine(p + ".in_layers.0", {in});
+          add_affine(p + ".in_layers.2", {out, in, 3, 3});
+          add_affine(p + ".emb_layers.1", {scale_shift ? 2 * out : out, plan.time_embed_dim});
+          add_affine(p + ".out_layers.0", {out});
+          add_affine(p + ".out_layers.3", {out, out, 3, 3});
+          if (in != out) add_affine(p + ".skip_connection", {out, in, 1, 1});
+          break;
+        case adm::LayerKind::attention:
+          add_affine(p + ".norm", {in});
+          add_affine(p + ".qkv", {3 * in, in, 1});
+          add_affine(p + ".proj_out", {in, in, 1});
+          break;
+        case adm::LayerKind::downsample:
+          add_affine(p + ".op", {out, in, 3, 3});
+          break;
+        case adm::LayerKind::upsample:
+          add_affine(p + ".conv", {out, in, 3, 3});
+          break;
+      }
+    }
+  };
+  add_affine("time_embed.0", {plan.time_embed_dim, plan.model_channels});
+  add_affine("time_embed.2", {plan.time_embed_dim, plan.time_embed_dim});
+  if (options.num_classes() > 0) add("label_emb.weight", {options.num_classes(), plan.time_embed_dim});
+  for (size_t n = 0; n < plan.input_blocks.size(); ++n)
+    add_block("input_blocks." + std::to_string(n), plan.input_blocks[n]);
+  add_block("middle_block", plan.middle_block);
+  for (size_t n = 0; n < plan.output_blocks.size(); ++n)
+    add_block("output_blocks." + std::to_string(n), plan.output_blocks[n]);
+  add_affine("out.0", {plan.output_channels_in});
+  add_affine("out.2", {options.out_channels(), plan.output_channels_in, 3, 3});
+  return shapes;
+}
+
+/// Number of parameters of an AdmUNet built with `options` (93,563,910 for `ffhq256()`), without building it.
+inline int64_t adm_parameter_count(const AdmUNetOptions& options) {
+  int64_t total = 0;
+  for (const auto& [name, shape] : adm_state_dict_shapes(options)) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    total += n;
+  }
+  return total;
+}
 
 }  // namespace diffpost
 
