@@ -1,0 +1,625 @@
+// Reading and writing PyTorch checkpoints in the format the published diffusion checkpoints use
+// (`torch.save(model.state_dict(), path)`: a zip archive holding `<archive>/data.pkl`, one record
+// `<archive>/data/<key>` per storage and `<archive>/version`), without Python and without LibTorch's
+// `torch::pickle_load`, which rejects the `collections.OrderedDict` such files hold (REFERENCE.md section 4).
+// The pickle is interpreted by a small inert stack machine (detail/pickle.hpp) that never executes anything.
+// See docs/checkpoints.md for the format, the supported variants and the errors.
+#pragma once
+
+#include <caffe2/serialize/inline_container.h>
+#include <torch/torch.h>
+
+#include <diffpost/detail/pickle.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace diffpost {
+
+/// An ordered list of (name, tensor) pairs with lookup by name: what `model.state_dict()` is in Python. Keeps
+/// the file's order (which is the order Python's `state_dict()` walks the modules in), the per-module
+/// `_metadata` versions that torch.save stores alongside, and a description of where it came from (the file
+/// and, for a nested checkpoint, the key) for error messages. Tensors read from a file live on the CPU in the
+/// file's dtype; tensors that shared a storage in the file share it here too.
+class StateDict {
+ public:
+  using Entry = std::pair<std::string, torch::Tensor>;
+
+  StateDict() = default;
+  explicit StateDict(std::string origin) : origin_(std::move(origin)) {}
+
+  /// Appends `name`; a name can appear only once.
+  void insert(std::string name, torch::Tensor tensor) {
+    TORCH_CHECK(!contains(name), "StateDict: key '", name, "' inserted twice", origin_suffix());
+    index_.emplace(name, entries_.size());
+    entries_.emplace_back(std::move(name), std::move(tensor));
+  }
+
+  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+
+  /// The tensor stored under `name`, or nullptr.
+  const torch::Tensor* find(const std::string& name) const {
+    auto found = index_.find(name);
+    return found == index_.end() ? nullptr : &entries_[found->second].second;
+  }
+
+  /// The tensor stored under `name`; throws c10::Error naming the key when it is absent.
+  const torch::Tensor& at(const std::string& name) const {
+    const auto* tensor = find(name);
+    TORCH_CHECK(tensor != nullptr, "StateDict: no key '", name, "'", origin_suffix(), " (it has ", size(),
+                " keys)");
+    return *tensor;
+  }
+
+  size_t size() const { return entries_.size(); }
+  bool empty() const { return entries_.empty(); }
+  auto begin() const { return entries_.begin(); }
+  auto end() const { return entries_.end(); }
+  const std::vector<Entry>& entries() const { return entries_; }
+
+  /// The names in order.
+  std::vector<std::string> keys() const {
+    std::vector<std::string> names;
+    names.reserve(entries_.size());
+    for (const auto& [name, tensor] : entries_) names.push_back(name);
+    return names;
+  }
+
+  /// Total number of elements over all tensors (the parameter count when only parameters are stored).
+  int64_t numel() const {
+    int64_t total = 0;
+    for (const auto& [name, tensor] : entries_) total += tensor.numel();
+    return total;
+  }
+
+  /// Where the entries came from, e.g. "'/models/ffhq_10m.pt'" or "'ckpt.pt' (key 'ema')"; empty if built in
+  /// memory.
+  const std::string& origin() const { return origin_; }
+  void set_origin(std::string origin) { origin_ = std::move(origin); }
+
+  /// Per-module versions from the file's `_metadata` (module prefix -> `version`), in file order. torch.save
+  /// stores them so that `load_state_dict` can upgrade old layouts; save_checkpoint writes them back.
+  std::vector<std::pair<std::string, int64_t>>& module_versions() { return module_versions_; }
+  const std::vector<std::pair<std::string, int64_t>>& module_versions() const { return module_versions_; }
+
+ private:
+  std::string origin_suffix() const { return origin_.empty() ? "" : " in " + origin_; }
+
+  std::vector<Entry> entries_;
+  std::unordered_map<std::string, size_t> index_;
+  std::string origin_;
+  std::vector<std::pair<std::string, int64_t>> module_versions_;
+};
+
+/// How `read_state_dict` finds the state dict inside a file. `key` selects an entry of a top-level dict
+/// (e.g. "ema" in a training checkpoint holding both "model" and "ema"); when empty, the file's top-level
+/// dict is used if it maps names to tensors, else the one entry among "state_dict", "model_state_dict",
+/// "model", "ema", "ema_model", "net" that holds such a dict.
+struct ReadOptions {
+  TORCH_ARG(std::string, key) = "";
+};
+
+/// Keys tried, in order, when a checkpoint nests its state dict inside a bigger dict and no key was chosen.
+inline const std::vector<std::string>& nested_state_dict_keys() {
+  static const std::vector<std::string> keys = {"state_dict", "model_state_dict", "model",
+                                                "ema",        "ema_model",        "net"};
+  return keys;
+}
+
+namespace detail {
+
+inline std::string quoted(const std::filesystem::path& path) {
+  std::string text(1, '\'');  // built piecewise: GCC 12 warns falsely on "'" + string + "'"
+  text += path.string();
+  text += '\'';
+  return text;
+}
+
+// A dict whose keys are all strings and whose values are all tensors (empty included).
+inline bool is_tensor_dict(const PickleValue& value) {
+  if (!value.is(PickleValue::Kind::Dict)) return false;
+  return std::all_of(value.entries.begin(), value.entries.end(), [](const auto& entry) {
+    return entry.first->is(PickleValue::Kind::String) && entry.second->is(PickleValue::Kind::Tensor);
+  });
+}
+
+inline std::string list_dict_keys(const PickleValue& dict, size_t limit = 12) {
+  std::string names;
+  size_t shown = 0;
+  for (const auto& [key, value] : dict.entries) {
+    if (shown == limit) {
+      names += ", ... (" + std::to_string(dict.entries.size() - limit) + " more)";
+      break;
+    }
+    if (shown++) names += ", ";
+    names += key->is(PickleValue::Kind::String) ? "'" + key->text + "'" : describe(*key);
+    names += ": " + describe(*value);
+  }
+  return names.empty() ? "none" : names;
+}
+
+// The dict of tensors the user asked for, following ReadOptions (see there).
+inline const PickleValue& select_state_dict(const PickleValue& top, const ReadOptions& options,
+                                            const std::string& context, std::string& chosen_key) {
+  using K = PickleValue::Kind;
+  TORCH_CHECK(!top.is(K::Opaque), context, " holds ", describe(top),
+              ", not a state dict (a whole pickled model or custom object, e.g. torch.save(model)); "
+              "diffpost never executes pickled code. In Python, re-save it with "
+              "torch.save(model.state_dict(), path)");
+  TORCH_CHECK(top.is(K::Dict), context, " holds ", describe(top), ", not a dict of tensors (a state dict)");
+  if (!options.key().empty()) {
+    auto nested = top.get(options.key());
+    TORCH_CHECK(nested != nullptr, context, " has no key '", options.key(),
+                "'; its keys: ", list_dict_keys(top));
+    TORCH_CHECK(is_tensor_dict(*nested), context, " key '", options.key(), "' holds ", describe(*nested),
+                ", not a dict of tensors; its entries: ",
+                nested->is(K::Dict) ? list_dict_keys(*nested) : std::string("-"));
+    chosen_key = options.key();
+    return *nested;
+  }
+  if (is_tensor_dict(top)) return top;
+  std::vector<std::string> candidates;
+  for (const auto& key : nested_state_dict_keys()) {
+    if (auto nested = top.get(key); nested && is_tensor_dict(*nested)) candidates.push_back(key);
+  }
+  TORCH_CHECK(!candidates.empty(), context,
+              " is a dict but neither a state dict (name -> tensor) nor a checkpoint nesting one under ",
+              c10::Join(", ", nested_state_dict_keys()), "; its keys: ", list_dict_keys(top),
+              ". Choose the entry with ReadOptions{}.key(\"...\")");
+  TORCH_CHECK(candidates.size() == 1, context, " holds several state dicts (keys '",
+              c10::Join("', '", candidates), "'); choose one with ReadOptions{}.key(\"", candidates.back(),
+              "\")");
+  chosen_key = candidates.front();
+  return *top.get(chosen_key);
+}
+
+inline std::vector<std::pair<std::string, int64_t>> read_module_versions(const PickleValue& dict) {
+  using K = PickleValue::Kind;
+  std::vector<std::pair<std::string, int64_t>> versions;
+  if (!dict.attributes || !dict.attributes->is(K::Dict)) return versions;
+  auto metadata = dict.attributes->get("_metadata");
+  if (!metadata || !metadata->is(K::Dict)) return versions;
+  for (const auto& [prefix, entry] : metadata->entries) {
+    if (!prefix->is(K::String) || !entry->is(K::Dict)) continue;
+    if (auto version = entry->get("version"); version && version->is(K::Int)) {
+      versions.emplace_back(prefix->text, version->integer);
+    }
+  }
+  return versions;
+}
+
+// First bytes of a legacy (pre-1.6, non-zip) torch.save file: PROTO 2 then LONG1 of its 10-byte magic number.
+inline bool looks_like_legacy_torch_save(std::string_view head) {
+  return head.size() >= 4 && head.substr(0, 4) == std::string_view("\x80\x02\x8a\x0a", 4);
+}
+
+}  // namespace detail
+
+/// Reads the state dict stored in the PyTorch checkpoint at `path`, as written by
+/// `torch.save(model.state_dict(), path)` (torch >= 1.6 zip format): an OrderedDict with `_metadata`, a plain
+/// dict of tensors, or a dict nesting one of those under a key (see ReadOptions). Tensors are created on the
+/// CPU in their stored dtype (float32, float16, bfloat16, float64, int64, ...) whatever device they were
+/// saved from; storage offsets, strides and storages shared between tensors are preserved. Throws c10::Error
+/// naming the path and the problem when the file is missing, unreadable, truncated, a legacy (pre-1.6)
+/// torch.save file, or does not hold a state dict.
+inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOptions& options = {}) {
+  const std::string context = "checkpoint " + detail::quoted(path);
+  std::error_code error;
+  TORCH_CHECK(std::filesystem::exists(path, error), context, " does not exist");
+  TORCH_CHECK(std::filesystem::is_regular_file(path, error), context, " is not a regular file");
+  {
+    std::ifstream probe(path, std::ios::binary);
+    TORCH_CHECK(probe.good(), context, " cannot be opened for reading");
+    char head[4] = {};
+    probe.read(head, 4);
+    const std::string_view first(head, static_cast<size_t>(probe.gcount()));
+    TORCH_CHECK(!first.empty(), context, " is empty");
+    TORCH_CHECK(!detail::looks_like_legacy_torch_save(first), context,
+                " is a legacy (pre-1.6, non-zip) torch.save file, which diffpost does not read. In Python "
+                "(torch >= 1.6), re-save it: torch.save(torch.load(path, map_location='cpu'), new_path)");
+    TORCH_CHECK(first == std::string_view("PK\x03\x04", 4), context,
+                " is not a PyTorch checkpoint: it does not start like a zip archive (torch.save since 1.6 "
+                "writes zip archives)");
+  }
+
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path.string());
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, context, " is not a readable PyTorch zip archive (truncated or corrupt?): ",
+                e.what_without_backtrace());
+  }
+  TORCH_CHECK(!reader->hasRecord("constants.pkl") && !reader->hasRecord("code/__torch__.py"), context,
+              " is a TorchScript archive (torch.jit.save), not a torch.save state dict; load it with "
+              "TorchScriptScoreModel (diffpost/models/torchscript.hpp) or torch::jit::load");
+  TORCH_CHECK(reader->hasRecord("data.pkl"), context,
+              " is a zip archive without data.pkl, not a torch.save checkpoint");
+
+  at::DataPtr pickle_bytes;
+  size_t pickle_size = 0;
+  try {
+    std::tie(pickle_bytes, pickle_size) = reader->getRecord("data.pkl");
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, context,
+                ": cannot read data.pkl (truncated or corrupt?): ", e.what_without_backtrace());
+  }
+
+  auto load_storage = [&](std::string_view key, torch::ScalarType type, int64_t numel) {
+    const std::string record = "data/" + std::string(key);
+    TORCH_CHECK(reader->hasRecord(record), context, " lacks the record '", record,
+                "' its data.pkl refers to");
+    at::DataPtr bytes;
+    size_t size = 0;
+    try {
+      std::tie(bytes, size) = reader->getRecord(record);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, context, ": cannot read record '", record,
+                  "' (truncated or corrupt?): ", e.what_without_backtrace());
+    }
+    const auto element_size = static_cast<int64_t>(c10::elementSize(type));
+    TORCH_CHECK(numel >= 0 && static_cast<int64_t>(size) >= numel * element_size, context, ": record '",
+                record, "' holds ", size, " bytes, but its storage needs ", numel, " elements of ", type,
+                " (", numel * element_size, " bytes)");
+    // Adopt the record's buffer as the storage: no copy of what may be hundreds of megabytes.
+    c10::Storage storage(c10::Storage::use_byte_size_t(), numel * element_size, std::move(bytes), nullptr,
+                         false);
+    return torch::empty({0}, torch::TensorOptions().dtype(type)).set_(storage, 0, {numel}, {1});
+  };
+
+  detail::Unpickler unpickler(std::string_view(static_cast<const char*>(pickle_bytes.get()), pickle_size),
+                              load_storage, context);
+  auto top = unpickler.parse();
+
+  std::string chosen_key;
+  const auto& dict = detail::select_state_dict(*top, options, context, chosen_key);
+  StateDict state(detail::quoted(path) + (chosen_key.empty() ? "" : " (key '" + chosen_key + "')"));
+  for (const auto& [key, value] : dict.entries) state.insert(key->text, value->tensor);
+  state.module_versions() = detail::read_module_versions(dict);
+  return state;
+}
+
+/// The state dict of `module` in the order Python's `state_dict()` uses (module by module, depth first, each
+/// module's parameters before its buffers), with a `_metadata` version of 1 (torch.nn.Module's default) for
+/// every module. The tensors are the module's own (no copy).
+inline StateDict state_dict(const torch::nn::Module& module) {
+  StateDict state;
+  std::function<void(const torch::nn::Module&, const std::string&)> walk = [&](const torch::nn::Module& m,
+                                                                               const std::string& prefix) {
+    state.module_versions().emplace_back(prefix, 1);
+    const std::string dotted = prefix.empty() ? "" : prefix + ".";
+    for (const auto& item : m.named_parameters(false)) state.insert(dotted + item.key(), item.value());
+    for (const auto& item : m.named_buffers(false)) state.insert(dotted + item.key(), item.value());
+    for (const auto& child : m.named_children()) walk(*child.value(), dotted + child.key());
+  };
+  walk(module, "");
+  return state;
+}
+
+/// Description of the configuration a file was made for, appended to load errors (e.g. the ADM UNet's
+/// `describe_checkpoint`, which reads channel counts off the tensor shapes). Returns an empty string if
+/// unsure.
+using CheckpointDescriber = std::function<std::string(const StateDict&)>;
+
+/// How `load_state_dict` matches a file to a model. `strict` (default true): every model parameter and buffer
+/// must be in the file and every file entry in the model, as Python's `load_state_dict(strict=True)`. Shapes
+/// must always match, strict or not. `describe_file` (optional) is called on failure and its text appended.
+struct LoadOptions {
+  TORCH_ARG(bool, strict) = true;
+  TORCH_ARG(CheckpointDescriber, describe_file) = nullptr;
+};
+
+/// What `load_state_dict` did: the keys it copied, and (in non-strict mode) the ones it skipped.
+struct LoadReport {
+  std::vector<std::string> loaded;      ///< model keys filled from the file
+  std::vector<std::string> missing;     ///< model keys absent from the file (non-strict mode only)
+  std::vector<std::string> unexpected;  ///< file keys absent from the model (non-strict mode only)
+};
+
+namespace detail {
+
+inline std::string shape_string(const torch::Tensor& tensor) {
+  return c10::str(tensor.sizes());
+}
+
+inline void append_list(std::ostringstream& out, const char* title, const std::vector<std::string>& lines,
+                        size_t limit = 10) {
+  if (lines.empty()) return;
+  out << "\n  " << title << " (" << lines.size() << "):";
+  for (size_t i = 0; i < lines.size() && i < limit; ++i) out << "\n    " << lines[i];
+  if (lines.size() > limit) out << "\n    ... and " << lines.size() - limit << " more";
+}
+
+}  // namespace detail
+
+/// Copies the tensors of `state` into the parameters and buffers of `module` (matched by their dotted names),
+/// converting each to the dtype and device of the model's tensor, under NoGradGuard. Nothing is copied unless
+/// the whole file matches: on a mismatch it throws c10::Error that leads with the first mismatching key and
+/// its shapes, then lists the mis-shaped keys (name, file shape, model shape), the missing and the unexpected
+/// keys (ten of each, then a count), then the `describe_file` text. There is no silent random start.
+inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& state,
+                                  const LoadOptions& options = {}) {
+  const StateDict model = diffpost::state_dict(module);
+  std::vector<std::string> mis_shaped, missing, unexpected;
+  std::string first_problem;
+  for (const auto& [name, target] : model) {
+    const auto* source = state.find(name);
+    if (source == nullptr) {
+      missing.push_back(name + " " + detail::shape_string(target));
+      if (first_problem.empty() && options.strict()) {
+        first_problem =
+            "'" + name + "' (model shape " + detail::shape_string(target) + ") is missing from the file";
+      }
+    } else if (source->sizes() != target.sizes()) {
+      mis_shaped.push_back(name + ": file " + detail::shape_string(*source) + ", model " +
+                           detail::shape_string(target));
+      if (first_problem.empty()) {
+        first_problem = "'" + name + "' has shape " + detail::shape_string(*source) + " in the file but " +
+                        detail::shape_string(target) + " in the model";
+      }
+    }
+  }
+  for (const auto& [name, tensor] : state) {
+    if (!model.contains(name)) {
+      unexpected.push_back(name + " " + detail::shape_string(tensor));
+      if (first_problem.empty() && options.strict()) {
+        first_problem =
+            "'" + name + "' (file shape " + detail::shape_string(tensor) + ") is not in the model";
+      }
+    }
+  }
+
+  const bool fails = !mis_shaped.empty() || (options.strict() && (!missing.empty() || !unexpected.empty()));
+  if (fails) {
+    std::ostringstream message;
+    message << "load_state_dict: "
+            << (state.origin().empty() ? std::string("the state dict") : state.origin())
+            << " does not match the model (" << state.size() << " tensors in the file, " << model.size()
+            << " in the model). First mismatch: " << first_problem << ".";
+    detail::append_list(message, "mis-shaped keys", mis_shaped);
+    if (options.strict()) {
+      detail::append_list(message, "missing keys", missing);
+      detail::append_list(message, "unexpected keys", unexpected);
+    }
+    if (options.describe_file()) {
+      try {
+        if (auto description = options.describe_file()(state); !description.empty())
+          message << "\n" << description;
+      } catch (const std::exception& e) {
+        message << "\n(could not describe the file: " << e.what() << ")";
+      }
+    }
+    TORCH_CHECK(false, message.str());
+  }
+
+  LoadReport report;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, target] : model) {
+    if (const auto* source = state.find(name)) {
+      // Same TensorImpl as the module's parameter, so this writes into the model; copy_ converts
+      // dtype/device.
+      torch::Tensor destination = target;
+      destination.copy_(*source);
+      report.loaded.push_back(name);
+    } else {
+      report.missing.push_back(name);
+    }
+  }
+  for (const auto& [name, tensor] : state) {
+    if (!model.contains(name)) report.unexpected.push_back(name);
+  }
+  return report;
+}
+
+/// `load_state_dict(*holder, ...)` for module holders, so that `load_state_dict(unet, state)` works.
+template <class Contained>
+LoadReport load_state_dict(const torch::nn::ModuleHolder<Contained>& holder, const StateDict& state,
+                           const LoadOptions& options = {}) {
+  return load_state_dict(*holder.ptr(), state, options);
+}
+
+/// Reads the checkpoint at `path` and loads it into `module`: `load_state_dict(module, read_state_dict(path,
+/// read_options), options)`. All errors name the path.
+inline LoadReport load_checkpoint(torch::nn::Module& module, const std::filesystem::path& path,
+                                  const LoadOptions& options = {}, const ReadOptions& read_options = {}) {
+  return load_state_dict(module, read_state_dict(path, read_options), options);
+}
+
+/// `load_checkpoint(*holder, ...)` for module holders, so that `load_checkpoint(unet, "ffhq_10m.pt")` works.
+template <class Contained>
+LoadReport load_checkpoint(const torch::nn::ModuleHolder<Contained>& holder,
+                           const std::filesystem::path& path, const LoadOptions& options = {},
+                           const ReadOptions& read_options = {}) {
+  return load_checkpoint(*holder.ptr(), path, options, read_options);
+}
+
+/// How checkpoints are written. `overwrite` (default false): replace an existing file at the target path;
+/// without it, writing over an existing file throws and leaves the file alone.
+struct SaveOptions {
+  TORCH_ARG(bool, overwrite) = false;
+};
+
+namespace detail {
+
+// data.pkl for `state`, as torch.save(OrderedDict) writes it (protocol 2), and the storages it refers to:
+// one per distinct storage (tensors sharing a storage keep sharing it), numbered "0", "1", ... in order of
+// use.
+struct SerializedStateDict {
+  std::string pickle;
+  std::vector<torch::Tensor> storages;  // flat, contiguous, CPU
+};
+
+inline SerializedStateDict serialize_state_dict(const StateDict& state) {
+  SerializedStateDict out;
+  PickleWriter writer;
+  std::unordered_map<const void*, size_t> storage_index;
+
+  // Mirrors Python's pickler so that the bytes equal what torch.save writes: tuples of length 1-3 use
+  // TUPLE1-3, longer ones MARK ... TUPLE, empty ones EMPTY_TUPLE (never memoized); dict items go in batches
+  // of at most 1000, a batch of one as SETITEM; objects seen before (the same string or global) are a BINGET.
+  auto int_tuple = [&writer](c10::IntArrayRef values) {
+    if (values.empty()) return writer.empty_tuple();
+    if (values.size() > 3) writer.mark();
+    for (auto v : values) writer.integer(v);
+    writer.tuple(values.size());
+  };
+  auto ordered_dict = [&writer] {
+    writer.global("collections", "OrderedDict");
+    writer.empty_tuple();
+    writer.reduce();
+    writer.put_anonymous();
+  };
+  auto batched_items = [&writer](size_t count, const std::function<void(size_t)>& write_item) {
+    for (size_t begin = 0; begin < count; begin += 1000) {
+      const size_t batch = std::min<size_t>(1000, count - begin);
+      if (batch > 1) writer.mark();
+      for (size_t i = begin; i < begin + batch; ++i) write_item(i);
+      if (batch > 1)
+        writer.setitems();
+      else
+        writer.setitem();
+    }
+  };
+
+  ordered_dict();
+  const auto& entries = state.entries();
+  batched_items(entries.size(), [&](size_t i) {
+    const auto& name = entries[i].first;
+    torch::Tensor tensor = entries[i].second.detach();
+    const auto* impl = tensor.storage().unsafeGetStorageImpl();
+    auto found = storage_index.find(impl);
+    if (found == storage_index.end()) {
+      const auto element_size = static_cast<int64_t>(tensor.element_size());
+      const int64_t storage_numel = static_cast<int64_t>(tensor.storage().nbytes()) / element_size;
+      auto flat = torch::empty({0}, tensor.options()).set_(tensor.storage(), 0, {storage_numel}, {1});
+      found = storage_index.emplace(impl, out.storages.size()).first;
+      out.storages.push_back(flat.to(torch::kCPU).contiguous());
+    }
+    const auto key = std::to_string(found->second);
+    writer.string(name);
+    writer.global("torch._utils", "_rebuild_tensor_v2");
+    writer.mark();  // (storage, storage_offset, size, stride, requires_grad, backward_hooks)
+    writer.mark();  // persistent id ('storage', torch.<T>Storage, key, 'cpu', numel)
+    writer.string("storage", "storage");
+    writer.global("torch", storage_class_name(tensor.scalar_type()));
+    writer.string(key, "storage key " + key);
+    writer.string("cpu", "cpu");
+    writer.integer(out.storages[found->second].numel());
+    writer.tuple(5);
+    writer.binpersid();
+    writer.integer(tensor.storage_offset());
+    int_tuple(tensor.sizes());
+    int_tuple(tensor.strides());
+    writer.boolean(false);
+    ordered_dict();
+    writer.tuple(6);
+    writer.reduce();
+    writer.put_anonymous();
+  });
+
+  // BUILD state {'_metadata': OrderedDict(prefix -> {'version': v})}: the OrderedDict's attribute dict.
+  writer.empty_dict();
+  writer.put_anonymous();
+  batched_items(1, [&](size_t) {
+    writer.string("_metadata");
+    ordered_dict();
+    const auto& versions = state.module_versions();
+    batched_items(versions.size(), [&](size_t i) {
+      writer.string(versions[i].first);
+      writer.empty_dict();
+      writer.put_anonymous();
+      batched_items(1, [&](size_t) {
+        writer.string("version", "version");
+        writer.integer(versions[i].second);
+      });
+    });
+  });
+  writer.build();
+  writer.stop();
+  out.pickle = writer.bytes();
+  return out;
+}
+
+// A sibling of `target` that does not exist yet, so that the final rename stays on one file system.
+inline std::filesystem::path temporary_sibling(const std::filesystem::path& target) {
+  std::random_device device;
+  std::mt19937_64 random(device());
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    auto candidate = target;
+    candidate += ".tmp-" + std::to_string(random() % 1000000000);
+    if (!std::filesystem::exists(candidate)) return candidate;
+  }
+  TORCH_CHECK(false, "save_checkpoint: could not find a free temporary name next to ", quoted(target));
+}
+
+}  // namespace detail
+
+/// Writes `state` to `path` in the format `torch.save(OrderedDict)` uses (zip archive `archive/` with
+/// data.pkl, data/<key> and version), so that Python's `torch.load(path)` returns an OrderedDict and
+/// `model.load_state_dict(torch.load(path))` works. Tensors are written from the CPU with their dtype,
+/// offsets and strides; tensors sharing a storage keep sharing it. The file is written to a temporary sibling
+/// and renamed into place, so a crash never leaves a half-written checkpoint; an existing file is replaced
+/// only with `SaveOptions{}.overwrite(true)`.
+inline void save_state_dict(const StateDict& state, const std::filesystem::path& path,
+                            const SaveOptions& options = {}) {
+  const std::string context = "save_checkpoint: " + detail::quoted(path);
+  std::error_code error;
+  TORCH_CHECK(options.overwrite() || !std::filesystem::exists(path, error), context,
+              " already exists; pass SaveOptions{}.overwrite(true) to replace it");
+  auto parent = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  TORCH_CHECK(std::filesystem::is_directory(parent, error), context, ": directory ", detail::quoted(parent),
+              " does not exist");
+
+  auto serialized = detail::serialize_state_dict(state);
+  const auto temporary = detail::temporary_sibling(path);
+  try {
+    {
+      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
+      TORCH_CHECK(file.good(), context, ": cannot create ", detail::quoted(temporary));
+      // The writer_func constructor names the archive "archive", as torch.save does since 1.13.1 / 2.x.
+      caffe2::serialize::PyTorchStreamWriter writer([&file](const void* data, size_t size) -> size_t {
+        file.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+        return file.good() ? size : 0;
+      });
+      writer.writeRecord("data.pkl", serialized.pickle.data(), serialized.pickle.size());
+      for (size_t i = 0; i < serialized.storages.size(); ++i) {
+        const auto& storage = serialized.storages[i];
+        writer.writeRecord("data/" + std::to_string(i), storage.data_ptr(), storage.nbytes());
+      }
+      writer.writeEndOfFile();
+      file.flush();
+      TORCH_CHECK(file.good(), context, ": writing ", detail::quoted(temporary), " failed (disk full?)");
+    }
+    std::filesystem::rename(temporary, path);
+  } catch (...) {
+    std::filesystem::remove(temporary, error);
+    throw;
+  }
+}
+
+/// Writes the parameters and buffers of `module` to `path` like Python's `torch.save(model.state_dict(),
+/// path)` (see save_state_dict for the format and the overwrite rule).
+inline void save_checkpoint(const torch::nn::Module& module, const std::filesystem::path& path,
+                            const SaveOptions& options = {}) {
+  save_state_dict(state_dict(module), path, options);
+}
+
+/// `save_checkpoint(*holder, ...)` for module holders.
+template <class Contained>
+void save_checkpoint(const torch::nn::ModuleHolder<Contained>& holder, const std::filesystem::path& path,
+                     const SaveOptions& options = {}) {
+  save_checkpoint(*holder.ptr(), path, options);
+}
+
+}  // namespace diffpost
