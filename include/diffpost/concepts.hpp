@@ -55,7 +55,8 @@ concept HasMeasurementShape = requires(const Op& op, const Shape& image_shape) {
 template <class Op>
 concept ForwardOperator = HasForward<Op> && HasMeasurementShape<Op>;
 
-/// Requirement of LinearOperator: `op.adjoint(y)` applies A^T to a measurement batch, returning an image batch.
+/// Requirement of LinearOperator: `op.adjoint(y)` applies A^T to a measurement batch, returning an image
+/// batch.
 template <class Op>
 concept HasAdjoint = requires(const Op& op, const torch::Tensor& y) {
   { op.adjoint(y) } -> std::same_as<torch::Tensor>;
@@ -76,8 +77,8 @@ concept HasPseudoInverse = requires(const Op& op, const torch::Tensor& y) {
 template <class Op>
 concept PseudoInvertibleOperator = LinearOperator<Op> && HasPseudoInverse<Op>;
 
-/// `op.naive_inverse(y)`: the image a user would get without a prior (zero-filled inpainting, bicubic upsampling,
-/// the blurred image itself). Baselines and SDEdit start from it.
+/// `op.naive_inverse(y)`: the image a user would get without a prior (zero-filled inpainting, bicubic
+/// upsampling, the blurred image itself). Baselines and SDEdit start from it.
 template <class Op>
 concept HasNaiveInverse = requires(const Op& op, const torch::Tensor& y) {
   { op.naive_inverse(y) } -> std::same_as<torch::Tensor>;
@@ -94,8 +95,9 @@ concept HasNoiseSample = requires(const N& noise, const torch::Tensor& clean, at
   { noise.sample(clean, generator) } -> std::same_as<torch::Tensor>;
 };
 
-/// Requirement 2 of NoiseModel: `noise.data_fidelity(y, predicted)` returns one non-negative residual per batch
-/// element, shape [B], differentiable in `predicted` = A(x0_hat). DPS descends its gradient (DPS eq. 16).
+/// Requirement 2 of NoiseModel: `noise.data_fidelity(y, predicted)` returns one non-negative residual per
+/// batch element, shape [B], differentiable in `predicted` = A(x0_hat). DPS descends its gradient (DPS eq.
+/// 16).
 template <class N>
 concept HasDataFidelity = requires(const N& noise, const torch::Tensor& y, const torch::Tensor& predicted) {
   { noise.data_fidelity(y, predicted) } -> std::same_as<torch::Tensor>;
@@ -148,8 +150,8 @@ concept HasSchedule = requires(const S& sampler) {
 /// Requirement 2 of Sampler: `sampler.step(model_output, x_t, index, noise)` performs reverse step `index`
 /// (0 is the last) given the raw model output at x_t and an explicit standard-normal tensor shaped like x_t.
 template <class S>
-concept HasReverseStep = requires(const S& sampler, const torch::Tensor& model_output, const torch::Tensor& x_t,
-                                  int64_t index, const torch::Tensor& noise) {
+concept HasReverseStep = requires(const S& sampler, const torch::Tensor& model_output,
+                                  const torch::Tensor& x_t, int64_t index, const torch::Tensor& noise) {
   { sampler.step(model_output, x_t, index, noise) } -> std::same_as<SamplerStep>;
 };
 

@@ -18,7 +18,8 @@ inline torch::Tensor randn_like(const torch::Tensor& like, at::Generator& genera
 }
 
 /// Uniform [0, 1) tensor of the given shape, typed and placed like `like`, drawn from `generator`.
-inline torch::Tensor rand_like_shape(at::IntArrayRef shape, const torch::Tensor& like, at::Generator& generator) {
+inline torch::Tensor rand_like_shape(at::IntArrayRef shape, const torch::Tensor& like,
+                                     at::Generator& generator) {
   auto draw_options = like.options().device(generator.device()).requires_grad(false);
   return at::rand(shape, generator, draw_options).to(like.device());
 }
@@ -28,6 +29,8 @@ inline torch::Tensor rand_like_shape(at::IntArrayRef shape, const torch::Tensor&
 namespace diffpost {
 
 /// A CPU random generator seeded with `seed`; pass it to samplers, noise models and random operators.
-inline at::Generator make_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+inline at::Generator make_generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
 
 }  // namespace diffpost

@@ -1,0 +1,77 @@
+// Pieces shared by the DDPM and DDIM reverse steps: splitting the model output, Tweedie's x0 estimate and the
+// posterior q(x_{t-1} | x_t, x_0).
+#pragma once
+
+#include <torch/torch.h>
+#include <diffpost/schedule.hpp>
+
+#include <cstdint>
+#include <utility>
+
+namespace diffpost {
+
+/// The eps channels and, when present, the learned-variance channels of a raw model output.
+struct ModelOutputParts {
+  torch::Tensor eps;
+  torch::Tensor variance_values;  ///< undefined when the model predicts eps only
+};
+
+/// Splits a model output [B, C or 2C, H, W] for an x_t of C channels; anything else is an error that names
+/// both channel counts.
+inline ModelOutputParts split_model_output(const torch::Tensor& model_output, const torch::Tensor& x_t) {
+  TORCH_CHECK(model_output.dim() == x_t.dim() && model_output.size(0) == x_t.size(0), "model output shape ",
+              model_output.sizes(), " does not match x_t shape ", x_t.sizes(),
+              "; the score model must return [B, C, ...] or [B, 2C, ...] for x_t [B, C, ...]");
+  for (int64_t d = 2; d < x_t.dim(); ++d) {
+    TORCH_CHECK(model_output.size(d) == x_t.size(d), "model output shape ", model_output.sizes(),
+                " has other spatial dimensions than x_t ", x_t.sizes());
+  }
+  const int64_t channels = x_t.size(1);
+  if (model_output.size(1) == channels) return {model_output, {}};
+  TORCH_CHECK(
+      model_output.size(1) == 2 * channels, "model output has ", model_output.size(1),
+      " channels but x_t has ", channels, "; expected ", channels, " (eps) or ", 2 * channels,
+      " (eps and learned variance). Check in_channels / learn_sigma of the model against the images.");
+  auto parts = model_output.split(channels, 1);
+  return {parts[0], parts[1]};
+}
+
+/// Tweedie's estimate x0_hat = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (Ho et al. eq. 15), clamped to [-1, 1]
+/// when `clip` is set (the reference's `clip_denoised`). Coefficients are those of schedule step `index`.
+inline torch::Tensor predict_x0_from_eps(const DiffusionSchedule& schedule, const torch::Tensor& x_t,
+                                         const torch::Tensor& eps, int64_t index, bool clip) {
+  schedule.check_index(index);
+  auto x0_hat =
+      schedule.sqrt_recip_alphas_cumprod()[index] * x_t - schedule.sqrt_recipm1_alphas_cumprod()[index] * eps;
+  return clip ? x0_hat.clamp(-1.0, 1.0) : x0_hat;
+}
+
+/// eps implied by x_t and an x0 estimate; the inverse of predict_x0_from_eps. DDIM re-derives eps this way
+/// after clipping x0_hat.
+inline torch::Tensor predict_eps_from_x0(const DiffusionSchedule& schedule, const torch::Tensor& x_t,
+                                         const torch::Tensor& x0_hat, int64_t index) {
+  schedule.check_index(index);
+  return (schedule.sqrt_recip_alphas_cumprod()[index] * x_t - x0_hat) /
+         schedule.sqrt_recipm1_alphas_cumprod()[index];
+}
+
+/// Mean of q(x_{t-1} | x_t, x_0) = c1 x_0 + c2 x_t (Ho et al. eq. 7).
+inline torch::Tensor posterior_mean(const DiffusionSchedule& schedule, const torch::Tensor& x0,
+                                    const torch::Tensor& x_t, int64_t index) {
+  schedule.check_index(index);
+  return schedule.posterior_mean_coef1()[index] * x0 + schedule.posterior_mean_coef2()[index] * x_t;
+}
+
+namespace detail {
+inline void check_step_inputs(const DiffusionSchedule& schedule, const torch::Tensor& x_t, int64_t index,
+                              const torch::Tensor& noise) {
+  schedule.check_index(index);
+  TORCH_CHECK(x_t.dim() >= 2, "x_t must be a batch [B, C, ...], got shape ", x_t.sizes());
+  TORCH_CHECK(noise.sizes() == x_t.sizes(), "noise shape ", noise.sizes(), " differs from x_t shape ",
+              x_t.sizes(), "; pass a standard normal tensor shaped like x_t");
+  TORCH_CHECK(at::isFloatingType(x_t.scalar_type()), "x_t must be a floating-point tensor, got ",
+              x_t.scalar_type());
+}
+}  // namespace detail
+
+}  // namespace diffpost
