@@ -144,29 +144,42 @@ TEST_CASE(
                     2.0);
 }
 
+TEST_CASE("read_state_dict reads the legacy (pre-1.6, non-zip) torch.save format") {
+  auto state = diffpost::read_state_dict(kData / "tiny_legacy.pt");
+  check_tiny_values(state);
+  CHECK((state.at("half_buffer").scalar_type() == torch::kFloat16));
+  CHECK((state.at("bf16_buffer").scalar_type() == torch::kBFloat16));
+  const std::vector<std::pair<std::string, int64_t>> versions = {
+      {"", 1}, {"conv", 1}, {"norm", 1}, {"fc", 1}};
+  CHECK((state.module_versions() == versions));
+}
+
 TEST_CASE("read_state_dict keeps offsets, strides and shared storages of views") {
-  auto state = diffpost::read_state_dict(kData / "views.pt");
-  const auto base_expected = torch::arange(24, torch::kFloat32).reshape({4, 6}) / 2;
-  const auto& base = state.at("base");
-  const auto& transposed = state.at("transposed");
-  const auto& block = state.at("block");
-  const auto& tail = state.at("tail");
-  CHECK(torch::equal(base, base_expected));
-  CHECK(torch::equal(transposed, base_expected.t()));
-  CHECK((transposed.strides() == c10::IntArrayRef{1, 6}));
-  CHECK(torch::equal(block, base_expected.slice(0, 1, 3).slice(1, 2, 5)));
-  CHECK(block.storage_offset() == 8);
-  CHECK(torch::equal(tail, base_expected.flatten().slice(0, 5)));
-  CHECK(tail.storage_offset() == 5);
-  // One storage for all four views, as in Python.
-  CHECK(transposed.is_alias_of(base));
-  CHECK(block.is_alias_of(base));
-  CHECK(tail.is_alias_of(base));
-  const auto& scalar = state.at("scalar");
-  CHECK(scalar.dim() == 0);
-  CHECK((scalar.scalar_type() == torch::kFloat64));
-  CHECK(scalar.item<double>() == 7.5);
-  CHECK_FALSE(scalar.is_alias_of(base));
+  for (const std::string file : {"views.pt", "views_legacy.pt"}) {
+    CAPTURE(file);
+    auto state = diffpost::read_state_dict(kData / file);
+    const auto base_expected = torch::arange(24, torch::kFloat32).reshape({4, 6}) / 2;
+    const auto& base = state.at("base");
+    const auto& transposed = state.at("transposed");
+    const auto& block = state.at("block");
+    const auto& tail = state.at("tail");
+    CHECK(torch::equal(base, base_expected));
+    CHECK(torch::equal(transposed, base_expected.t()));
+    CHECK((transposed.strides() == c10::IntArrayRef{1, 6}));
+    CHECK(torch::equal(block, base_expected.slice(0, 1, 3).slice(1, 2, 5)));
+    CHECK(block.storage_offset() == 8);
+    CHECK(torch::equal(tail, base_expected.flatten().slice(0, 5)));
+    CHECK(tail.storage_offset() == 5);
+    // One storage for all four views, as in Python.
+    CHECK(transposed.is_alias_of(base));
+    CHECK(block.is_alias_of(base));
+    CHECK(tail.is_alias_of(base));
+    const auto& scalar = state.at("scalar");
+    CHECK(scalar.dim() == 0);
+    CHECK((scalar.scalar_type() == torch::kFloat64));
+    CHECK(scalar.item<double>() == 7.5);
+    CHECK_FALSE(scalar.is_alias_of(base));
+  }
 }
 
 TEST_CASE("read_state_dict rejects what is not a state dict checkpoint with the path and the reason") {
@@ -188,9 +201,13 @@ TEST_CASE("read_state_dict rejects what is not a state dict checkpoint with the 
   CHECK(truncated.find("truncated.pt' is not a readable PyTorch zip archive (truncated or corrupt?)") !=
         std::string::npos);
 
-  auto legacy = error_of([] { diffpost::read_state_dict(kData / "tiny_legacy.pt"); });
-  CHECK(legacy.find("tiny_legacy.pt' is a legacy (pre-1.6, non-zip) torch.save file") != std::string::npos);
-  CHECK(legacy.find("re-save") != std::string::npos);
+  const auto legacy = read_bytes(kData / "tiny_legacy.pt");
+  write_bytes(dir.path / "legacy_cut.pt", legacy.substr(0, legacy.size() - 5));
+  auto legacy_cut = error_of([&] { diffpost::read_state_dict(dir.path / "legacy_cut.pt"); });
+  CHECK(legacy_cut.find("legacy_cut.pt' ends early (truncated?) inside storage") != std::string::npos);
+  write_bytes(dir.path / "legacy_head.pt", legacy.substr(0, 100));
+  auto legacy_head = error_of([&] { diffpost::read_state_dict(dir.path / "legacy_head.pt"); });
+  CHECK(legacy_head.find("legacy_head.pt' (legacy format): data.pkl ends early") != std::string::npos);
 
   auto pickled_model = error_of([] { diffpost::read_state_dict(kData / "tiny_whole_model.pt"); });
   CHECK(pickled_model.find("holds an object built by __main__.Tiny, not a state dict") != std::string::npos);

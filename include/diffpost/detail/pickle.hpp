@@ -185,6 +185,9 @@ class Unpickler {
   Unpickler(std::string_view data, StorageLoader load_storage, std::string context)
       : data_(data), load_storage_(std::move(load_storage)), context_(std::move(context)) {}
 
+  /// Bytes consumed so far; after parse(), the length of the pickle (legacy files hold several in a row).
+  size_t position() const noexcept { return position_; }
+
   /// Interprets the stream up to STOP and returns the top-level object.
   PickleValuePtr parse() {
     while (true) {

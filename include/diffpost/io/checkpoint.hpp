@@ -205,15 +205,84 @@ inline bool looks_like_legacy_torch_save(std::string_view head) {
   return head.size() >= 4 && head.substr(0, 4) == std::string_view("\x80\x02\x8a\x0a", 4);
 }
 
+// The StateDict that `top` (the unpickled file) holds, selected as ReadOptions says.
+inline StateDict state_dict_from(const PickleValuePtr& top, const std::filesystem::path& path,
+                                 const ReadOptions& options, const std::string& context) {
+  std::string chosen_key;
+  const auto& dict = select_state_dict(*top, options, context, chosen_key);
+  StateDict state(quoted(path) + (chosen_key.empty() ? "" : " (key '" + chosen_key + "')"));
+  for (const auto& [key, value] : dict.entries) state.insert(key->text, value->tensor);
+  state.module_versions() = read_module_versions(dict);
+  return state;
+}
+
+// The legacy (torch < 1.6) torch.save layout, one file of consecutive pickles: the magic number, the protocol
+// version 1001, a sys_info dict, the object (storages as persistent ids), the sorted list of storage keys,
+// then for each key an int64 element count followed by the raw little-endian elements.
+inline PickleValuePtr read_legacy_torch_save(const std::filesystem::path& path, const std::string& context) {
+  using K = PickleValue::Kind;
+  std::ifstream file(path, std::ios::binary);
+  const std::string bytes{std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+  TORCH_CHECK(!file.bad(), context, " cannot be read");
+  std::string_view rest(bytes);
+
+  static constexpr std::string_view magic("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15);
+  TORCH_CHECK(rest.substr(0, magic.size()) == magic, context,
+              " starts like a legacy torch.save file but lacks its magic number");
+  rest.remove_prefix(magic.size());
+  auto next_pickle = [&](StorageLoader loader) {
+    Unpickler unpickler(rest, std::move(loader), context + " (legacy format)");
+    auto value = unpickler.parse();
+    rest.remove_prefix(unpickler.position());
+    return value;
+  };
+  auto protocol = next_pickle(nullptr);
+  TORCH_CHECK(protocol->is(K::Int) && protocol->integer == 1001, context,
+              ": unknown legacy torch.save protocol version ", protocol->is(K::Int) ? protocol->integer : -1,
+              " (expected 1001)");
+  auto sys_info = next_pickle(nullptr);
+  if (auto little = sys_info->is(K::Dict) ? sys_info->get("little_endian") : nullptr; little) {
+    TORCH_CHECK(little->is(K::Bool) && little->boolean, context, " was written on a big-endian machine");
+  }
+  // Storages come after the object: allocate them now, fill them once their bytes are reached.
+  std::unordered_map<std::string, torch::Tensor> storages;
+  auto top = next_pickle([&](std::string_view key, torch::ScalarType type, int64_t numel) {
+    auto storage = torch::empty({numel}, torch::TensorOptions().dtype(type));
+    storages.emplace(std::string(key), storage);
+    return storage;
+  });
+  auto keys = next_pickle(nullptr);
+  TORCH_CHECK(keys->is(K::List), context, ": the legacy storage key list is ", describe(*keys));
+  for (const auto& key : keys->items) {
+    TORCH_CHECK(key->is(K::String), context, ": a legacy storage key is ", describe(*key));
+    auto found = storages.find(key->text);
+    TORCH_CHECK(found != storages.end(), context, ": storage '", key->text, "' is stored but never used");
+    auto& storage = found->second;
+    TORCH_CHECK(rest.size() >= 8, context, " ends early (truncated?) before storage '", key->text, "'");
+    int64_t numel = 0;
+    std::memcpy(&numel, rest.data(), 8);
+    rest.remove_prefix(8);
+    const auto nbytes = static_cast<size_t>(storage.nbytes());
+    TORCH_CHECK(numel == storage.numel(), context, ": storage '", key->text, "' holds ", numel,
+                " elements but its tensors need ", storage.numel());
+    TORCH_CHECK(rest.size() >= nbytes, context, " ends early (truncated?) inside storage '", key->text, "'");
+    std::memcpy(storage.data_ptr(), rest.data(), nbytes);
+    rest.remove_prefix(nbytes);
+  }
+  TORCH_CHECK(storages.size() == keys->items.size(), context, ": ", storages.size() - keys->items.size(),
+              " storages are used but not stored (truncated?)");
+  return top;
+}
+
 }  // namespace detail
 
 /// Reads the state dict stored in the PyTorch checkpoint at `path`, as written by
-/// `torch.save(model.state_dict(), path)` (torch >= 1.6 zip format): an OrderedDict with `_metadata`, a plain
-/// dict of tensors, or a dict nesting one of those under a key (see ReadOptions). Tensors are created on the
-/// CPU in their stored dtype (float32, float16, bfloat16, float64, int64, ...) whatever device they were
-/// saved from; storage offsets, strides and storages shared between tensors are preserved. Throws c10::Error
-/// naming the path and the problem when the file is missing, unreadable, truncated, a legacy (pre-1.6)
-/// torch.save file, or does not hold a state dict.
+/// `torch.save(model.state_dict(), path)` (the zip format of torch >= 1.6, and the legacy format before it):
+/// an OrderedDict with `_metadata`, a plain dict of tensors, or a dict nesting one of those under a key (see
+/// ReadOptions). Tensors are created on the CPU in their stored dtype (float32, float16, bfloat16, float64,
+/// int64, ...) whatever device they were saved from; storage offsets, strides and storages shared between
+/// tensors are preserved. Throws c10::Error naming the path and the problem when the file is missing,
+/// unreadable, truncated, not a checkpoint, or does not hold a state dict.
 inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOptions& options = {}) {
   const std::string context = "checkpoint " + detail::quoted(path);
   std::error_code error;
@@ -226,9 +295,10 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
     probe.read(head, 4);
     const std::string_view first(head, static_cast<size_t>(probe.gcount()));
     TORCH_CHECK(!first.empty(), context, " is empty");
-    TORCH_CHECK(!detail::looks_like_legacy_torch_save(first), context,
-                " is a legacy (pre-1.6, non-zip) torch.save file, which diffpost does not read. In Python "
-                "(torch >= 1.6), re-save it: torch.save(torch.load(path, map_location='cpu'), new_path)");
+    if (detail::looks_like_legacy_torch_save(first)) {
+      probe.close();
+      return detail::state_dict_from(detail::read_legacy_torch_save(path, context), path, options, context);
+    }
     TORCH_CHECK(first == std::string_view("PK\x03\x04", 4), context,
                 " is not a PyTorch checkpoint: it does not start like a zip archive (torch.save since 1.6 "
                 "writes zip archives)");
@@ -280,14 +350,7 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
 
   detail::Unpickler unpickler(std::string_view(static_cast<const char*>(pickle_bytes.get()), pickle_size),
                               load_storage, context);
-  auto top = unpickler.parse();
-
-  std::string chosen_key;
-  const auto& dict = detail::select_state_dict(*top, options, context, chosen_key);
-  StateDict state(detail::quoted(path) + (chosen_key.empty() ? "" : " (key '" + chosen_key + "')"));
-  for (const auto& [key, value] : dict.entries) state.insert(key->text, value->tensor);
-  state.module_versions() = detail::read_module_versions(dict);
-  return state;
+  return detail::state_dict_from(unpickler.parse(), path, options, context);
 }
 
 /// The state dict of `module` in the order Python's `state_dict()` uses (module by module, depth first, each

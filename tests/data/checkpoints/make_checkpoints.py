@@ -69,9 +69,10 @@ def main():
 
     # Views sharing one storage: base = arange(24) / 2 as 4x6; a transpose, an offset slice, a flat tail.
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 2
-    save(collections.OrderedDict([("base", base), ("transposed", base.t()), ("block", base[1:3, 2:5]),
-                                  ("tail", base.view(-1)[5:]), ("scalar", torch.tensor(7.5, dtype=torch.float64))]),
-         "views.pt")
+    views = collections.OrderedDict([("base", base), ("transposed", base.t()), ("block", base[1:3, 2:5]),
+                                     ("tail", base.view(-1)[5:]), ("scalar", torch.tensor(7.5, dtype=torch.float64))])
+    save(views, "views.pt")
+    save(views, "views_legacy.pt", _use_new_zipfile_serialization=False)
 
     # TorchScript score model and the values the C++ adapter must reproduce.
     torch.manual_seed(0)
