@@ -1,51 +1,12 @@
 #include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
 
-#include "support/gaussian_posterior.hpp"
+#include "support/subsample_problem.hpp"
+
+using diffpost::testing::make_problem;
+using diffpost::testing::SubsampleOperator;
 
 using namespace diffpost;
-
-namespace {
-
-// Keeps every other pixel: a linear operator small enough to write as a matrix.
-struct SubsampleOperator {
-  torch::Tensor forward(const torch::Tensor& x) const {
-    return x.reshape({x.size(0), -1})
-        .index({torch::indexing::Slice(), torch::indexing::Slice(0, torch::indexing::None, 2)});
-  }
-  torch::Tensor adjoint(const torch::Tensor& y) const {
-    auto x = torch::zeros({y.size(0), 2 * y.size(1)}, y.options());
-    x.index_put_({torch::indexing::Slice(), torch::indexing::Slice(0, torch::indexing::None, 2)}, y);
-    return x;
-  }
-  Shape measurement_shape(const Shape& s) const { return {s[0], s[1] * s[2] * s[3] / 2}; }
-};
-static_assert(LinearOperator<SubsampleOperator>);
-
-struct Problem {
-  torch::Tensor mean, covariance;
-  GaussianPrior prior;
-  torch::Tensor x_true, y;
-  testing::Posterior posterior;
-  double sigma;
-};
-
-Problem make_problem(double sigma, uint64_t seed) {
-  auto mean = torch::zeros({1, 6, 6}, torch::kFloat64);
-  auto covariance = testing::smooth_covariance(6, 6, 0.35, 1.5);
-  auto prior = GaussianPrior::with_covariance(mean, covariance, DiffusionSchedule::linear());
-  auto generator = make_generator(seed);
-  auto x_true = prior.sample(1, generator);
-  SubsampleOperator op;
-  auto y = GaussianLikelihood(sigma).sample(op.forward(x_true), generator);
-  auto a = testing::dense_matrix([&](const torch::Tensor& x) { return op.forward(x); }, {1, 6, 6});
-  auto posterior =
-      testing::gaussian_posterior(testing::to_eigen(mean.reshape({-1})), testing::to_eigen(covariance), a,
-                                  testing::to_eigen(y.reshape({-1})), sigma);
-  return {mean, covariance, prior, x_true, y, posterior, sigma};
-}
-
-}  // namespace
 
 TEST_CASE("one DPS step equals the sampler step minus scale times the closed-form residual gradient") {
   auto problem = make_problem(0.05, 11);

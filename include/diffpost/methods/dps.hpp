@@ -30,13 +30,6 @@ struct DPSOptions {
   TORCH_ARG(int64_t, num_samples) = 1;
 };
 
-/// Result of one DPS step.
-struct DPSStep {
-  torch::Tensor x_prev;    ///< x_{t-1} after the measurement gradient step, detached
-  torch::Tensor x0_hat;    ///< Tweedie estimate at x_t, detached
-  torch::Tensor residual;  ///< data fidelity ||y - A(x0_hat)|| per sample [B], detached
-};
-
 /// Diffusion posterior sampling for y = A(x) + noise:
 ///   x'_{t-1} ~ p(x_{t-1} | x_t)                      (the Sampler's ordinary reverse step)
 ///   x_{t-1}  = x'_{t-1} - zeta_t grad_{x_t} r(y, A(x0_hat(x_t)))   (DPS Algorithm 1, eq. 16)
@@ -47,7 +40,7 @@ struct DPSStep {
 /// Clipping of x0_hat is an option of the sampler (DDPMOptions::clip_denoised, on by default as in the
 /// reference).
 template <NoiseModel Likelihood, ForwardOperator Operator, Sampler SamplerType = DDPMSampler>
-class DPS {
+class DPS : public detail::PosteriorSamplerBase<DPS<Likelihood, Operator, SamplerType>> {
  public:
   DPS(Operator measurement_operator, Likelihood likelihood, SamplerType sampler, DPSOptions options = {})
       : operator_(std::move(measurement_operator)),
@@ -88,8 +81,8 @@ class DPS {
   /// ancestral part, so that a step can be compared number for number with the reference. `y` has x_t's batch
   /// size.
   template <ScoreModel Model>
-  DPSStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
-               const torch::Tensor& noise) const {
+  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
+                  const torch::Tensor& noise) const {
     auto x = x_t.detach().requires_grad_(true);
     torch::Tensor model_output;
     {
@@ -107,49 +100,17 @@ class DPS {
     return {x_prev, reverse_step.x0_hat.detach(), residual.detach()};
   }
 
-  /// Runs the whole reverse process for measurements y [B, ...] and images of `image_shape` [C, H, W],
-  /// drawing x_T and all noise from `generator`. Returns x_0 [B * num_samples, C, H, W]: the samples of
-  /// measurement b are rows b * num_samples ... (b + 1) * num_samples - 1. Like the reference it returns the
-  /// last iterate, not x0_hat.
+  /// One DPS step drawing the ancestral noise from `generator` (what `sample` calls).
   template <ScoreModel Model>
-  torch::Tensor sample(Model& model, const torch::Tensor& y, const Shape& image_shape,
-                       at::Generator& generator, const StepCallback& callback = {}) const {
-    TORCH_CHECK(y.dim() >= 1 && y.size(0) >= 1, "measurement y must be a batch [B, ...], got shape ",
-                y.sizes());
-    TORCH_CHECK(at::isFloatingType(y.scalar_type()), "measurement y must be a floating-point tensor, got ",
-                y.scalar_type());
-    const int64_t batch = y.size(0) * options_.num_samples();
-    auto like = torch::empty(detail::batch_image_shape(image_shape, batch), y.options().requires_grad(false));
-    return sample_from(model, y, detail::randn_like(like, generator), generator, callback);
+  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
+                  at::Generator& generator) const {
+    return step(model, x_t, y, index, detail::randn_like(x_t, generator));
   }
 
-  /// As `sample`, starting from a given x_T [B * num_samples, C, H, W].
-  template <ScoreModel Model>
-  torch::Tensor sample_from(Model& model, const torch::Tensor& y, torch::Tensor x_T, at::Generator& generator,
-                            const StepCallback& callback = {}) const {
-    TORCH_CHECK(x_T.dim() == 4, "x_T must be [B, C, H, W], got ", x_T.sizes());
-    TORCH_CHECK(x_T.size(0) == y.size(0) * options_.num_samples(), "x_T has batch ", x_T.size(0), " but ",
-                y.size(0), " measurements x ", options_.num_samples(), " samples need ",
-                y.size(0) * options_.num_samples());
-    auto measurements =
-        options_.num_samples() > 1 ? y.detach().repeat_interleave(options_.num_samples(), 0) : y.detach();
-    detail::check_measurement_shape(operator_, x_T.sizes().vec(), measurements);
-    TORCH_CHECK(x_T.scalar_type() == y.scalar_type() && x_T.device() == y.device(), "x_T (",
-                x_T.scalar_type(), ", ", x_T.device(), ") and y (", y.scalar_type(), ", ", y.device(),
-                ") must share dtype and device");
-    auto x = x_T.detach();
-    detail::DivergenceMonitor monitor(x);
-    const int64_t n = sampler_.schedule().num_steps();
-    for (int64_t index = n - 1; index >= 0; --index) {
-      auto noise = detail::randn_like(x, generator);
-      auto result = step(model, x, measurements, index, noise);
-      x = result.x_prev;
-      monitor.observe(x, n - index);
-      if (callback) callback(StepInfo{index, n - index, n, x, result.x0_hat, result.residual});
-    }
-    monitor.check("DPS",
-                  "Lower DPSOptions::scale (the reference uses 0.3 to 1.0) or check the measurement scale.");
-    return x;
+  [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
+  [[nodiscard]] static const char* method_name() noexcept { return "DPS"; }
+  [[nodiscard]] static const char* divergence_remedy() noexcept {
+    return "Lower DPSOptions::scale (the reference uses 0.3 to 1.0) or check the measurement scale.";
   }
 
  private:

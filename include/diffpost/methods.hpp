@@ -1,0 +1,9 @@
+// Umbrella header: every posterior sampling method.
+#pragma once
+
+#include <diffpost/methods/dps.hpp>
+#include <diffpost/methods/mcg.hpp>
+#include <diffpost/methods/projection.hpp>
+#include <diffpost/methods/score_ald.hpp>
+#include <diffpost/methods/sdedit.hpp>
+#include <diffpost/methods/unconditional.hpp>
