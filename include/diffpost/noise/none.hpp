@@ -1,0 +1,30 @@
+// Noise-free measurements.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <diffpost/concepts.hpp>
+
+namespace diffpost {
+
+/// No measurement noise: `sample` returns the clean measurement unchanged (the generator is not used), and
+/// the data-fidelity residual is the plain per-sample L2 norm ||y_b - A x0_b||_2, as for Gaussian noise (DPS
+/// eq. 16 with the reference's unsquared norm). Use it for noiseless experiments or when y is already a real
+/// measurement.
+class NoNoise {
+ public:
+  /// Returns `clean` itself.
+  torch::Tensor sample(const torch::Tensor& clean, at::Generator& /*generator*/) const { return clean; }
+
+  /// ||y_b - predicted_b||_2 per batch element, shape [B], differentiable in `predicted`.
+  torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
+    TORCH_CHECK(y.sizes() == predicted.sizes(), "NoNoise::data_fidelity: y has shape ", y.sizes(),
+                " but the predicted measurement has shape ", predicted.sizes());
+    TORCH_CHECK(y.dim() >= 1, "NoNoise::data_fidelity: expected a batch [B, ...], got a scalar");
+    return (y - predicted).reshape({y.size(0), -1}).norm(2, 1);
+  }
+};
+
+static_assert(NoiseModel<NoNoise>);
+
+}  // namespace diffpost
