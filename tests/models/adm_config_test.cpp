@@ -1,0 +1,171 @@
+// Model config files in the reference's format, the configuration read off a checkpoint's shapes, and load
+// errors that name it.
+#include <diffpost/io/checkpoint.hpp>
+#include <diffpost/models/adm_checkpoint.hpp>
+#include <diffpost/models/adm_unet.hpp>
+#include <diffpost/models/config.hpp>
+
+#include <doctest/doctest.h>
+#include <torch/torch.h>
+
+#include <sstream>
+#include <string>
+
+namespace {
+
+const std::string kConfigDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_config/";
+const std::string kSmallCheckpoint = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/small_state_dict.pt";
+
+std::string printed(const diffpost::AdmUNetOptions& options) {
+  std::ostringstream os;
+  os << options;
+  return os.str();
+}
+
+std::string error_of(const std::string& yaml) {
+  try {
+    diffpost::parse_adm_model_config(yaml, "test.yaml");
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "no error";
+}
+
+// A state dict with the planned keys and shapes, backed by one zero element (expanded, nothing allocated).
+diffpost::StateDict planned_state_dict(const diffpost::AdmUNetOptions& options) {
+  diffpost::StateDict state("planned");
+  auto zero = torch::zeros({1});
+  for (const auto& [name, shape] : diffpost::adm_state_dict_shapes(options)) {
+    std::vector<int64_t> ones(shape.size(), 1);
+    state.insert(name, zero.reshape(ones).expand(shape));
+  }
+  return state;
+}
+
+const std::string kSmallYaml = R"(
+image_size: 32
+num_channels: 32
+num_res_blocks: 1
+channel_mult: "1,1"
+learn_sigma: True
+attention_resolutions: 16
+num_head_channels: 16
+use_scale_shift_norm: True
+resblock_updown: True
+)";
+
+}  // namespace
+
+TEST_CASE("adm_options_from_config reads the reference model_config.yaml keys") {
+  SUBCASE("FFHQ: channel_mult \"\" and attention_resolutions as an int") {
+    auto config = diffpost::read_adm_model_config(kConfigDir + "ffhq_model_config.yaml");
+    CHECK(printed(config.options) == printed(diffpost::AdmUNetOptions::ffhq256()));
+    CHECK(config.model_path == "models/ffhq_10m.pt");
+    CHECK(diffpost::adm_parameter_count(config.options) == 93'563'910);
+  }
+  SUBCASE("ImageNet: attention_resolutions as a comma string") {
+    auto options = diffpost::adm_options_from_config(kConfigDir + "imagenet_model_config.yaml");
+    CHECK(printed(options) == printed(diffpost::AdmUNetOptions::imagenet256_uncond()));
+  }
+  SUBCASE("JSON with the in_channels extension") {
+    auto config = diffpost::read_adm_model_config(kConfigDir + "small_model_config.json");
+    CHECK(config.options.channel_mult() == std::vector<int64_t>{1, 1});
+    CHECK(config.options.attention_downsample_rates() == std::vector<int64_t>{2});
+    CHECK(config.options.in_channels() == 3);
+    CHECK(config.model_path == "../adm_small/small_state_dict.pt");
+    // The checkpoint it names loads into the model it describes.
+    diffpost::AdmUNet model(config.options);
+    CHECK_NOTHROW(diffpost::load_checkpoint(model, kConfigDir + config.model_path));
+  }
+  SUBCASE("class_cond means the 1000 ImageNet classes; num_classes overrides it") {
+    CHECK(diffpost::parse_adm_model_config(kSmallYaml + "class_cond: True\n").options.num_classes() == 1000);
+    CHECK(diffpost::parse_adm_model_config(kSmallYaml + "class_cond: True\nnum_classes: 10\n")
+              .options.num_classes() == 10);
+  }
+}
+
+TEST_CASE("model config errors name the key, the value and the fix") {
+  CHECK(error_of(kSmallYaml + "num_head_channel: 64\n").find("unknown key 'num_head_channel'") !=
+        std::string::npos);
+  CHECK(error_of("num_channels: 32\nnum_res_blocks: 1\n").find("missing required key 'image_size'") !=
+        std::string::npos);
+  CHECK(error_of(kSmallYaml + "num_heads: four\n").find("'num_heads' must be an integer, got 'four'") !=
+        std::string::npos);
+  CHECK(error_of(kSmallYaml + "dropout: [0.1]\n").find("'dropout' must be a number, got a list") !=
+        std::string::npos);
+  CHECK(error_of(kSmallYaml + "use_new_attention_order: maybe\n")
+            .find("'use_new_attention_order' must be true or false, got 'maybe'") != std::string::npos);
+  CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: \"0.5,1\"\n")
+            .find("entry '0.5'") != std::string::npos);
+  CHECK(error_of(kSmallYaml + "learn_sigma: False\n").find("key 'learn_sigma' appears twice") !=
+        std::string::npos);
+  CHECK(error_of(kSmallYaml + "use_fp16: True\n").find("use_fp16: true is not supported") !=
+        std::string::npos);
+  // Option validation runs on the file's values and names the file.
+  CHECK(error_of("image_size: 32\nnum_channels: 48\nnum_res_blocks: 1\nchannel_mult: \"1,1\"\n")
+            .find("test.yaml: AdmUNetOptions: level width") != std::string::npos);
+  CHECK_THROWS_WITH_AS(diffpost::read_adm_model_config(kConfigDir + "no_such_file.yaml"),
+                       doctest::Contains("cannot open"), c10::Error);
+}
+
+TEST_CASE("summarize_adm_state_dict reads the configuration off the shapes") {
+  auto round_trip = [](const diffpost::AdmUNetOptions& options) {
+    auto summary = diffpost::summarize_adm_state_dict(planned_state_dict(options));
+    REQUIRE(summary.has_value());
+    // Everything the weights record comes back; heads and attention order are not recorded.
+    CHECK(diffpost::adm_state_dict_shapes(summary->options) == diffpost::adm_state_dict_shapes(options));
+    CHECK(summary->options.attention_downsample_rates() == options.attention_downsample_rates());
+    return *summary;
+  };
+  auto ffhq = round_trip(diffpost::AdmUNetOptions::ffhq256());
+  CHECK(ffhq.image_size_known);
+  CHECK(ffhq.options.num_channels() == 128);
+  CHECK(ffhq.options.num_res_blocks() == 1);
+  CHECK(ffhq.options.learn_sigma());
+  CHECK(ffhq.options.resblock_updown());
+  round_trip(diffpost::AdmUNetOptions::imagenet256_uncond());
+  round_trip(
+      diffpost::AdmUNetOptions(32, 32, 1).channel_mult({1, 1}).attention_resolutions({16}).learn_sigma(true));
+  round_trip(diffpost::AdmUNetOptions(16, 32, 2)
+                 .in_channels(1)
+                 .channel_mult({1, 2})
+                 .attention_resolutions({8})
+                 .num_classes(5));
+
+  diffpost::StateDict not_a_unet("other");
+  not_a_unet.insert("conv.weight", torch::zeros({4, 3, 3, 3}));
+  CHECK_FALSE(diffpost::summarize_adm_state_dict(not_a_unet).has_value());
+  CHECK(diffpost::describe_adm_state_dict(not_a_unet).find("does not look like an ADM UNet") !=
+        std::string::npos);
+  CHECK(diffpost::describe_adm_state_dict(planned_state_dict(diffpost::AdmUNetOptions::imagenet256_uncond()))
+            .find("it matches the preset AdmUNetOptions::imagenet256_uncond()") != std::string::npos);
+}
+
+TEST_CASE(
+    "loading a checkpoint into the wrong AdmUNet names the first mismatch and the file's configuration") {
+  // The small reference checkpoint (32 channels, learned sigma) into a 64-channel model without learned
+  // sigma.
+  diffpost::AdmUNet wrong(
+      diffpost::parse_adm_model_config(kSmallYaml).options.num_channels(64).learn_sigma(false));
+  std::string message;
+  try {
+    diffpost::load_checkpoint(wrong, kSmallCheckpoint);
+  } catch (const c10::Error& e) {
+    message = e.what_without_backtrace();
+  }
+  INFO(message);
+  CHECK(message.find("small_state_dict.pt") != std::string::npos);
+  CHECK(message.find(
+            "First mismatch: 'time_embed.0.weight' has shape [128, 32] in the file but [256, 64] in the "
+            "model") != std::string::npos);
+  CHECK(message.find("The file looks like an ADM UNet with num_channels=32, num_res_blocks=1, "
+                     "channel_mult=\"1,1\", attention at downsample rates 2") != std::string::npos);
+  CHECK(message.find("learn_sigma=true (6 output channels for in_channels=3)") != std::string::npos);
+  CHECK(message.find("use_scale_shift_norm=true, resblock_updown=true, unconditional") != std::string::npos);
+  CHECK(message.find("it matches no diffpost preset") != std::string::npos);
+  CHECK(message.find("The model was built with AdmUNetOptions(image_size=32, in_channels=3, out_channels=3, "
+                     "num_channels=64") != std::string::npos);
+  // Nothing was copied: the zero-initialised output convolution is still zero.
+  auto out = wrong(torch::randn({1, 3, 32, 32}), torch::zeros({1}, torch::kInt64));
+  CHECK(out.abs().max().item<double>() == 0.0);
+}
