@@ -1,0 +1,791 @@
+// diffpost: restore degraded images with a diffusion prior from the command line.
+//
+//   diffpost restore --task box-inpaint,sr --test-set 16 --out results/
+//   diffpost degrade --task motion-deblur photo.png --out measured/
+//   diffpost sample --num-images 16 --out samples/
+//   diffpost denoise --sigma 0.2 --test-set 8 --add-noise --out denoised/
+//
+// Every subcommand has --help. The model is the bundled Fashion-MNIST prior unless --model / --config name
+// another ADM UNet checkpoint and its configuration. Errors are one line on stderr and a non-zero exit; no
+// output file is ever half-written or silently replaced (--force replaces).
+#include <diffpost/dps.hpp>
+#include <diffpost/io/progress.hpp>
+#include <diffpost/metrics.hpp>
+#include <diffpost/noise.hpp>
+#include <diffpost/operators.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cli/args.hpp"
+#include "cli/files.hpp"
+#include "cli/model.hpp"
+#include "cli/tasks.hpp"
+
+namespace fs = std::filesystem;
+using namespace diffpost;
+using namespace diffpost::cli;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Flags shared by several subcommands
+// ---------------------------------------------------------------------------------------------------------------
+
+void add_input_flags(ArgParser& args) {
+  args.section("Input");
+  args.add("test-set", "N",
+           "also use the first N images of the Fashion-MNIST test split (not used in training)", "0");
+}
+
+void add_model_flags(ArgParser& args) {
+  args.section("Model");
+  args.add("model", "FILE", "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior");
+  args.add("config", "FILE",
+           "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml");
+  args.add("beta-schedule", "NAME",
+           "noise schedule the model was trained with: linear or cosine (1000 steps)", "linear");
+  args.add("threads", "N", "CPU threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+void add_sampler_flags(ArgParser& args, const std::string& default_steps) {
+  args.section("Sampling");
+  args.add("steps", "SPEC", "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)",
+           default_steps);
+  args.add("sampler", "NAME", "ddpm (ancestral) or ddim", "ddpm");
+  args.add("eta", "X", "DDIM eta (0 = deterministic)", "0");
+  args.add("seed", "N", "random seed (masks, kernels, noise, sampling)", "0");
+  args.add("batch", "N", "images per batch", "16");
+}
+
+void add_output_flags(ArgParser& args) {
+  args.section("Output");
+  args.add("out", "DIR", "output folder (created if missing)");
+  args.add_switch("force", "overwrite existing output files");
+  args.add_switch("verbose", "print full error messages");
+}
+
+void add_task_flags(ArgParser& args, bool multiple) {
+  std::string task_help =
+      multiple ? "task, or a comma-separated list of tasks (one subfolder each):" : "task:";
+  for (const auto& task : all_tasks())
+    task_help += "\n" + std::string(32, ' ') + task.name + ": " + task.description;
+  args.section("Task");
+  args.add("task", multiple ? "NAME[,NAME...]" : "NAME", task_help);
+  const TaskParameters d;
+  args.add("box-size", "N", "box-inpaint: side of the missing square", std::to_string(d.box_size));
+  args.add("box-margin", "N", "box-inpaint: the box lies at least this far from the border (random position)",
+           std::to_string(d.box_margin));
+  args.add("drop-fraction", "P", "random-inpaint: fraction of pixels removed",
+           fmt::format("{}", d.drop_fraction));
+  args.add("mask-file", "FILE",
+           "inpainting: mask image, white = observed, black = missing (instead of a random one)");
+  args.add("factor", "N", "sr: downsampling factor", std::to_string(d.factor));
+  args.add("kernel-size", "N", "gaussian-deblur, motion-deblur: odd kernel side",
+           std::to_string(d.kernel_size));
+  args.add("kernel-sigma", "X", "gaussian-deblur: kernel standard deviation, pixels",
+           fmt::format("{}", d.kernel_sigma));
+  args.add("motion-intensity", "X", "motion-deblur: camera shake in [0, 1]",
+           fmt::format("{}", d.motion_intensity));
+  args.add("kernel-file", "FILE",
+           "deblurring: kernel image (normalised to sum 1) instead of the generated one");
+  args.add("oversample", "X", "phase-retrieval: zero padding, oversample / 8 of the size per side",
+           fmt::format("{}", d.oversample));
+  args.section("Noise");
+  args.add("noise", "NAME", "measurement noise: gaussian, poisson or none", "gaussian");
+  args.add("sigma", "X", "gaussian: standard deviation on the [-1, 1] scale", "0.05");
+  args.add("poisson-rate", "X", "poisson: photons per 8-bit level (higher = less noise)", "1");
+}
+
+TaskParameters task_parameters(const ArgParser& args) {
+  TaskParameters p;
+  p.box_size = args.get_int("box-size", 1);
+  p.box_margin = args.get_int("box-margin", 0);
+  p.drop_fraction = args.get_double("drop-fraction", 0.0, 1.0);
+  p.factor = args.get_int("factor", 1);
+  p.kernel_size = args.get_int("kernel-size", 1);
+  if (p.kernel_size % 2 == 0)
+    throw UsageError(fmt::format("--kernel-size must be odd, got {}", p.kernel_size));
+  p.kernel_sigma = args.get_double("kernel-sigma", 1e-3, 1e3);
+  p.motion_intensity = args.get_double("motion-intensity", 0.0, 1.0);
+  p.oversample = args.get_double("oversample", 0.0, 16.0);
+  p.kernel_file = args.get("kernel-file");
+  p.mask_file = args.get("mask-file");
+  return p;
+}
+
+AnyNoise noise_model(const ArgParser& args) {
+  const auto kind = args.get_choice("noise", {"gaussian", "poisson", "none"});
+  if (kind == "gaussian") return GaussianLikelihood(args.get_double("sigma", 0.0, 10.0));
+  if (kind == "poisson") return PoissonLikelihood(args.get_double("poisson-rate", 1e-6, 1e9));
+  return NoNoise{};
+}
+
+std::string noise_description(const ArgParser& args) {
+  const auto kind = args.get("noise");
+  if (kind == "gaussian") return "gaussian sigma " + args.get("sigma");
+  if (kind == "poisson") return "poisson rate " + args.get("poisson-rate");
+  return "none";
+}
+
+void set_threads(const ArgParser& args) {
+  const auto threads = args.get_int("threads", 1, 4096);
+  torch::set_num_threads(static_cast<int>(threads));
+}
+
+DiffusionSchedule base_schedule(const ArgParser& args) {
+  const auto kind = args.get_choice("beta-schedule", {"linear", "cosine"});
+  return kind == "linear" ? DiffusionSchedule::linear(1000) : DiffusionSchedule::cosine(1000);
+}
+
+AnySampler make_sampler(const ArgParser& args) {
+  const auto schedule = base_schedule(args).respaced(args.get("steps"));
+  const auto kind = args.get_choice("sampler", {"ddpm", "ddim"});
+  if (kind == "ddpm") return DDPMSampler(schedule);
+  return DDIMSampler(schedule, DDIMOptions{}.eta(args.get_double("eta", 0.0, 1.0)));
+}
+
+int64_t num_steps(const AnySampler& sampler) {
+  return std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
+}
+
+fs::path output_folder(const ArgParser& args) {
+  if (!args.has("out"))
+    throw UsageError(fmt::format("--out DIR is required (see {} --help)", args.command()));
+  return fs::path(args.get("out"));
+}
+
+bool help_requested(ArgParser& args, int argc, char** argv) {
+  args.parse(argc, argv, 2);
+  if (!args.flag("help")) return false;
+  std::fputs(args.help().c_str(), stdout);
+  return true;
+}
+
+/// Mean and sample standard deviation (n - 1; 0 for a single value) of finite values; NaN when there are
+/// none.
+std::pair<double, double> mean_std(const std::vector<double>& values) {
+  std::vector<double> finite;
+  for (double v : values)
+    if (std::isfinite(v)) finite.push_back(v);
+  if (finite.empty()) return {NAN, NAN};
+  double sum = 0.0;
+  for (double v : finite) sum += v;
+  const double mean = sum / static_cast<double>(finite.size());
+  double squares = 0.0;
+  for (double v : finite) squares += (v - mean) * (v - mean);
+  const double std = finite.size() > 1 ? std::sqrt(squares / static_cast<double>(finite.size() - 1)) : 0.0;
+  return {mean, std};
+}
+
+/// PSNR and SSIM of one method over the images of a run.
+struct Scores {
+  std::vector<double> psnr;
+  std::vector<double> ssim;
+  void add(const torch::Tensor& image, const torch::Tensor& truth) {
+    const auto p = diffpost::psnr(image, truth), s = diffpost::ssim(image, truth);
+    for (int64_t i = 0; i < p.size(0); ++i) {
+      psnr.push_back(p[i].item<double>());
+      ssim.push_back(s[i].item<double>());
+    }
+  }
+  [[nodiscard]] std::string summary() const {
+    const auto [pm, ps] = mean_std(psnr);
+    const auto [sm, ss] = mean_std(ssim);
+    return fmt::format("PSNR {:.2f} ± {:.2f} dB, SSIM {:.3f} ± {:.3f}", pm, ps, sm, ss);
+  }
+};
+
+std::string csv_number(double value) {
+  return std::isfinite(value) ? fmt::format("{:.4f}", value) : "inf";
+}
+
+/// The measurement y of one image saved as a PNG: as is where it is an image in [-1, 1] (clamped), and as
+/// the log-magnitude picture for phase retrieval, whose magnitudes are not image values.
+torch::Tensor measurement_to_save(const std::string& task, const AnyOperator& op, const torch::Tensor& y) {
+  if (task == "phase-retrieval") return measurement_picture(op, y);
+  return y.clamp(-1.0, 1.0);
+}
+
+std::string command_line(int argc, char** argv) {
+  std::string text = "diffpost";
+  for (int i = 1; i < argc; ++i) text += std::string(" ") + argv[i];
+  return text;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// restore
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Parses --scale: empty = every task's default; a number = that scale for every task; "task=x,task=y" =
+/// per-task values, defaults for the others.
+std::map<std::string, double> task_scales(const std::string& text, const std::vector<std::string>& tasks) {
+  std::map<std::string, double> scales;
+  for (const auto& task : tasks) scales[task] = find_task(task).default_scale;
+  if (text.empty()) return scales;
+  if (text.find('=') == std::string::npos) {
+    const double value = ArgParser::parse_double(text, "--scale", 0.0, 1e6);
+    for (auto& [task, scale] : scales) scale = value;
+    return scales;
+  }
+  for (const auto& item : split_list(text)) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos)
+      throw UsageError(fmt::format("--scale: expected a number or task=value pairs, got '{}'", item));
+    const auto task = item.substr(0, eq);
+    find_task(task);
+    scales[task] = ArgParser::parse_double(item.substr(eq + 1), "--scale " + task, 0.0, 1e6);
+  }
+  return scales;
+}
+
+StepSizeSchedule step_size_schedule(const ArgParser& args) {
+  const auto kind = args.get_choice("scale-schedule", {"constant", "linear", "exponential"});
+  if (kind == "linear") return StepSizeSchedule::linear_decay;
+  if (kind == "exponential") return StepSizeSchedule::exponential_decay;
+  return StepSizeSchedule::constant;
+}
+
+/// What one task produced for the summary.
+struct TaskResult {
+  std::string task;
+  double scale = 0.0;
+  int64_t images = 0;
+  Scores dps;
+  Scores naive;
+  double seconds = 0.0;
+  std::vector<torch::Tensor> pictures;  // measurement picture per image
+  std::vector<torch::Tensor> restored;  // first posterior sample per image
+};
+
+int run_restore(int argc, char** argv) {
+  ArgParser args(
+      "diffpost restore",
+      "Restores images with Diffusion Posterior Sampling (Chung et al., ICLR 2023). Each input image is\n"
+      "degraded (operator + noise) to make the measurement, then restored with the diffusion prior.\n"
+      "Writes, per task folder: <name>_truth.png, <name>_measurement.png, <name>_naive.png (the naive\n"
+      "inverse), <name>_dps.png (or _dps_<k>.png per posterior sample), grid.png (rows = images; columns =\n"
+      "truth, naive inverse, DPS) and metrics.csv (PSNR/SSIM of DPS and of the naive inverse); and\n"
+      "summary.md with mean ± std per task (and grid.png across tasks when several are run).",
+      "[IMAGE|FOLDER ...]");
+  add_task_flags(args, true);
+  args.section("DPS");
+  std::string scale_help = "step size: one number for all tasks, or task=value,... (per-task defaults:";
+  for (const auto& task : all_tasks()) scale_help += fmt::format(" {} {}", task.name, task.default_scale);
+  args.add("scale", "X|TASK=X,...", scale_help + ")");
+  args.add("scale-schedule", "NAME", "step size over the steps: constant, linear or exponential decay",
+           "constant");
+  args.add("num-samples", "N", "posterior samples per image", "1");
+  add_sampler_flags(args, "100");
+  add_input_flags(args);
+  add_model_flags(args);
+  add_output_flags(args);
+  if (help_requested(args, argc, argv)) return 0;
+
+  // Everything is checked before the first file is written.
+  if (!args.has("task")) throw UsageError("--task is required (see diffpost restore --help)");
+  std::vector<std::string> tasks;
+  for (const auto& task : split_list(args.get("task"))) {
+    find_task(task);
+    if (std::find(tasks.begin(), tasks.end(), task) != tasks.end())
+      throw UsageError(fmt::format("task '{}' is listed twice", task));
+    tasks.push_back(task);
+  }
+  if (tasks.empty()) throw UsageError("--task is empty");
+  const auto parameters = task_parameters(args);
+  const auto noise = noise_model(args);
+  const auto scales = task_scales(args.get("scale"), tasks);
+  const auto schedule_kind = step_size_schedule(args);
+  const auto num_samples = args.get_int("num-samples", 1, 1000);
+  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const auto batch_size = args.get_int("batch", 1, 100000);
+  const auto test_set = args.get_int("test-set", 0, 10000);
+  const bool force = args.flag("force");
+  const auto out = output_folder(args);
+  set_threads(args);
+  const auto sampler = make_sampler(args);
+  const auto steps = num_steps(sampler);
+
+  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  const auto shape = prior.image_shape();
+  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  const auto count = static_cast<int64_t>(inputs.size());
+  // Operators are built once up front so that bad task parameters fail before any output.
+  for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
+
+  std::vector<fs::path> planned{out / "summary.md"};
+  if (tasks.size() > 1) planned.push_back(out / "grid.png");
+  for (const auto& task : tasks) {
+    const auto folder = out / task;
+    planned.push_back(folder / "grid.png");
+    planned.push_back(folder / "metrics.csv");
+    for (const auto& input : inputs) {
+      for (const char* suffix : {"_truth.png", "_measurement.png", "_naive.png", "_dps.png"})
+        planned.push_back(folder / (input.name + suffix));
+      for (int64_t k = 0; k < num_samples && num_samples > 1; ++k)
+        planned.push_back(folder / fmt::format("{}_dps_{}.png", input.name, k));
+    }
+  }
+  prepare_output_folder(out);
+  for (const auto& task : tasks) prepare_output_folder(out / task);
+  check_no_overwrite(planned, force);
+
+  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads\n",
+             prior.files.checkpoint.string(), prior.files.config.string(), count, steps, args.get("sampler"),
+             noise_description(args), torch::get_num_threads());
+  std::vector<TaskResult> results;
+  for (const auto& task : tasks) {
+    TaskResult result;
+    result.task = task;
+    result.scale = scales.at(task);
+    result.images = count;
+    const auto folder = out / task;
+    const auto options =
+        DPSOptions{}.scale(result.scale).step_size_schedule(schedule_kind).num_samples(num_samples);
+    std::string csv = "image,method,sample,psnr,ssim\n";
+    std::vector<std::vector<torch::Tensor>> grid_rows;
+    const int64_t batches = (count + batch_size - 1) / batch_size;
+    ProgressBar progress(batches * steps, fmt::format("{} (scale {})", task, result.scale));
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t first = 0; first < count; first += batch_size) {
+      const int64_t n = std::min(batch_size, count - first);
+      std::vector<torch::Tensor> batch_images;
+      for (int64_t i = first; i < first + n; ++i) batch_images.push_back(inputs[i].image);
+      const auto truth = torch::cat(batch_images, 0);
+      const auto op = make_operator(task, parameters, shape, seed, first, n, 1);
+      const auto y = measure(op, noise, truth, seed, first);
+      const auto repeated =
+          std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
+      auto generator = make_generator(image_seed(seed, first, 2));
+      const int64_t done_before = (first / batch_size) * steps;
+      const StepCallback callback = [&](const StepInfo& info) {
+        progress.update(done_before + info.step,
+                        fmt::format("batch {}/{} residual {:.3f}", first / batch_size + 1, batches,
+                                    info.residual.mean().item<double>()));
+      };
+      const auto samples = std::visit(
+          [&](const auto& o, const auto& likelihood, const auto& s) {
+            DPS dps(o, likelihood, s, options);
+            return dps.sample(prior.model, y, shape, generator, callback);
+          },
+          repeated, noise, sampler);
+      const auto restored = samples.detach().clamp(-1.0, 1.0);
+      const auto naive = naive_inverse(op, y);
+      const auto naive_shown = naive.defined() ? naive.clamp(-1.0, 1.0) : torch::Tensor{};
+      const auto picture = measurement_picture(op, y);
+      for (int64_t i = 0; i < n; ++i) {
+        const auto& name = inputs[first + i].name;
+        const auto truth_i = truth.narrow(0, i, 1);
+        save_image(truth_i, (folder / (name + "_truth.png")).string(), force);
+        save_image(measurement_to_save(task, op, y.narrow(0, i, 1)),
+                   (folder / (name + "_measurement.png")).string(), force);
+        std::vector<torch::Tensor> row{truth_i, picture.narrow(0, i, 1)};
+        if (naive_shown.defined()) {
+          const auto naive_i = naive_shown.narrow(0, i, 1);
+          save_image(naive_i, (folder / (name + "_naive.png")).string(), force);
+          Scores one;
+          one.add(naive_i, truth_i);
+          result.naive.add(naive_i, truth_i);
+          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(one.psnr[0]), csv_number(one.ssim[0]));
+        }
+        const auto sample_block = restored.narrow(0, i * num_samples, num_samples);
+        for (int64_t k = 0; k < num_samples; ++k) {
+          const auto sample = sample_block.narrow(0, k, 1);
+          save_image(sample,
+                     (folder / (num_samples == 1 ? name + "_dps.png" : fmt::format("{}_dps_{}.png", name, k)))
+                         .string(),
+                     force);
+          Scores one;
+          one.add(sample, truth_i);
+          result.dps.add(sample, truth_i);
+          csv += fmt::format("{},dps,{},{},{}\n", name, k, csv_number(one.psnr[0]), csv_number(one.ssim[0]));
+          row.push_back(sample);
+        }
+        grid_rows.push_back(row);
+        result.pictures.push_back(picture.narrow(0, i, 1));
+        result.restored.push_back(sample_block.narrow(0, 0, 1));
+      }
+    }
+    progress.finish();
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (const auto* method : {"dps", "naive"}) {
+      const auto& scores = std::string(method) == "dps" ? result.dps : result.naive;
+      if (scores.psnr.empty()) continue;
+      const auto [pm, ps] = mean_std(scores.psnr);
+      const auto [sm, ss] = mean_std(scores.ssim);
+      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", method, csv_number(pm), csv_number(sm), method,
+                         csv_number(ps), csv_number(ss));
+    }
+    save_grid(grid_rows, (folder / "grid.png").string(), GridOptions{}.overwrite(force));
+    write_text(folder / "metrics.csv", csv, force);
+    fmt::print("{}: DPS {}", task, result.dps.summary());
+    if (!result.naive.psnr.empty()) fmt::print(" | naive inverse {}", result.naive.summary());
+    fmt::print(" | {:.1f} s\n", result.seconds);
+    results.push_back(std::move(result));
+  }
+
+  if (tasks.size() > 1) {
+    std::vector<std::vector<torch::Tensor>> rows;
+    for (int64_t i = 0; i < count; ++i) {
+      std::vector<torch::Tensor> row{inputs[i].image};
+      for (const auto& r : results) {
+        row.push_back(r.pictures[i]);
+        row.push_back(r.restored[i]);
+      }
+      rows.push_back(row);
+    }
+    save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  }
+  std::string summary = fmt::format(
+      "# diffpost restore summary\n\n`{}`\n\n{} images, {} steps ({} sampler), noise {}, seed {}, model "
+      "`{}`.\n"
+      "Mean ± sample standard deviation over the images; the naive inverse is zero-filling (inpainting), "
+      "bicubic\n"
+      "upsampling (sr), the blurred image (deblurring), the gray image (colorize) or the noisy image "
+      "(denoise).\n\n"
+      "| task | scale | DPS PSNR (dB) | DPS SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
+      "|---|---|---|---|---|---|---|\n",
+      command_line(argc, argv), count, steps, args.get("sampler"), noise_description(args), seed,
+      prior.files.checkpoint.filename().string());
+  for (const auto& r : results) {
+    const auto cell = [](const std::vector<double>& v, int digits) {
+      if (v.empty()) return std::string("-");
+      const auto [m, s] = mean_std(v);
+      return fmt::format("{:.{}f} ± {:.{}f}", m, digits, s, digits);
+    };
+    summary += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.scale, cell(r.dps.psnr, 2),
+                           cell(r.dps.ssim, 3), cell(r.naive.psnr, 2), cell(r.naive.ssim, 3), r.seconds);
+  }
+  write_text(out / "summary.md", summary, force);
+  fmt::print("\n{}\nwrote {}\n", summary.substr(summary.find("| task")), (out / "summary.md").string());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// degrade
+// ---------------------------------------------------------------------------------------------------------------
+
+int run_degrade(int argc, char** argv) {
+  ArgParser args(
+      "diffpost degrade",
+      "Makes measurements from clean images: applies the task's operator and the noise, and writes\n"
+      "<name>_measurement.png, <name>_naive.png (the naive inverse, when the task has one), the mask\n"
+      "(<name>_mask.png) or blur kernel (<name>_kernel.png, scaled to its maximum) used, and grid.png\n"
+      "(rows = images; columns = clean, naive inverse). No model is needed.",
+      "[IMAGE|FOLDER ...]");
+  add_task_flags(args, false);
+  add_input_flags(args);
+  args.add("seed", "N", "random seed (masks, kernels, noise)", "0");
+  add_output_flags(args);
+  if (help_requested(args, argc, argv)) return 0;
+  if (!args.has("task")) throw UsageError("--task is required (see diffpost degrade --help)");
+  const auto task = args.get("task");
+  find_task(task);
+  const auto parameters = task_parameters(args);
+  const auto noise = noise_model(args);
+  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const bool force = args.flag("force");
+  const auto out = output_folder(args);
+  const auto inputs = gather_inputs(args.positional(), args.get_int("test-set", 0, 10000), 0, 0);
+
+  std::vector<fs::path> planned{out / "grid.png"};
+  for (const auto& input : inputs)
+    for (const char* suffix : {"_measurement.png", "_naive.png", "_mask.png", "_kernel.png"})
+      planned.push_back(out / (input.name + suffix));
+  // Operators of every image are built before anything is written, so bad parameters fail cleanly.
+  std::vector<AnyOperator> operators;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto& image = inputs[i].image;
+    operators.push_back(make_operator(task, parameters, {image.size(1), image.size(2), image.size(3)}, seed,
+                                      static_cast<int64_t>(i), 1, 1));
+  }
+  prepare_output_folder(out);
+  check_no_overwrite(planned, force);
+  std::vector<std::vector<torch::Tensor>> rows;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto& input = inputs[i];
+    const auto& op = operators[i];
+    const auto y = measure(op, noise, input.image, seed, static_cast<int64_t>(i));
+    save_image(measurement_to_save(task, op, y), (out / (input.name + "_measurement.png")).string(), force);
+    const auto naive = naive_inverse(op, y);
+    if (naive.defined())
+      save_image(naive.clamp(-1.0, 1.0), (out / (input.name + "_naive.png")).string(), force);
+    if (const auto picture = operator_picture(op, 0); picture.defined()) {
+      const bool is_mask = task == "box-inpaint" || task == "random-inpaint";
+      save_image(picture, (out / (input.name + (is_mask ? "_mask.png" : "_kernel.png"))).string(), force);
+    }
+    rows.push_back({input.image, measurement_picture(op, y)});
+  }
+  save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  fmt::print("{}: {} measurement(s) with noise {} written to {}\n", task, inputs.size(),
+             noise_description(args), out.string());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// sample
+// ---------------------------------------------------------------------------------------------------------------
+
+int run_sample(int argc, char** argv) {
+  ArgParser args(
+      "diffpost sample",
+      "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per row).");
+  args.add("num-images", "N", "number of samples", "16");
+  add_sampler_flags(args, "250");
+  add_model_flags(args);
+  add_output_flags(args);
+  if (help_requested(args, argc, argv)) return 0;
+  if (!args.positional().empty())
+    throw UsageError(fmt::format("sample takes no input images, got '{}'", args.positional().front()));
+  const auto total = args.get_int("num-images", 1, 100000);
+  const auto batch_size = args.get_int("batch", 1, 100000);
+  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const bool force = args.flag("force");
+  const auto out = output_folder(args);
+  set_threads(args);
+  const auto sampler = make_sampler(args);
+  const auto steps = num_steps(sampler);
+  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  const auto shape = prior.image_shape();
+  std::vector<fs::path> planned{out / "grid.png"};
+  for (int64_t k = 0; k < total; ++k) planned.push_back(out / fmt::format("sample_{:04}.png", k));
+  prepare_output_folder(out);
+  check_no_overwrite(planned, force);
+
+  auto generator = make_generator(seed);
+  const int64_t batches = (total + batch_size - 1) / batch_size;
+  ProgressBar progress(batches * steps, "sample");
+  std::vector<torch::Tensor> samples;
+  for (int64_t first = 0; first < total; first += batch_size) {
+    const int64_t n = std::min(batch_size, total - first);
+    const int64_t done_before = (first / batch_size) * steps;
+    const StepCallback callback = [&](const StepInfo& info) { progress.update(done_before + info.step); };
+    auto batch = std::visit(
+        [&](const auto& s) {
+          return sample_unconditional(prior.model, s, {n, shape[0], shape[1], shape[2]}, generator,
+                                      torch::TensorOptions().dtype(torch::kFloat32), callback);
+        },
+        sampler);
+    batch = batch.clamp(-1.0, 1.0);
+    for (int64_t i = 0; i < n; ++i) {
+      save_image(batch.narrow(0, i, 1), (out / fmt::format("sample_{:04}.png", first + i)).string(), force);
+      samples.push_back(batch.narrow(0, i, 1));
+    }
+  }
+  progress.finish();
+  std::vector<std::vector<torch::Tensor>> rows;
+  for (size_t k = 0; k < samples.size(); k += 8)
+    rows.emplace_back(samples.begin() + static_cast<std::ptrdiff_t>(k),
+                      samples.begin() + static_cast<std::ptrdiff_t>(std::min(k + 8, samples.size())));
+  save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  fmt::print("{} samples ({} steps) written to {}\n", total, steps, out.string());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// denoise
+// ---------------------------------------------------------------------------------------------------------------
+
+int run_denoise(int argc, char** argv) {
+  ArgParser args(
+      "diffpost denoise",
+      "One-step Tweedie denoising: treats a noisy image y = x + sigma n as the diffusion state at the\n"
+      "step whose noise-to-signal ratio is sigma (x_t = sqrt(abar_t) y) and returns E[x_0 | x_t] from one\n"
+      "model evaluation. Writes <name>_denoised.png, <name>_noisy.png (with --add-noise), grid.png and,\n"
+      "when the clean image is known (--add-noise), metrics.csv for the noisy and the denoised image.",
+      "[IMAGE|FOLDER ...]");
+  args.add("sigma", "X", "noise standard deviation on the [-1, 1] scale", "0.2");
+  args.add_switch("add-noise", "the inputs are clean: add the noise first (implied by --test-set)");
+  args.add("seed", "N", "random seed of the added noise", "0");
+  args.add("batch", "N", "images per batch", "64");
+  add_input_flags(args);
+  add_model_flags(args);
+  add_output_flags(args);
+  if (help_requested(args, argc, argv)) return 0;
+  const auto sigma = args.get_double("sigma", 0.0, 100.0);
+  const auto test_set = args.get_int("test-set", 0, 10000);
+  const bool add_noise = args.flag("add-noise") || test_set > 0;
+  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const auto batch_size = args.get_int("batch", 1, 100000);
+  const bool force = args.flag("force");
+  const auto out = output_folder(args);
+  set_threads(args);
+  const auto schedule = base_schedule(args);
+  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  const auto shape = prior.image_shape();
+  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  std::vector<fs::path> planned{out / "grid.png", out / "metrics.csv"};
+  for (const auto& input : inputs) {
+    planned.push_back(out / (input.name + "_denoised.png"));
+    planned.push_back(out / (input.name + "_noisy.png"));
+  }
+  prepare_output_folder(out);
+  check_no_overwrite(planned, force);
+
+  const auto index = index_for_noise_level(schedule, sigma);
+  const double signal = schedule.sqrt_alphas_cumprod()[index];
+  fmt::print("sigma {} -> diffusion step t = {} (noise-to-signal {:.4f})\n", sigma,
+             schedule.model_timestep(index), schedule.sqrt_recipm1_alphas_cumprod()[index]);
+  const auto count = static_cast<int64_t>(inputs.size());
+  ProgressBar progress(count, "denoise");
+  Scores noisy_scores, denoised_scores;
+  std::string csv = "image,method,psnr,ssim\n";
+  std::vector<std::vector<torch::Tensor>> rows;
+  const GaussianLikelihood noise(sigma);
+  for (int64_t first = 0; first < count; first += batch_size) {
+    const int64_t n = std::min(batch_size, count - first);
+    std::vector<torch::Tensor> images;
+    for (int64_t i = first; i < first + n; ++i) images.push_back(inputs[i].image);
+    const auto clean = torch::cat(images, 0);
+    auto noisy = clean;
+    if (add_noise) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t i = 0; i < n; ++i) {
+        auto generator = make_generator(image_seed(seed, first + i, 1));
+        parts.push_back(noise.sample(clean.narrow(0, i, 1), generator));
+      }
+      noisy = torch::cat(parts, 0);
+    }
+    const auto denoised = tweedie_denoise(prior.model, schedule, signal * noisy, index).clamp(-1.0, 1.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto& name = inputs[first + i].name;
+      const auto noisy_i = noisy.narrow(0, i, 1).clamp(-1.0, 1.0), denoised_i = denoised.narrow(0, i, 1);
+      save_image(denoised_i, (out / (name + "_denoised.png")).string(), force);
+      if (add_noise) {
+        save_image(noisy_i, (out / (name + "_noisy.png")).string(), force);
+        const auto clean_i = clean.narrow(0, i, 1);
+        Scores a, b;
+        a.add(noisy_i, clean_i);
+        b.add(denoised_i, clean_i);
+        noisy_scores.add(noisy_i, clean_i);
+        denoised_scores.add(denoised_i, clean_i);
+        csv += fmt::format("{},noisy,{},{}\n{},tweedie,{},{}\n", name, csv_number(a.psnr[0]),
+                           csv_number(a.ssim[0]), name, csv_number(b.psnr[0]), csv_number(b.ssim[0]));
+        rows.push_back({clean_i, noisy_i, denoised_i});
+      } else {
+        rows.push_back({noisy_i, denoised_i});
+      }
+    }
+    progress.update(first + n);
+  }
+  progress.finish();
+  save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  if (add_noise) {
+    for (const auto& [method, scores] :
+         {std::pair{"noisy", &noisy_scores}, std::pair{"tweedie", &denoised_scores}}) {
+      const auto [pm, ps] = mean_std(scores->psnr);
+      const auto [sm, ss] = mean_std(scores->ssim);
+      csv += fmt::format("mean,{},{},{}\nstd,{},{},{}\n", method, csv_number(pm), csv_number(sm), method,
+                         csv_number(ps), csv_number(ss));
+    }
+    write_text(out / "metrics.csv", csv, force);
+    fmt::print("noisy: {}\ntweedie: {}\n", noisy_scores.summary(), denoised_scores.summary());
+  }
+  fmt::print("{} image(s) denoised into {}\n", count, out.string());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// init
+// ---------------------------------------------------------------------------------------------------------------
+
+int run_init(int argc, char** argv) {
+  ArgParser args("diffpost init",
+                 "Writes a randomly initialised checkpoint for a model configuration (the reference ADM\n"
+                 "initialisation, seeded), for testing a pipeline end to end before a trained model exists.");
+  args.add("config", "FILE", "model configuration YAML");
+  args.add("out", "FILE", "checkpoint to write");
+  args.add("seed", "N", "random seed of the initialisation", "0");
+  args.add_switch("force", "overwrite an existing checkpoint");
+  args.add_switch("verbose", "print full error messages");
+  if (help_requested(args, argc, argv)) return 0;
+  if (!args.has("config") || !args.has("out")) throw UsageError("--config FILE and --out FILE are required");
+  const auto options = read_adm_model_config(args.get("config")).options;
+  const fs::path out(args.get("out"));
+  check_no_overwrite({out}, args.flag("force"));
+  torch::manual_seed(static_cast<uint64_t>(args.get_int("seed", 0)));
+  AdmUNet model(options);
+  save_checkpoint(*model, out, SaveOptions{}.overwrite(args.flag("force")));
+  fmt::print("wrote {} ({} parameters)\n", out.string(), state_dict(*model).numel());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int, char**);
+};
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> list{
+      {"restore", "degrade images and restore them with DPS; PSNR/SSIM against the naive inverse",
+       run_restore},
+      {"degrade", "make measurements (operator + noise) from clean images", run_degrade},
+      {"sample", "unconditional samples from the prior", run_sample},
+      {"denoise", "one-step Tweedie denoising of noisy images", run_denoise},
+      {"init", "write a randomly initialised checkpoint for a config (for testing)", run_init},
+  };
+  return list;
+}
+
+void print_overview(std::FILE* stream) {
+  std::fputs(
+      "Usage: diffpost COMMAND [options]   (diffpost COMMAND --help for its options)\n\n"
+      "Solves noisy inverse problems in imaging with Diffusion Posterior Sampling and a diffusion prior\n"
+      "(by default the bundled Fashion-MNIST 28x28 prior).\n\nCommands:\n",
+      stream);
+  for (const auto& c : commands()) std::fprintf(stream, "  %-9s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    print_overview(stderr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    print_overview(stdout);
+    return 0;
+  }
+  const Command* command = nullptr;
+  for (const auto& c : commands())
+    if (name == c.name) command = &c;
+  if (!command) {
+    std::fprintf(
+        stderr, "diffpost: error: unknown command '%s' (commands: restore, degrade, sample, denoise, init)\n",
+        name.c_str());
+    return 2;
+  }
+  bool verbose = false;
+  for (int i = 2; i < argc; ++i) verbose = verbose || std::string(argv[i]) == "--verbose";
+  // Errors are one line: the first line of the message (the rest with --verbose), never a backtrace.
+  const auto fail = [&](std::string message) {
+    if (!verbose) message = message.substr(0, message.find('\n'));
+    std::fprintf(stderr, "diffpost %s: error: %s\n", command->name, message.c_str());
+    return 1;
+  };
+  try {
+    return command->run(argc, argv);
+  } catch (const UsageError& e) {
+    return fail(e.what());
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+}
