@@ -2,17 +2,21 @@
 
 #include <cstdio>
 
-// Runs a 10-step DPS on an analytic prior so that linking and running the whole header set is exercised.
+// Deblurs a tiny image under an analytic prior with DPS, so that linking and running the header set is
+// exercised.
 int main() {
-  auto schedule = diffpost::DiffusionSchedule::linear().respaced("10");
-  diffpost::GaussianPrior prior(torch::zeros({1, 1, 4, 4}), torch::ones({1, 1, 4, 4}),
-                                diffpost::DiffusionSchedule::linear());
-  diffpost::DPS<diffpost::GaussianLikelihood, diffpost::IdentityOperator> dps(
-      diffpost::IdentityOperator{}, diffpost::GaussianLikelihood(0.05), diffpost::DDPMSampler(schedule));
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(0);
-  auto y = torch::zeros({1, 1, 4, 4});
-  auto x = dps.sample(prior, y, generator);
-  std::printf("consumer ran DPS: output %lld elements, finite %d\n", static_cast<long long>(x.numel()),
-              static_cast<int>(torch::isfinite(x).all().item<bool>()));
-  return torch::isfinite(x).all().item<bool>() ? 0 : 1;
+  using namespace diffpost;
+  auto generator = make_generator(0);
+  GaussianPrior prior(torch::zeros({1, 8, 8}), torch::full({1, 8, 8}, 0.5), DiffusionSchedule::linear());
+  BlurOperator<Motion> blur(Motion{}.size(5).intensity(0.5), generator);
+  DPS<GaussianLikelihood, BlurOperator<Motion>> dps(blur, GaussianLikelihood(0.05),
+                                                    DDPMSampler(DiffusionSchedule::linear().respaced("10")),
+                                                    DPSOptions{}.scale(0.3));
+  auto y = GaussianLikelihood(0.05).sample(blur.forward(prior.sample(1, generator).to(torch::kFloat32)),
+                                           generator);
+  auto x = dps.sample(prior, y, {1, 8, 8}, generator);
+  const bool finite = torch::isfinite(x).all().item<bool>();
+  std::printf("consumer ran DPS<GaussianLikelihood, BlurOperator<Motion>>: %lld values, finite %d\n",
+              static_cast<long long>(x.numel()), static_cast<int>(finite));
+  return finite ? 0 : 1;
 }

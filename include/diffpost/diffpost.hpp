@@ -1,0 +1,13 @@
+// Umbrella header: all of diffpost.
+#pragma once
+
+#include <diffpost/dps.hpp>
+#include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/datasets.hpp>
+#include <diffpost/io/image.hpp>
+#include <diffpost/io/progress.hpp>
+#include <diffpost/methods.hpp>
+#include <diffpost/metrics.hpp>
+#include <diffpost/models.hpp>
+#include <diffpost/training/ema.hpp>
+#include <diffpost/training/losses.hpp>

@@ -1,0 +1,51 @@
+// One DPS step of diffpost against one step of the reference implementation's loop (p_sample, then
+// PosteriorSampling.conditioning with scale 0.5) on the same ADM UNet, inputs and noise.
+// tests/data/dps_step/README.md says how the reference data were made.
+#include <doctest/doctest.h>
+#include <diffpost/dps.hpp>
+#include <diffpost/io/checkpoint.hpp>
+#include <diffpost/models/adm_unet.hpp>
+#include <diffpost/operators/inpainting.hpp>
+
+#include <string>
+
+namespace {
+
+const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/";
+
+double relative_error(const torch::Tensor& got, const torch::Tensor& expected) {
+  return ((got - expected).abs().max() / expected.abs().max()).item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("a DPS step matches the reference's p_sample + PosteriorSampling step number for number") {
+  using namespace diffpost;
+  AdmUNet model(AdmUNetOptions(32, 32, 1)
+                    .channel_mult({1, 1})
+                    .attention_resolutions({16})
+                    .num_heads(4)
+                    .num_head_channels(16)
+                    .learn_sigma(true)
+                    .use_scale_shift_norm(true)
+                    .resblock_updown(true));
+  load_checkpoint(model, kDataDir + "adm_small/small_state_dict.pt");
+  model->eval();
+  const auto reference = read_state_dict(kDataDir + "dps_step/reference_step.pt");
+  const auto& mask = reference.at("mask");
+  DPS<GaussianLikelihood, InpaintingOperator> dps(InpaintingOperator(mask[0][0]), GaussianLikelihood(0.05),
+                                                  DDPMSampler(DiffusionSchedule::linear().respaced("50")),
+                                                  DPSOptions{}.scale(0.5));
+  // Bound as the UNet parity test's: x0_hat multiplies the network's float32 eps error by sqrt(1/abar - 1),
+  // about 11 at step 35 (original t = 714). Measured: 7.6e-6 (x0_hat) and 1.9e-7 (x_prev) at step 35.
+  for (int index : {35, 0}) {
+    CAPTURE(index);
+    const auto suffix = "_" + std::to_string(index);
+    auto result = dps.step(model, reference.at("x_t" + suffix), reference.at("y"), index,
+                           reference.at("noise" + suffix));
+    CHECK(relative_error(result.x0_hat, reference.at("x0_hat" + suffix)) < 1e-4);
+    CHECK(relative_error(result.x_prev, reference.at("x_prev" + suffix)) < 1e-4);
+    CHECK(result.residual.item<double>() ==
+          doctest::Approx(reference.at("distance" + suffix).item<double>()).epsilon(1e-5));
+  }
+}
