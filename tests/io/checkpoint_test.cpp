@@ -226,9 +226,20 @@ TEST_CASE("the pickle interpreter executes nothing: unknown globals stay inert a
       "false\x85R.",
       28);
   diffpost::detail::Unpickler unpickler(malicious, nullptr, "test");
-  auto value = unpickler.parse();
+  const auto graph = unpickler.parse();
+  const auto& value = graph.root();
   CHECK(value->is(diffpost::detail::PickleValue::Kind::Opaque));
   CHECK(value->text == "os.system");
+
+  // A list holding itself (EMPTY_LIST, DUP, APPEND): parsed, and its cycle broken when the graph goes away.
+  std::weak_ptr<diffpost::detail::PickleValue> cyclic;
+  {
+    auto graph = diffpost::detail::Unpickler(std::string_view("\x80\x02]2a.", 6), nullptr, "test").parse();
+    REQUIRE(graph.root()->items.size() == 1);
+    CHECK(graph.root()->items[0] == graph.root());
+    cyclic = graph.root();
+  }
+  CHECK(cyclic.expired());
 
   const std::string bad_opcode("\x80\x02\xff", 3);
   auto message = error_of([&] { diffpost::detail::Unpickler(bad_opcode, nullptr, "test").parse(); });

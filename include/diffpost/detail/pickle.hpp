@@ -84,6 +84,37 @@ struct PickleValue {
   }
 };
 
+/// The result of a parse: the top-level value, plus every list, tuple and dict the parse built. A corrupt or
+/// hostile pickle can put a container inside itself (memo + APPEND), a shared_ptr cycle that would never be
+/// freed; on destruction the graph empties all those containers, which breaks any cycle. Keep it alive while
+/// using values reached from root().
+class PickleGraph {
+ public:
+  PickleGraph(PickleValuePtr root, std::vector<std::weak_ptr<PickleValue>> containers)
+      : root_(std::move(root)), containers_(std::move(containers)) {}
+  PickleGraph(PickleGraph&&) noexcept = default;
+  PickleGraph& operator=(PickleGraph&&) = delete;
+  PickleGraph(const PickleGraph&) = delete;
+  PickleGraph& operator=(const PickleGraph&) = delete;
+  ~PickleGraph() { clear_containers(containers_); }
+
+  const PickleValuePtr& root() const { return root_; }
+
+  static void clear_containers(const std::vector<std::weak_ptr<PickleValue>>& containers) {
+    for (const auto& weak : containers) {
+      if (auto value = weak.lock()) {
+        value->items.clear();
+        value->entries.clear();
+        value->attributes.reset();
+      }
+    }
+  }
+
+ private:
+  PickleValuePtr root_;
+  std::vector<std::weak_ptr<PickleValue>> containers_;
+};
+
 /// Human-readable kind of a value, for error messages ("a tuple", "an object built by argparse.Namespace").
 inline std::string describe(const PickleValue& value) {
   using K = PickleValue::Kind;
@@ -184,12 +215,17 @@ class Unpickler {
  public:
   Unpickler(std::string_view data, StorageLoader load_storage, std::string context)
       : data_(data), load_storage_(std::move(load_storage)), context_(std::move(context)) {}
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
+
+  /// After a failed parse, frees what was built so far (it may hold reference cycles).
+  ~Unpickler() { PickleGraph::clear_containers(containers_); }
 
   /// Bytes consumed so far; after parse(), the length of the pickle (legacy files hold several in a row).
   size_t position() const noexcept { return position_; }
 
-  /// Interprets the stream up to STOP and returns the top-level object.
-  PickleValuePtr parse() {
+  /// Interprets the stream up to STOP and returns the top-level object with the containers it owns.
+  PickleGraph parse() {
     while (true) {
       const size_t opcode_position = position_;
       const auto opcode = static_cast<uint8_t>(read_byte());
@@ -201,9 +237,9 @@ class Unpickler {
           read_bytes(8);
           break;     // FRAME: length prefix of a protocol-4 frame, data follows inline
         case '.': {  // STOP
-          TORCH_CHECK(stack_.size() == 1, context_, ": malformed pickle, ", stack_.size(),
+          TORCH_CHECK(stack_.size() == 1 && marks_.empty(), context_, ": malformed pickle, ", stack_.size(),
                       " values on the stack at STOP (expected 1)");
-          return stack_.back();
+          return PickleGraph(stack_.back(), std::move(containers_));  // the graph owns the containers now
         }
         case '(':
           marks_.push_back(stack_.size());
@@ -275,7 +311,7 @@ class Unpickler {
           push(PickleValue::make_string(std::string(read_bytes(read_uint(8))), PickleValue::Kind::Bytes));
           break;  // BINBYTES8
         case ')':
-          push(PickleValue::make(PickleValue::Kind::Tuple));
+          push(container(PickleValue::Kind::Tuple));
           break;  // EMPTY_TUPLE
         case 0x85:
         case 0x86:
@@ -283,23 +319,23 @@ class Unpickler {
           const size_t n = opcode - 0x84;
           TORCH_CHECK(stack_.size() >= n + floor(), context_, ": malformed pickle, TUPLE", n, " at byte ",
                       opcode_position, " with too few values on the stack");
-          auto tuple = PickleValue::make(PickleValue::Kind::Tuple);
+          auto tuple = container(PickleValue::Kind::Tuple);
           tuple->items.assign(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
           stack_.resize(stack_.size() - n);
           push(tuple);
           break;
         }
         case 't': {  // TUPLE
-          auto tuple = PickleValue::make(PickleValue::Kind::Tuple);
+          auto tuple = container(PickleValue::Kind::Tuple);
           tuple->items = pop_to_mark();
           push(tuple);
           break;
         }
         case ']':
-          push(PickleValue::make(PickleValue::Kind::List));
+          push(container(PickleValue::Kind::List));
           break;     // EMPTY_LIST
         case 'l': {  // LIST
-          auto list = PickleValue::make(PickleValue::Kind::List);
+          auto list = container(PickleValue::Kind::List);
           list->items = pop_to_mark();
           push(list);
           break;
@@ -316,10 +352,10 @@ class Unpickler {
           break;
         }
         case '}':
-          push(PickleValue::make(PickleValue::Kind::Dict));
+          push(container(PickleValue::Kind::Dict));
           break;     // EMPTY_DICT
         case 'd': {  // DICT
-          auto dict = PickleValue::make(PickleValue::Kind::Dict);
+          auto dict = container(PickleValue::Kind::Dict);
           set_items(*dict, pop_to_mark());
           push(dict);
           break;
@@ -435,6 +471,13 @@ class Unpickler {
     return line;
   }
 
+  // Lists, tuples and dicts are tracked so that cycles among them can be broken (see PickleGraph).
+  PickleValuePtr container(PickleValue::Kind kind) {
+    auto value = PickleValue::make(kind);
+    containers_.push_back(value);
+    return value;
+  }
+
   size_t floor() const { return marks_.empty() ? 0 : marks_.back(); }
   void push(PickleValuePtr value) { stack_.push_back(std::move(value)); }
   const PickleValuePtr& top() const {
@@ -488,6 +531,8 @@ class Unpickler {
   // writes it.
   PickleValuePtr load_persistent(const PickleValue& pid) {
     using K = PickleValue::Kind;
+    TORCH_CHECK(load_storage_ != nullptr, context_,
+                ": malformed pickle, a storage reference where none may be");
     TORCH_CHECK(pid.is(K::Tuple) && pid.items.size() >= 5 && pid.items[0]->is(K::String) &&
                     pid.items[0]->text == "storage",
                 context_, ": persistent id is ", describe(pid),
@@ -503,6 +548,7 @@ class Unpickler {
         " is not supported (supported: Float, Double, Half, BFloat16, Long, Int, Short, Char, Byte, Bool, "
         "ComplexFloat, ComplexDouble storages)");
     TORCH_CHECK(key.is(K::String) && numel.is(K::Int), context_, ": malformed storage persistent id");
+    TORCH_CHECK(numel.integer >= 0, context_, ": storage '", key.text, "' has a negative size");
     TORCH_CHECK(pid.items.size() == 5 || pid.items[5]->is(K::None), context_,
                 ": storage views (legacy view_metadata) are not supported");
     auto cache_key = key.text;
@@ -548,10 +594,14 @@ class Unpickler {
     bool empty = false;
     for (size_t d = 0; d < size.size(); ++d) {
       TORCH_CHECK(size[d] >= 0 && stride[d] >= 0, context_, ": negative size or stride in a tensor");
-      if (size[d] == 0)
+      if (size[d] == 0) {
         empty = true;
-      else
+      } else if (stride[d] > 0) {
+        // Overflow-safe form of last += (size - 1) * stride (a corrupt file may hold any numbers).
+        TORCH_CHECK(size[d] - 1 <= (INT64_MAX - last) / stride[d], context_, ": tensor of size ",
+                    c10::IntArrayRef(size), " and stride ", c10::IntArrayRef(stride), " overflows");
         last += (size[d] - 1) * stride[d];
+      }
     }
     const int64_t numel = storage.tensor.numel();
     TORCH_CHECK(offset >= 0 && (empty || last < numel), context_, ": tensor of size ", c10::IntArrayRef(size),
@@ -570,7 +620,7 @@ class Unpickler {
       if (name == "collections.OrderedDict") {
         TORCH_CHECK(args.is(K::Tuple) && args.items.empty(), context_,
                     ": OrderedDict built with arguments; expected OrderedDict() followed by SETITEMS");
-        auto dict = PickleValue::make(K::Dict);
+        auto dict = container(K::Dict);
         dict->ordered = true;
         return dict;
       }
@@ -603,6 +653,7 @@ class Unpickler {
   StorageLoader load_storage_;
   std::string context_;
   size_t position_ = 0;
+  std::vector<std::weak_ptr<PickleValue>> containers_;
   std::vector<PickleValuePtr> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleValuePtr> memo_;

@@ -206,8 +206,9 @@ inline bool looks_like_legacy_torch_save(std::string_view head) {
 }
 
 // The StateDict that `top` (the unpickled file) holds, selected as ReadOptions says.
-inline StateDict state_dict_from(const PickleValuePtr& top, const std::filesystem::path& path,
+inline StateDict state_dict_from(const PickleGraph& graph, const std::filesystem::path& path,
                                  const ReadOptions& options, const std::string& context) {
+  const auto& top = graph.root();
   std::string chosen_key;
   const auto& dict = select_state_dict(*top, options, context, chosen_key);
   StateDict state(quoted(path) + (chosen_key.empty() ? "" : " (key '" + chosen_key + "')"));
@@ -219,7 +220,8 @@ inline StateDict state_dict_from(const PickleValuePtr& top, const std::filesyste
 // The legacy (torch < 1.6) torch.save layout, one file of consecutive pickles: the magic number, the protocol
 // version 1001, a sys_info dict, the object (storages as persistent ids), the sorted list of storage keys,
 // then for each key an int64 element count followed by the raw little-endian elements.
-inline PickleValuePtr read_legacy_torch_save(const std::filesystem::path& path, const std::string& context) {
+inline StateDict read_legacy_torch_save(const std::filesystem::path& path, const ReadOptions& options,
+                                        const std::string& context) {
   using K = PickleValue::Kind;
   std::ifstream file(path, std::ios::binary);
   const std::string bytes{std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
@@ -232,26 +234,33 @@ inline PickleValuePtr read_legacy_torch_save(const std::filesystem::path& path, 
   rest.remove_prefix(magic.size());
   auto next_pickle = [&](StorageLoader loader) {
     Unpickler unpickler(rest, std::move(loader), context + " (legacy format)");
-    auto value = unpickler.parse();
+    auto graph = unpickler.parse();
     rest.remove_prefix(unpickler.position());
-    return value;
+    return graph;
   };
-  auto protocol = next_pickle(nullptr);
+  const auto protocol_graph = next_pickle(nullptr);
+  const auto& protocol = protocol_graph.root();
   TORCH_CHECK(protocol->is(K::Int) && protocol->integer == 1001, context,
               ": unknown legacy torch.save protocol version ", protocol->is(K::Int) ? protocol->integer : -1,
               " (expected 1001)");
-  auto sys_info = next_pickle(nullptr);
+  const auto sys_info_graph = next_pickle(nullptr);
+  const auto& sys_info = sys_info_graph.root();
   if (auto little = sys_info->is(K::Dict) ? sys_info->get("little_endian") : nullptr; little) {
     TORCH_CHECK(little->is(K::Bool) && little->boolean, context, " was written on a big-endian machine");
   }
   // Storages come after the object: allocate them now, fill them once their bytes are reached.
   std::unordered_map<std::string, torch::Tensor> storages;
-  auto top = next_pickle([&](std::string_view key, torch::ScalarType type, int64_t numel) {
+  const auto top_graph = next_pickle([&](std::string_view key, torch::ScalarType type, int64_t numel) {
+    // The bytes must be in the file, which bounds what a corrupt element count can make us allocate.
+    TORCH_CHECK(numel <= static_cast<int64_t>(bytes.size() / c10::elementSize(type)), context, ": storage '",
+                key, "' claims ", numel, " elements of ", type,
+                ", more than the file holds (truncated or corrupt?)");
     auto storage = torch::empty({numel}, torch::TensorOptions().dtype(type));
     storages.emplace(std::string(key), storage);
     return storage;
   });
-  auto keys = next_pickle(nullptr);
+  const auto keys_graph = next_pickle(nullptr);
+  const auto& keys = keys_graph.root();
   TORCH_CHECK(keys->is(K::List), context, ": the legacy storage key list is ", describe(*keys));
   for (const auto& key : keys->items) {
     TORCH_CHECK(key->is(K::String), context, ": a legacy storage key is ", describe(*key));
@@ -271,7 +280,7 @@ inline PickleValuePtr read_legacy_torch_save(const std::filesystem::path& path, 
   }
   TORCH_CHECK(storages.size() == keys->items.size(), context, ": ", storages.size() - keys->items.size(),
               " storages are used but not stored (truncated?)");
-  return top;
+  return state_dict_from(top_graph, path, options, context);
 }
 
 }  // namespace detail
@@ -297,7 +306,7 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
     TORCH_CHECK(!first.empty(), context, " is empty");
     if (detail::looks_like_legacy_torch_save(first)) {
       probe.close();
-      return detail::state_dict_from(detail::read_legacy_torch_save(path, context), path, options, context);
+      return detail::read_legacy_torch_save(path, options, context);
     }
     TORCH_CHECK(first == std::string_view("PK\x03\x04", 4), context,
                 " is not a PyTorch checkpoint: it does not start like a zip archive (torch.save since 1.6 "
@@ -339,9 +348,8 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
                   "' (truncated or corrupt?): ", e.what_without_backtrace());
     }
     const auto element_size = static_cast<int64_t>(c10::elementSize(type));
-    TORCH_CHECK(numel >= 0 && static_cast<int64_t>(size) >= numel * element_size, context, ": record '",
-                record, "' holds ", size, " bytes, but its storage needs ", numel, " elements of ", type,
-                " (", numel * element_size, " bytes)");
+    TORCH_CHECK(numel >= 0 && numel <= static_cast<int64_t>(size) / element_size, context, ": record '",
+                record, "' holds ", size, " bytes, but its storage needs ", numel, " elements of ", type);
     // Adopt the record's buffer as the storage: no copy of what may be hundreds of megabytes.
     c10::Storage storage(c10::Storage::use_byte_size_t(), numel * element_size, std::move(bytes), nullptr,
                          false);
