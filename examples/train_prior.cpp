@@ -72,6 +72,7 @@ struct Flags {
   fs::path sample_grid;
   int64_t samples = 64;
   std::string sample_steps = "250";
+  int64_t grid_scale = 2;
   // Architecture (the reference create_model arguments).
   int64_t num_channels = 32;
   int64_t num_res_blocks = 1;
@@ -94,6 +95,7 @@ Output:
   --sample-grid PNG             after exporting, reload the exported files and write a grid of unconditional
                                 samples (DDPM, learned variance) to PNG
   --samples N (64)  --sample-steps SPEC (250; respacing as timestep_respacing, e.g. 100 or ddim50)
+  --grid-scale N (2)            enlarge each grid cell N times (nearest neighbour) for viewing
 Schedule of the run:
   --max-steps N                 stop after N optimizer steps in total (0 = no limit)
   --max-minutes M               stop after M minutes of this invocation (0 = no limit)
@@ -162,6 +164,8 @@ Flags parse_flags(int argc, char** argv) {
       f.sample_grid = value();
     } else if (arg == "--samples") {
       f.samples = std::stoll(value());
+    } else if (arg == "--grid-scale") {
+      f.grid_scale = std::stoll(value());
     } else if (arg == "--sample-steps") {
       f.sample_steps = value();
     } else if (arg == "--time-batches") {
@@ -184,6 +188,8 @@ Flags parse_flags(int argc, char** argv) {
   }
   if (f.batch_size < 1) throw std::invalid_argument("--batch-size must be >= 1");
   if (f.threads < 1) throw std::invalid_argument("--threads must be >= 1");
+  if (f.samples < 1 || f.grid_scale < 1)
+    throw std::invalid_argument("--samples and --grid-scale must be >= 1");
   if (f.checkpoint_every < 1) throw std::invalid_argument("--checkpoint-every must be >= 1");
   return f;
 }
@@ -372,6 +378,8 @@ void write_sample_grid(const Flags& flags) {
       model, sampler, {flags.samples, config.options.in_channels(), size, size}, generator, {},
       [&](const diffpost::StepInfo& info) { bar.update(info.step); });
   bar.finish();
+  if (flags.grid_scale > 1)
+    samples = samples.repeat_interleave(flags.grid_scale, 2).repeat_interleave(flags.grid_scale, 3);
   const auto columns = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(flags.samples))));
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t start = 0; start < flags.samples; start += columns)
@@ -393,6 +401,10 @@ void write_loss_curve(const Flags& flags, const TrainState& state) {
 }
 
 int run(const Flags& flags) {
+  // From here on SIGINT / SIGTERM end the run cleanly: the loop stops, the state is saved, the prior
+  // exported.
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
   torch::set_num_threads(flags.threads);
   torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
   fs::create_directories(flags.out_dir);
@@ -458,8 +470,6 @@ int run(const Flags& flags) {
   auto order = torch::randperm(n, generator, torch::kLong);
   int64_t cursor = 0;
 
-  std::signal(SIGINT, request_stop);
-  std::signal(SIGTERM, request_stop);
   const auto start = std::chrono::steady_clock::now();
   auto minutes_used = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
@@ -530,6 +540,10 @@ int run(const Flags& flags) {
         parameters, timed_seconds / std::max<int64_t>(steps_this_run - 1, 1), flags.batch_size, flags.threads,
         steps_this_run - 1);
     return 0;
+  }
+  if (stop_requested.load() && steps_this_run == 0) {
+    fmt::print(stderr, "stop requested before the first step: nothing written\n");
+    return 1;
   }
   if (stop_requested.load()) fmt::print(stderr, "stop requested: saving the training state\n");
   save_state(state_path, model, ema, optimizer, state);
