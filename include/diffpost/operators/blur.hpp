@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/motion_kernel.hpp>
@@ -118,25 +119,29 @@ class BlurOperator {
   /// y = k (*) pad(x): [B, C, H, W] -> [B, C, H, W].
   torch::Tensor forward(const torch::Tensor& x) const {
     detail::check_image_batch(x, "BlurOperator::forward");
-    const auto b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+    const auto h = x.size(2), w = x.size(3);
     const auto padded = x.index_select(2, pad_indices(h, pad_h(), x.device()))
                             .index_select(3, pad_indices(w, pad_w(), x.device()));
-    const auto k = kernel_.to(x.options()).view({1, 1, kernel_.size(0), kernel_.size(1)});
-    return torch::conv2d(padded.reshape({b * c, 1, h + 2 * pad_h(), w + 2 * pad_w()}), k).view({b, c, h, w});
+    // Valid cross-correlation through the FFT: on the padded grid, circular correlation (X conj(K) in the
+    // Fourier domain) equals the linear one at the H x W valid positions, since they never wrap around.
+    const auto spectrum = torch::fft::rfft2(padded) * kernel_spectrum(padded).conj();
+    const auto correlated = torch::fft::irfft2(spectrum, padded_size(h, w));
+    return correlated.slice(2, 0, h).slice(3, 0, w);
   }
 
-  /// Exact adjoint: transposed correlation, then the border of the padded result added back onto the pixels
-  /// the reflect padding read it from (index_add, the adjoint of index_select).
+  /// Exact adjoint: the transposed correlation (a full convolution onto the padded grid), then the border of
+  /// the padded result added back onto the pixels the reflect padding read it from (index_add, the adjoint of
+  /// index_select).
   torch::Tensor adjoint(const torch::Tensor& y) const {
     detail::check_image_batch(y, "BlurOperator::adjoint");
-    const auto b = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
-    const auto k = kernel_.to(y.options()).view({1, 1, kernel_.size(0), kernel_.size(1)});
-    const auto spread = torch::conv_transpose2d(y.reshape({b * c, 1, h, w}), k);  // [BC, 1, H + 2ph, W + 2pw]
-    const auto rows = torch::zeros({b * c, 1, h, w + 2 * pad_w()}, y.options())
+    const auto h = y.size(2), w = y.size(3);
+    const auto size = padded_size(h, w);
+    // Full convolution via the FFT: y zero-padded to the padded grid cannot wrap around either.
+    const auto y_padded = torch::constant_pad_nd(y, {0, 2 * pad_w(), 0, 2 * pad_h()}, 0.0);
+    const auto spread = torch::fft::irfft2(torch::fft::rfft2(y_padded) * kernel_spectrum(y_padded), size);
+    const auto rows = torch::zeros({y.size(0), y.size(1), h, w + 2 * pad_w()}, y.options())
                           .index_add(2, pad_indices(h, pad_h(), y.device()), spread);
-    return torch::zeros({b * c, 1, h, w}, y.options())
-        .index_add(3, pad_indices(w, pad_w(), y.device()), rows)
-        .view({b, c, h, w});
+    return torch::zeros_like(y).index_add(3, pad_indices(w, pad_w(), y.device()), rows);
   }
 
   /// The blurred measurement itself: the image a user has without deblurring.
@@ -156,6 +161,14 @@ class BlurOperator {
   const Kernel& policy() const { return policy_; }
 
  private:
+  std::vector<int64_t> padded_size(int64_t h, int64_t w) const { return {h + 2 * pad_h(), w + 2 * pad_w()}; }
+
+  /// rfft2 of the kernel zero-padded to the size of `grid`'s last two dimensions, in `grid`'s dtype and
+  /// device.
+  torch::Tensor kernel_spectrum(const torch::Tensor& grid) const {
+    return torch::fft::rfft2(kernel_.to(grid.options()), std::vector<int64_t>{grid.size(2), grid.size(3)});
+  }
+
   int64_t pad_h() const { return kernel_.size(0) / 2; }
   int64_t pad_w() const { return kernel_.size(1) / 2; }
 
