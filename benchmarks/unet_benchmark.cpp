@@ -1,0 +1,150 @@
+// Times the ADM UNet the way DPS uses it: a forward pass, and a forward pass plus the gradient with respect
+// to the input only (DPS eq. 16 needs d/dx_t of the data-fidelity term; parameters do not require grad).
+// Prints a table of median (and min) wall-clock seconds over the repeats after the warmup runs.
+//
+//   unet_benchmark [--threads 2] [--warmup 1] [--repeats 5] [--configs small,ffhq] [--batches 1,4]
+//                  [--modes forward,backward] [--channels-last] [--interop-threads N]
+#include <diffpost/models/adm_unet.hpp>
+
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Settings {
+  int threads = 2;
+  int interop_threads = 0;
+  int warmup = 1;
+  int repeats = 5;
+  std::vector<std::string> configs{"small", "ffhq"};
+  std::vector<int64_t> batches{1, 4};
+  std::vector<std::string> modes{"forward", "backward"};
+  bool channels_last = false;
+};
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream stream(text);
+  for (std::string part; std::getline(stream, part, ',');) parts.push_back(part);
+  return parts;
+}
+
+Settings parse(int argc, char** argv) {
+  Settings s;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::cerr << arg << " needs a value\n";
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--threads") {
+      s.threads = std::stoi(value());
+    } else if (arg == "--interop-threads") {
+      s.interop_threads = std::stoi(value());
+    } else if (arg == "--warmup") {
+      s.warmup = std::stoi(value());
+    } else if (arg == "--repeats") {
+      s.repeats = std::stoi(value());
+    } else if (arg == "--configs") {
+      s.configs = split(value());
+    } else if (arg == "--batches") {
+      s.batches.clear();
+      for (const auto& b : split(value())) s.batches.push_back(std::stoll(b));
+    } else if (arg == "--modes") {
+      s.modes = split(value());
+    } else if (arg == "--channels-last") {
+      s.channels_last = true;
+    } else {
+      std::cerr << "unknown argument " << arg
+                << "\nusage: unet_benchmark [--threads N] [--interop-threads N] [--warmup N] [--repeats N]"
+                   " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]\n";
+      std::exit(2);
+    }
+  }
+  return s;
+}
+
+// The small configuration: 32 base channels, mult (1,2,2), attention at 16 and 8, at 32x32 (what a small
+// trained prior looks like); ffhq: the DPS FFHQ prior at 256x256.
+diffpost::AdmUNetOptions options_for(const std::string& name) {
+  if (name == "ffhq") return diffpost::AdmUNetOptions::ffhq256();
+  if (name == "small") {
+    return diffpost::AdmUNetOptions(32, 32, 1)
+        .channel_mult({1, 2, 2})
+        .attention_resolutions({16, 8})
+        .num_head_channels(16)
+        .learn_sigma(true)
+        .use_scale_shift_norm(true)
+        .resblock_updown(true);
+  }
+  std::cerr << "unknown config " << name << " (small, ffhq)\n";
+  std::exit(2);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Settings s = parse(argc, argv);
+  torch::set_num_threads(s.threads);
+  if (s.interop_threads > 0) torch::set_num_interop_threads(s.interop_threads);
+  fmt::print("unet_benchmark: threads {}, warmup {}, repeats {}, memory format {}\n",
+             torch::get_num_threads(), s.warmup, s.repeats,
+             s.channels_last ? "channels_last" : "contiguous (NCHW)");
+  fmt::print("{:<6} {:>5} {:<18} {:>10} {:>10}\n", "config", "batch", "mode", "median s", "min s");
+  for (const auto& config : s.configs) {
+    const auto options = options_for(config);
+    diffpost::AdmUNet model(options);
+    model->eval();
+    for (auto& p : model->parameters()) p.set_requires_grad(false);  // only the input gradient is wanted
+    if (s.channels_last) {
+      torch::NoGradGuard no_grad;
+      for (auto& p : model->parameters())
+        if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    for (int64_t batch : s.batches) {
+      auto x = torch::randn({batch, options.in_channels(), options.image_size(), options.image_size()});
+      if (s.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+      auto t = torch::full({batch}, 500, torch::kInt64);
+      for (const auto& mode : s.modes) {
+        auto run = [&]() {
+          if (mode == "forward") {
+            torch::NoGradGuard no_grad;
+            auto out = model(x, t);
+          } else {
+            auto input = x.detach().requires_grad_(true);
+            auto out = model(input, t);
+            auto grad = torch::autograd::grad({out}, {input}, {torch::ones_like(out)});
+          }
+        };
+        for (int i = 0; i < s.warmup; ++i) run();
+        std::vector<double> times;
+        for (int i = 0; i < s.repeats; ++i) {
+          const auto start = std::chrono::steady_clock::now();
+          run();
+          times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        }
+        fmt::print("{:<6} {:>5} {:<18} {:>10.4f} {:>10.4f}\n", config, batch,
+                   mode == "forward" ? "forward" : "forward+input-grad", median(times),
+                   *std::min_element(times.begin(), times.end()));
+        std::fflush(stdout);
+      }
+    }
+  }
+}
