@@ -272,6 +272,20 @@ TEST_CASE("load_checkpoint fills a module's parameters and buffers, converting d
       torch::equal(wide->named_buffers()["half_buffer"], torch::tensor({0.0, 0.125, 0.25}, torch::kFloat64)));
 }
 
+TEST_CASE("state_dict follows Python's order and leaves out undefined tensors (a convolution without bias)") {
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 2, 3).bias(false)),
+                            torch::nn::BatchNorm2d(2));
+  const std::vector<std::string> keys = {"0.weight",       "1.weight",      "1.bias",
+                                         "1.running_mean", "1.running_var", "1.num_batches_tracked"};
+  CHECK(diffpost::state_dict(*net).keys() == keys);
+  TempDir dir;
+  diffpost::save_checkpoint(net, dir.path / "seq.pt");
+  torch::nn::Sequential copy(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 2, 3).bias(false)),
+                             torch::nn::BatchNorm2d(2));
+  CHECK(diffpost::load_checkpoint(copy, dir.path / "seq.pt").loaded == keys);
+  CHECK(torch::equal(copy[0]->as<torch::nn::Conv2d>()->weight, net[0]->as<torch::nn::Conv2d>()->weight));
+}
+
 TEST_CASE("load_state_dict reports mis-shaped, missing and unexpected keys, leading with the first one") {
   const auto state = diffpost::read_state_dict(kData / "tiny_state_dict.pt");
 

@@ -370,16 +370,21 @@ inline StateDict state_dict(const torch::nn::Module& module) {
                                                                                const std::string& prefix) {
     state.module_versions().emplace_back(prefix, 1);
     const std::string dotted = prefix.empty() ? "" : prefix + ".";
-    for (const auto& item : m.named_parameters(false)) state.insert(dotted + item.key(), item.value());
-    for (const auto& item : m.named_buffers(false)) state.insert(dotted + item.key(), item.value());
+    // Undefined tensors (a C++ convolution without bias registers one) are not state, as in Python's None.
+    for (const auto& item : m.named_parameters(false)) {
+      if (item.value().defined()) state.insert(dotted + item.key(), item.value());
+    }
+    for (const auto& item : m.named_buffers(false)) {
+      if (item.value().defined()) state.insert(dotted + item.key(), item.value());
+    }
     for (const auto& child : m.named_children()) walk(*child.value(), dotted + child.key());
   };
   walk(module, "");
   return state;
 }
 
-/// Description of the configuration a file was made for, appended to load errors (e.g. the ADM UNet's
-/// `describe_checkpoint`, which reads channel counts off the tensor shapes). Returns an empty string if
+/// Description of the configuration a file was made for, appended to load errors (e.g. one for the ADM UNet
+/// that reads channel counts off the tensor shapes). Returns an empty string if
 /// unsure.
 using CheckpointDescriber = std::function<std::string(const StateDict&)>;
 
