@@ -51,9 +51,11 @@ void add_input_flags(ArgParser& args) {
 
 void add_model_flags(ArgParser& args) {
   args.section("Model");
-  args.add("model", "FILE", "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior");
-  args.add("config", "FILE",
-           "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml");
+  args.add("model", "FILE",
+           "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior");
+  args.add(
+      "config", "FILE",
+      "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml");
   args.add("beta-schedule", "NAME",
            "noise schedule the model was trained with: linear or cosine (1000 steps)", "linear");
   args.add("threads", "N", "CPU threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())));
@@ -344,6 +346,7 @@ int run_restore(int argc, char** argv) {
   fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads\n",
              prior.files.checkpoint.string(), prior.files.config.string(), count, steps, args.get("sampler"),
              noise_description(args), torch::get_num_threads());
+  std::fflush(stdout);
   std::vector<TaskResult> results;
   for (const auto& task : tasks) {
     TaskResult result;
@@ -432,6 +435,7 @@ int run_restore(int argc, char** argv) {
     fmt::print("{}: DPS {}", task, result.dps.summary());
     if (!result.naive.psnr.empty()) fmt::print(" | naive inverse {}", result.naive.summary());
     fmt::print(" | {:.1f} s\n", result.seconds);
+    std::fflush(stdout);  // one line per finished task, also when stdout is a file
     results.push_back(std::move(result));
   }
 
