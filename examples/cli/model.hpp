@@ -33,7 +33,7 @@ inline fs::path executable_directory() {
 
 /// Where the bundled prior is looked for, in order: $DIFFPOST_PRIOR_DIR; next to the executable's install
 /// prefix (<prefix>/bin/diffpost -> <prefix>/share/diffpost/prior); the install data directory configured at
-/// build time; the source tree the executable was built from (<source>/assets/prior); an `assets/prior`
+/// build time; the source tree the executable was built from (<source>/examples/prior); an `examples/prior`
 /// folder in the current directory.
 inline std::vector<fs::path> prior_search_directories() {
   std::vector<fs::path> directories;
@@ -44,9 +44,9 @@ inline std::vector<fs::path> prior_search_directories() {
   directories.emplace_back(DIFFPOST_INSTALL_PRIOR_DIR);
 #endif
 #ifdef DIFFPOST_SOURCE_DIR
-  directories.push_back(fs::path(DIFFPOST_SOURCE_DIR) / "assets" / "prior");
+  directories.push_back(fs::path(DIFFPOST_SOURCE_DIR) / "examples" / "prior");
 #endif
-  directories.push_back(fs::path("assets") / "prior");
+  directories.push_back(fs::path("examples") / "prior");
   return directories;
 }
 
