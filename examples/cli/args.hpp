@@ -96,6 +96,10 @@ class ArgParser {
     }
   }
 
+  /// Sets `--name` as if it had been given (a sweep point of `diffpost eval` is the parsed flags with one
+  /// value replaced).
+  void set(const std::string& name, const std::string& value) { values_[checked(name).name] = value; }
+
   [[nodiscard]] bool has(const std::string& name) const { return values_.count(checked(name).name) > 0; }
   [[nodiscard]] bool flag(const std::string& name) const { return has(name); }
 

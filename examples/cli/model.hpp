@@ -23,6 +23,8 @@ namespace fs = std::filesystem;
 /// The bundled prior's file names inside a prior directory.
 inline constexpr const char* kBundledCheckpoint = "fashion_mnist_28.pt";
 inline constexpr const char* kBundledConfig = "fashion_mnist_28.yaml";
+/// The bundled Fashion-MNIST classifier whose features `diffpost eval` uses for the Frechet distance.
+inline constexpr const char* kBundledClassifier = "fashion_mnist_classifier.pt";
 
 /// The directory holding the running executable (via /proc/self/exe), or empty when unknown.
 inline fs::path executable_directory() {

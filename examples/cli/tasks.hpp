@@ -69,7 +69,8 @@ struct TaskParameters {
 /// A different operator for every image of a batch (each image gets its own mask or motion kernel, drawn
 /// from a generator seeded by the image's index, so results do not depend on how images are batched), each
 /// applied to `repeats` consecutive rows (the posterior samples of one measurement, as DPS lays them out).
-/// Satisfies ForwardOperator, and has a naive inverse when the wrapped operator has one.
+/// Satisfies ForwardOperator, and has the naive inverse, adjoint and pseudo-inverse that the wrapped operator
+/// has (so it is a LinearOperator when Op is one).
 template <ForwardOperator Op>
 class PerImageOperator {
  public:
@@ -82,6 +83,14 @@ class PerImageOperator {
 
   [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const requires HasNaiveInverse<Op> {
     return apply(y, [](const Op& op, const torch::Tensor& part) { return op.naive_inverse(part); });
+  }
+
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const requires HasAdjoint<Op> {
+    return apply(y, [](const Op& op, const torch::Tensor& part) { return op.adjoint(part); });
+  }
+
+  [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const requires HasPseudoInverse<Op> {
+    return apply(y, [](const Op& op, const torch::Tensor& part) { return op.pseudo_inverse(part); });
   }
 
   [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {

@@ -1,0 +1,487 @@
+// diffpost eval: ranks restoration methods on the same measurements. Every method sees the same images,
+// masks, kernels and noise (all drawn from per-image seeds), and is scored by PSNR, SSIM and the Frechet
+// distance between classifier features of its restorations and of the ground truth.
+#include <diffpost/dps.hpp>
+#include <diffpost/io/progress.hpp>
+#include <diffpost/methods.hpp>
+#include <diffpost/metrics.hpp>
+#include <diffpost/models/classifier.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "args.hpp"
+#include "commands.hpp"
+#include "common.hpp"
+#include "files.hpp"
+#include "model.hpp"
+#include "tasks.hpp"
+
+namespace diffpost::cli {
+namespace {
+
+/// The methods `eval` knows, in table order.
+struct MethodInfo {
+  std::string name;
+  std::string description;
+};
+
+const std::vector<MethodInfo>& all_methods() {
+  static const std::vector<MethodInfo> methods{
+      {"dps", "Diffusion Posterior Sampling (--scale, --scale-schedule)"},
+      {"mcg", "Manifold Constrained Gradients: the DPS step, then projection (--scale; linear tasks)"},
+      {"score-sde", "Score-SDE / ILVR projection onto the diffused measurement (linear tasks)"},
+      {"score-ald", "annealed Langevin guidance on x_t (--ald-scale, --ald-gamma)"},
+      {"sdedit", "noise the naive inverse to t*, then the plain reverse process (--t-star)"},
+  };
+  return methods;
+}
+
+/// The flags a sweep may vary, one at a time.
+const std::vector<std::string>& sweepable_flags() {
+  static const std::vector<std::string> flags{
+      "scale", "scale-schedule", "sigma",     "noise",     "poisson-rate", "steps",         "sampler",
+      "eta",   "t-star",         "ald-scale", "ald-gamma", "box-size",     "drop-fraction", "factor"};
+  return flags;
+}
+
+/// One sweep point: the parsed flags with the swept flag set to one value ("" when there is no sweep).
+struct SweepPoint {
+  std::string value;
+  ArgParser args;
+};
+
+std::vector<SweepPoint> sweep_points(const ArgParser& args) {
+  if (!args.has("sweep")) return {{"", args}};
+  const auto spec = args.get("sweep");
+  const auto eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+    throw UsageError(fmt::format("--sweep expects FLAG=V1,V2,..., got '{}'", spec));
+  const auto flag = spec.substr(0, eq);
+  const auto& flags = sweepable_flags();
+  if (std::find(flags.begin(), flags.end(), flag) == flags.end())
+    throw UsageError(
+        fmt::format("--sweep: '{}' cannot be swept; sweepable: {}", flag, fmt::join(flags, ", ")));
+  if (args.has(flag)) throw UsageError(fmt::format("--{} is given and also swept; drop one of them", flag));
+  std::vector<SweepPoint> points;
+  for (const auto& value : split_list(spec.substr(eq + 1))) {
+    points.push_back({value, args});
+    points.back().args.set(flag, value);
+  }
+  if (points.empty()) throw UsageError("--sweep has no values");
+  return points;
+}
+
+std::string sweep_flag(const ArgParser& args) {
+  return args.has("sweep") ? args.get("sweep").substr(0, args.get("sweep").find('=')) : std::string{};
+}
+
+/// Everything one method needs besides the operator, noise and sampler.
+struct MethodSettings {
+  double scale = 1.0;
+  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
+  double ald_scale = 1.0;
+  double ald_gamma = 1.0;
+  double ald_sigma = 0.05;
+  int64_t t_star = 250;
+};
+
+/// Restores measurements y with `method`; the methods that need a capability the task's operator lacks
+/// (projection needs a linear operator, SDEdit a naive inverse) are rejected with the reason.
+torch::Tensor run_method(const std::string& method, const std::string& task, const AnyOperator& op,
+                         const AnyNoise& noise, const AnySampler& sampler, const MethodSettings& m,
+                         AdmUNet& model, const torch::Tensor& y, const Shape& shape, at::Generator& generator,
+                         const StepCallback& callback) {
+  return std::visit(
+      [&](const auto& o, const auto& likelihood, const auto& s) -> torch::Tensor {
+        using Op = std::decay_t<decltype(o)>;
+        if (method == "dps") {
+          const auto options = DPSOptions{}.scale(m.scale).step_size_schedule(m.scale_schedule);
+          return DPS(o, likelihood, s, options).sample(model, y, shape, generator, callback);
+        }
+        if (method == "score-ald") {
+          const auto options = ScoreALDOptions{}.scale(m.ald_scale).gamma(m.ald_gamma).sigma(m.ald_sigma);
+          return ScoreALD(o, likelihood, s, options).sample(model, y, shape, generator, callback);
+        }
+        if (method == "mcg" || method == "score-sde") {
+          if constexpr (LinearOperator<Op>) {
+            if (method == "mcg") {
+              const auto options = DPSOptions{}.scale(m.scale).step_size_schedule(m.scale_schedule);
+              return MCG(o, likelihood, s, options).sample(model, y, shape, generator, callback);
+            }
+            return ScoreSDEProjection(o, s).sample(model, y, shape, generator, callback);
+          } else {
+            throw UsageError(
+                fmt::format("method {} projects onto the measurements and needs a linear operator; "
+                            "task {} is nonlinear (drop it or the method)",
+                            method, task));
+          }
+        }
+        if (method == "sdedit") {
+          if constexpr (HasNaiveInverse<Op>) {
+            return SDEdit(o, s, SDEditOptions{}.t_star(m.t_star))
+                .sample(model, y, shape, generator, callback);
+          } else {
+            throw UsageError(
+                fmt::format("method sdedit starts from the naive inverse, which task {} has none of (drop it "
+                            "or the method)",
+                            task));
+          }
+        }
+        throw UsageError(fmt::format("unknown method '{}'", method));
+      },
+      op, noise, sampler);
+}
+
+/// Whether `method` can run on `task` (checked up front, before any output is written).
+bool method_supports_task(const std::string& method, const std::string& task) {
+  if (method == "mcg" || method == "score-sde") return task != "phase-retrieval";
+  if (method == "sdedit") return task != "phase-retrieval";
+  return true;
+}
+
+/// Scores of one method on one task at one sweep point.
+struct Row {
+  std::string value;  // sweep value
+  std::string task;
+  std::string method;
+  Scores scores;
+  double frechet = NAN;
+  double seconds = 0.0;
+  std::vector<torch::Tensor> restored;  // per image, for the grid
+};
+
+/// Features for the Frechet distance: a classifier's penultimate layer, or none.
+struct FeatureExtractor {
+  std::optional<ImageClassifier> classifier;
+  fs::path path;
+
+  [[nodiscard]] torch::Tensor features(const std::vector<torch::Tensor>& images) const {
+    torch::NoGradGuard no_grad;
+    auto network = *classifier;  // a holder: shares the module
+    std::vector<torch::Tensor> parts;
+    for (size_t first = 0; first < images.size(); first += 256) {
+      const auto last = std::min(images.size(), first + 256);
+      const std::vector<torch::Tensor> chunk(images.begin() + static_cast<std::ptrdiff_t>(first),
+                                             images.begin() + static_cast<std::ptrdiff_t>(last));
+      parts.push_back(network->features(torch::cat(chunk, 0)));
+    }
+    return torch::cat(parts, 0);
+  }
+};
+
+/// The classifier for the Frechet distance: --classifier FILE, "none", or by default the bundled
+/// Fashion-MNIST classifier when the model works on 1 x 28 x 28 images (otherwise none).
+FeatureExtractor load_feature_extractor(const std::string& flag, const Shape& shape) {
+  FeatureExtractor extractor;
+  if (flag == "none") return extractor;
+  const auto options = ImageClassifierOptions{}.in_channels(shape[0]).image_size(shape[1]);
+  std::error_code error;
+  if (flag.empty()) {
+    if (shape != Shape{1, 28, 28}) return extractor;
+    for (const auto& directory : prior_search_directories()) {
+      const auto candidate = directory / kBundledClassifier;
+      if (fs::is_regular_file(candidate, error)) {
+        extractor.path = candidate;
+        break;
+      }
+    }
+    if (extractor.path.empty())
+      throw UsageError(fmt::format("the bundled classifier {} was not found; pass --classifier FILE or none",
+                                   kBundledClassifier));
+  } else {
+    extractor.path = flag;
+    if (!fs::is_regular_file(extractor.path, error))
+      throw UsageError(fmt::format("cannot read classifier '{}': no such file", flag));
+  }
+  ImageClassifier classifier(options);
+  try {
+    load_checkpoint(classifier, extractor.path);
+  } catch (const c10::Error& e) {
+    std::string message = e.what_without_backtrace();
+    throw UsageError(fmt::format("classifier '{}' does not fit {}x{}x{} images: {}", extractor.path.string(),
+                                 shape[0], shape[1], shape[2], message.substr(0, message.find('\n'))));
+  }
+  classifier->eval();
+  extractor.classifier = classifier;
+  return extractor;
+}
+
+std::string cell(const std::vector<double>& values, int digits) {
+  const auto [mean, std] = mean_std(values);
+  if (!std::isfinite(mean)) return "-";
+  return fmt::format("{:.{}f} ± {:.{}f}", mean, digits, std, digits);
+}
+
+/// The Markdown table: one row per sweep value x task x method; the best mean of each metric within a task
+/// (and sweep value) in bold.
+std::string markdown_table(const std::vector<Row>& rows, const std::string& swept) {
+  std::string text = swept.empty()
+                         ? "| task | method | PSNR (dB) | SSIM | FD | time (s) |\n|---|---|---|---|---|---|\n"
+                         : fmt::format(
+                               "| {} | task | method | PSNR (dB) | SSIM | FD | time (s) |\n"
+                               "|---|---|---|---|---|---|---|\n",
+                               swept);
+  for (size_t i = 0; i < rows.size();) {
+    size_t end = i;
+    while (end < rows.size() && rows[end].task == rows[i].task && rows[end].value == rows[i].value) ++end;
+    double best_psnr = -INFINITY, best_ssim = -INFINITY, best_fd = INFINITY;
+    for (size_t j = i; j < end; ++j) {
+      best_psnr = std::max(best_psnr, mean_std(rows[j].scores.psnr).first);
+      best_ssim = std::max(best_ssim, mean_std(rows[j].scores.ssim).first);
+      if (std::isfinite(rows[j].frechet)) best_fd = std::min(best_fd, rows[j].frechet);
+    }
+    for (size_t j = i; j < end; ++j) {
+      const auto& r = rows[j];
+      const auto bold = [](bool best, const std::string& s) { return best ? "**" + s + "**" : s; };
+      const auto psnr = bold(mean_std(r.scores.psnr).first == best_psnr, cell(r.scores.psnr, 2));
+      const auto ssim = bold(mean_std(r.scores.ssim).first == best_ssim, cell(r.scores.ssim, 3));
+      const auto fd = std::isfinite(r.frechet) ? bold(r.frechet == best_fd, fmt::format("{:.2f}", r.frechet))
+                                               : std::string("-");
+      if (!swept.empty()) text += fmt::format("| {} ", r.value);
+      text +=
+          fmt::format("| {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.method, psnr, ssim, fd, r.seconds);
+    }
+    i = end;
+  }
+  return text;
+}
+
+}  // namespace
+
+int run_eval(int argc, char** argv) {
+  ArgParser args(
+      "diffpost eval",
+      "Compares restoration methods on the same measurements: every method restores the same degraded\n"
+      "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
+      "Frechet distance (FD) between features of a classifier (by default the bundled Fashion-MNIST one),\n"
+      "like FID with Inception features. The naive inverse of each task is scored as a row too. With\n"
+      "--sweep FLAG=V1,V2,... the whole comparison is repeated for each value of one flag.\n"
+      "Writes results.csv (mean/std per sweep value x task x method), per_image.csv, results.md (Markdown\n"
+      "table, best per task in bold) and one grid PNG per task and sweep value (first 8 images; columns:\n"
+      "truth, measurement, naive inverse, then the methods in order).",
+      "[IMAGE|FOLDER ...]");
+  add_task_flags(args, true);
+  args.section("Methods");
+  std::string method_help = "comma-separated methods:";
+  for (const auto& method : all_methods())
+    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  args.add("methods", "NAME[,NAME...]", method_help, "dps,mcg,score-sde,score-ald,sdedit");
+  std::string scale_help = "DPS and MCG step size: one number, or task=value,... (per-task defaults:";
+  for (const auto& task : all_tasks()) scale_help += fmt::format(" {} {}", task.name, task.default_scale);
+  args.add("scale", "X|TASK=X,...", scale_help + ")");
+  args.add("scale-schedule", "NAME",
+           "DPS/MCG step size over the steps: constant, linear or exponential decay", "constant");
+  args.add("ald-scale", "X", "score-ald: guidance scale", "1");
+  args.add("ald-gamma", "X", "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))", "1");
+  args.add("ald-sigma", "X", "score-ald: measurement noise level in its weighting; default: --sigma");
+  args.add("t-star", "N", "sdedit: noise level to start from, in original timesteps of 1000", "250");
+  args.add("sweep", "FLAG=V1,V2,...",
+           fmt::format("repeat the comparison for each value of one flag ({})",
+                       fmt::join(sweepable_flags(), ", ")));
+  args.add(
+      "classifier", "FILE|none",
+      "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
+      "1x28x28 models, none otherwise");
+  add_sampler_flags(args, "100");
+  add_input_flags(args);
+  add_model_flags(args);
+  add_output_flags(args);
+  if (help_requested(args, argc, argv)) return 0;
+
+  // Everything is checked before the first file is written.
+  if (!args.has("task")) throw UsageError("--task is required (see diffpost eval --help)");
+  const auto tasks = unique_list(args.get("task"), "--task");
+  for (const auto& task : tasks) find_task(task);
+  const auto methods = unique_list(args.get("methods"), "--methods");
+  for (const auto& method : methods) {
+    if (std::none_of(all_methods().begin(), all_methods().end(),
+                     [&](const auto& m) { return m.name == method; })) {
+      std::vector<std::string> names;
+      for (const auto& m : all_methods()) names.push_back(m.name);
+      throw UsageError(fmt::format("unknown method '{}'; methods: {}", method, fmt::join(names, ", ")));
+    }
+    for (const auto& task : tasks)
+      if (!method_supports_task(method, task))
+        throw UsageError(
+            fmt::format("method {} cannot run task {} (it needs a linear operator with a naive "
+                        "inverse); drop the task or the method",
+                        method, task));
+  }
+  const auto points = sweep_points(args);
+  const auto swept = sweep_flag(args);
+  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const auto batch_size = args.get_int("batch", 1, 100000);
+  const auto test_set = args.get_int("test-set", 0, 10000);
+  const bool force = args.flag("force");
+  const auto out = output_folder(args);
+  set_threads(args);
+
+  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  const auto shape = prior.image_shape();
+  const auto extractor = load_feature_extractor(args.get("classifier"), shape);
+  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  const auto count = static_cast<int64_t>(inputs.size());
+  if (extractor.classifier && count < 2)
+    throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
+  for (const auto& point : points) {
+    const auto& a = point.args;
+    const auto parameters = task_parameters(a);
+    noise_model(a);
+    make_sampler(a);
+    task_scales(a.get("scale"), tasks);
+    step_size_schedule(a);
+    a.get_double("ald-scale", 0.0, 1e6);
+    a.get_double("ald-gamma", 0.0, 1e6);
+    a.get_double(a.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
+    a.get_int("t-star", 0, 1000);
+    for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
+  }
+
+  const auto suffix = [&](const SweepPoint& point) {
+    return swept.empty() ? std::string{} : fmt::format("_{}={}", swept, point.value);
+  };
+  std::vector<fs::path> planned{out / "results.csv", out / "per_image.csv", out / "results.md"};
+  for (const auto& point : points)
+    for (const auto& task : tasks) planned.push_back(out / fmt::format("{}{}_grid.png", task, suffix(point)));
+  prepare_output_folder(out);
+  check_no_overwrite(planned, force);
+
+  fmt::print("model {}, {} images, methods {}, tasks {}, {} threads{}\n", prior.files.checkpoint.string(),
+             count, fmt::join(methods, ","), fmt::join(tasks, ","), torch::get_num_threads(),
+             extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD");
+  std::fflush(stdout);
+
+  std::vector<torch::Tensor> truth_images;
+  for (const auto& input : inputs) truth_images.push_back(input.image);
+  const auto truth_features = extractor.classifier ? extractor.features(truth_images) : torch::Tensor{};
+
+  std::vector<Row> rows;
+  std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
+  for (const auto& point : points) {
+    const auto& a = point.args;
+    const auto parameters = task_parameters(a);
+    const auto noise = noise_model(a);
+    const auto sampler = make_sampler(a);
+    const auto steps = num_steps(sampler);
+    const auto scales = task_scales(a.get("scale"), tasks);
+    MethodSettings settings;
+    settings.scale_schedule = step_size_schedule(a);
+    settings.ald_scale = a.get_double("ald-scale", 0.0, 1e6);
+    settings.ald_gamma = a.get_double("ald-gamma", 0.0, 1e6);
+    settings.ald_sigma = a.get_double(a.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
+    settings.t_star = a.get_int("t-star", 0, 1000);
+    for (const auto& task : tasks) {
+      settings.scale = scales.at(task);
+      // The measurements, shared by all methods.
+      struct Batch {
+        int64_t first;
+        torch::Tensor truth;
+        AnyOperator op;
+        torch::Tensor y;
+      };
+      std::vector<Batch> batches;
+      for (int64_t first = 0; first < count; first += batch_size) {
+        const int64_t n = std::min(batch_size, count - first);
+        const auto truth = torch::cat(
+            std::vector<torch::Tensor>(truth_images.begin() + first, truth_images.begin() + first + n), 0);
+        auto op = make_operator(task, parameters, shape, seed, first, n, 1);
+        auto y = measure(op, noise, truth, seed, first);
+        batches.push_back({first, truth, std::move(op), std::move(y)});
+      }
+      std::vector<std::vector<torch::Tensor>> grid(static_cast<size_t>(std::min<int64_t>(count, 8)));
+      const auto add_row = [&](Row row, const std::vector<torch::Tensor>& outputs) {
+        for (int64_t i = 0; i < count; ++i) {
+          const auto& truth_i = truth_images[static_cast<size_t>(i)];
+          Scores one;
+          one.add(outputs[static_cast<size_t>(i)], truth_i);
+          row.scores.add(outputs[static_cast<size_t>(i)], truth_i);
+          per_image += fmt::format("{},{},{},{},{},{},{}\n", swept, point.value, task, row.method,
+                                   inputs[static_cast<size_t>(i)].name, csv_number(one.psnr[0]),
+                                   csv_number(one.ssim[0]));
+          if (i < static_cast<int64_t>(grid.size())) grid[static_cast<size_t>(i)].push_back(outputs[i]);
+        }
+        if (extractor.classifier) row.frechet = frechet_distance(extractor.features(outputs), truth_features);
+        fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, suffix(point), row.method,
+                   row.scores.summary(), row.frechet, row.seconds);
+        std::fflush(stdout);
+        rows.push_back(std::move(row));
+      };
+
+      std::vector<torch::Tensor> naive_outputs;
+      bool has_naive = true;
+      for (const auto& batch : batches) {
+        for (size_t i = 0; i < grid.size(); ++i)
+          if (static_cast<int64_t>(i) >= batch.first &&
+              static_cast<int64_t>(i) < batch.first + batch.y.size(0)) {
+            grid[i].push_back(truth_images[i]);
+            grid[i].push_back(
+                measurement_picture(batch.op, batch.y).narrow(0, static_cast<int64_t>(i) - batch.first, 1));
+          }
+        const auto naive = naive_inverse(batch.op, batch.y);
+        has_naive = has_naive && naive.defined();
+        if (has_naive)
+          for (int64_t i = 0; i < naive.size(0); ++i)
+            naive_outputs.push_back(naive.narrow(0, i, 1).clamp(-1.0, 1.0));
+      }
+      if (has_naive) add_row({point.value, task, "naive"}, naive_outputs);
+
+      for (const auto& method : methods) {
+        Row row{point.value, task, method};
+        std::vector<torch::Tensor> outputs;
+        ProgressBar progress(static_cast<int64_t>(batches.size()) * steps,
+                             fmt::format("{}{} {}", task, suffix(point), method));
+        const auto start = std::chrono::steady_clock::now();
+        for (size_t b = 0; b < batches.size(); ++b) {
+          const auto& batch = batches[b];
+          auto generator = make_generator(image_seed(seed, batch.first, 2));
+          const StepCallback callback = [&](const StepInfo& info) {
+            progress.update(static_cast<int64_t>(b) * steps + info.step,
+                            fmt::format("batch {}/{}", b + 1, batches.size()));
+          };
+          const auto restored = run_method(method, task, batch.op, noise, sampler, settings, prior.model,
+                                           batch.y, shape, generator, callback)
+                                    .detach()
+                                    .clamp(-1.0, 1.0);
+          for (int64_t i = 0; i < restored.size(0); ++i) outputs.push_back(restored.narrow(0, i, 1));
+        }
+        progress.finish();
+        row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        add_row(std::move(row), outputs);
+      }
+      save_grid(grid, (out / fmt::format("{}{}_grid.png", task, suffix(point))).string(),
+                GridOptions{}.overwrite(force));
+    }
+  }
+
+  std::string csv = "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,frechet,seconds\n";
+  for (const auto& r : rows) {
+    const auto [pm, ps] = mean_std(r.scores.psnr);
+    const auto [sm, ss] = mean_std(r.scores.ssim);
+    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{:.1f}\n", swept, r.value, r.task, r.method, count,
+                       csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
+                       std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "", r.seconds);
+  }
+  const auto table = markdown_table(rows, swept);
+  const auto markdown = fmt::format(
+      "# diffpost eval\n\n`{}`\n\n{} images, seed {}, model `{}`; mean ± sample standard deviation over the "
+      "images; FD = Frechet distance of classifier features to the ground truth ({}); best per task in "
+      "bold.\n\n{}",
+      command_line(argc, argv), count, seed, prior.files.checkpoint.filename().string(),
+      extractor.classifier ? extractor.path.filename().string() : "not computed", table);
+  write_text(out / "results.csv", csv, force);
+  write_text(out / "per_image.csv", per_image, force);
+  write_text(out / "results.md", markdown, force);
+  fmt::print("\n{}\nwrote {}, {}, {}\n", table, (out / "results.md").string(), (out / "results.csv").string(),
+             (out / "per_image.csv").string());
+  return 0;
+}
+
+}  // namespace diffpost::cli

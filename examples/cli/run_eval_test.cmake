@@ -1,0 +1,67 @@
+# ctest helper: runs a tiny `diffpost eval` (all methods, two tasks) and a sweep, and checks what they wrote:
+# one results.csv row per task x method (naive included) with finite PSNR/SSIM and a Frechet distance, the
+# grids and results.md; and that eval's DPS agrees image by image with `diffpost restore` run with the same
+# settings (both draw every mask, noise and sample from the same per-image seeds).
+#   cmake -DDIFFPOST=<exe> -DMODEL=<pt> -DCONFIG=<yaml> -DOUT=<dir> -P this
+cmake_policy(SET CMP0057 NEW)  # if(... IN_LIST ...)
+file(REMOVE_RECURSE "${OUT}")
+set(common --test-set 3 --steps 4 --batch 2 --threads 2 --seed 3 --model "${MODEL}" --config "${CONFIG}")
+execute_process(COMMAND "${DIFFPOST}" eval --task box-inpaint,sr ${common} --out "${OUT}/eval"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "diffpost eval failed (${rc}):\n${out}\n${err}")
+endif()
+foreach(file results.csv per_image.csv results.md box-inpaint_grid.png sr_grid.png)
+  if(NOT EXISTS "${OUT}/eval/${file}")
+    message(FATAL_ERROR "missing ${OUT}/eval/${file}")
+  endif()
+endforeach()
+file(STRINGS "${OUT}/eval/results.csv" rows)
+list(LENGTH rows row_count)
+if(NOT row_count EQUAL 13)  # header + 2 tasks x (naive + 5 methods)
+  message(FATAL_ERROR "results.csv has ${row_count} rows, expected 13:\n${rows}")
+endif()
+set(number "-?[0-9]+\\.[0-9]+")
+foreach(task box-inpaint sr)
+  foreach(method naive dps mcg score-sde score-ald sdedit)
+    set(pattern "^,,${task},${method},3,${number},${number},${number},${number},${number},")
+    set(matching ${rows})
+    list(FILTER matching INCLUDE REGEX "${pattern}")
+    list(LENGTH matching count)
+    if(NOT count EQUAL 1)
+      message(FATAL_ERROR "results.csv: no row '${task},${method}' with finite PSNR/SSIM and a Frechet distance:\n${rows}")
+    endif()
+  endforeach()
+endforeach()
+
+# The same DPS run through `restore`: identical per-image PSNR.
+execute_process(COMMAND "${DIFFPOST}" restore --task sr ${common} --out "${OUT}/restore"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "diffpost restore failed (${rc}):\n${out}\n${err}")
+endif()
+file(STRINGS "${OUT}/restore/sr/metrics.csv" restore_rows REGEX "^fmnist_test_[0-9]+,dps,0,")
+file(STRINGS "${OUT}/eval/per_image.csv" eval_rows REGEX "^,,sr,dps,")
+list(LENGTH restore_rows restore_count)
+if(NOT restore_count EQUAL 3)
+  message(FATAL_ERROR "restore wrote ${restore_count} DPS rows, expected 3: ${restore_rows}")
+endif()
+foreach(row IN LISTS restore_rows)
+  string(REGEX REPLACE "^([^,]+),dps,0,(${number}),(${number})$" "\\1,\\2,\\3" key "${row}")
+  if(NOT ",,sr,dps,${key}" IN_LIST eval_rows)
+    message(FATAL_ERROR "restore's DPS row ${row} has no identical row in eval's per_image.csv:\n${eval_rows}")
+  endif()
+endforeach()
+
+# A sweep: one row per value, a grid per value.
+execute_process(COMMAND "${DIFFPOST}" eval --task sr --methods dps --sweep scale=0.5,2 ${common} --classifier none
+                        --out "${OUT}/sweep" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "diffpost eval --sweep failed (${rc}):\n${out}\n${err}")
+endif()
+file(STRINGS "${OUT}/sweep/results.csv" rows REGEX "^scale,")
+list(LENGTH rows row_count)
+if(NOT row_count EQUAL 4 OR NOT EXISTS "${OUT}/sweep/sr_scale=2_grid.png")
+  message(FATAL_ERROR "sweep: expected 4 rows (2 values x naive, dps) and sr_scale=2_grid.png:\n${rows}")
+endif()
+message(STATUS "eval end to end: ok")
