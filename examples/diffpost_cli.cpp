@@ -75,16 +75,11 @@ int run_restore(int argc, char** argv) {
   args.add("scale-schedule", "NAME", "step size over the steps: constant, linear or exponential decay",
            "constant");
   args.add("num-samples", "N", "posterior samples per image", "1");
-  add_sampler_flags(args, "100");
-  add_input_flags(args);
-  add_model_flags(args);
-  add_output_flags(args);
+  add_restoration_flags(args);
   if (help_requested(args, argc, argv)) return 0;
 
   // Everything is checked before the first file is written.
-  if (!args.has("task")) throw UsageError("--task is required (see diffpost restore --help)");
-  const auto tasks = unique_list(args.get("task"), "--task");
-  for (const auto& task : tasks) find_task(task);
+  const auto tasks = required_tasks(args);
   const auto parameters = task_parameters(args);
   const auto noise = noise_model(args);
   const auto scales = task_scales(args.get("scale"), tasks);

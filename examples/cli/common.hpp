@@ -253,4 +253,20 @@ inline std::vector<std::string> unique_list(const std::string& text, const std::
   return items;
 }
 
+/// The flags of the commands that restore measured images (restore, eval): sampling, input, model, output.
+inline void add_restoration_flags(ArgParser& args) {
+  add_sampler_flags(args, "100");
+  add_input_flags(args);
+  add_model_flags(args);
+  add_output_flags(args);
+}
+
+/// The tasks of --task (a comma-separated list, each known and at most once).
+inline std::vector<std::string> required_tasks(const ArgParser& args) {
+  if (!args.has("task")) throw UsageError(fmt::format("--task is required (see {} --help)", args.command()));
+  auto tasks = unique_list(args.get("task"), "--task");
+  for (const auto& task : tasks) find_task(task);
+  return tasks;
+}
+
 }  // namespace diffpost::cli

@@ -290,16 +290,11 @@ int run_eval(int argc, char** argv) {
       "classifier", "FILE|none",
       "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
       "1x28x28 models, none otherwise");
-  add_sampler_flags(args, "100");
-  add_input_flags(args);
-  add_model_flags(args);
-  add_output_flags(args);
+  add_restoration_flags(args);
   if (help_requested(args, argc, argv)) return 0;
 
   // Everything is checked before the first file is written.
-  if (!args.has("task")) throw UsageError("--task is required (see diffpost eval --help)");
-  const auto tasks = unique_list(args.get("task"), "--task");
-  for (const auto& task : tasks) find_task(task);
+  const auto tasks = required_tasks(args);
   const auto methods = unique_list(args.get("methods"), "--methods");
   for (const auto& method : methods) {
     if (std::none_of(all_methods().begin(), all_methods().end(),
