@@ -67,6 +67,43 @@ TEST_CASE(
   CHECK(rms < 0.5 * prior_rms);
 }
 
+TEST_CASE("DPS on few-step DDIM lands near the exact posterior mean, and its samples keep their spread") {
+  // The reference's DDIM path returns black images; here DPS on 25 deterministic DDIM steps must behave like
+  // the 250-step DDPM case above: posterior mean, measurement fit, and samples that differ from each other.
+  auto problem = make_problem(0.05, 21);
+  DPS<GaussianLikelihood, SubsampleOperator, DDIMSampler> dps(
+      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
+      DDIMSampler(DiffusionSchedule::linear().respaced("ddim25"), DDIMOptions{}.clip_denoised(false)),
+      DPSOptions{}.scale(0.5).num_samples(32));
+  auto generator = make_generator(7);
+  auto samples = dps.sample(problem.prior, problem.y, {1, 6, 6}, generator);
+  REQUIRE(samples.sizes() == torch::IntArrayRef{32, 1, 6, 6});
+  REQUIRE(samples.isfinite().all().item<bool>());
+
+  const auto sample_mean = testing::to_eigen(samples.mean(0).reshape({-1}));
+  const double ddim_error = (sample_mean - problem.posterior.mean).norm();
+  const double prior_error = problem.posterior.mean.norm();
+  INFO("||DPS-DDIM mean - posterior mean|| = ", ddim_error,
+       ", ||prior mean - posterior mean|| = ", prior_error);
+  CHECK(ddim_error < 0.5 * prior_error);
+
+  auto residual = (SubsampleOperator{}.forward(samples) - problem.y).reshape({32, -1});
+  const double rms = residual.square().mean().sqrt().item<double>();
+  INFO("rms residual ", rms, " (sigma ", problem.sigma, ")");
+  CHECK(rms < 3 * problem.sigma);
+
+  // Spread over the unmeasured pixels (odd flat indices) against the exact posterior's.
+  const auto flat = samples.reshape({32, -1});
+  const auto unmeasured = torch::arange(1, 36, 2);
+  const double spread = flat.index_select(1, unmeasured).std(0).mean().item<double>();
+  double posterior_spread = 0.0;
+  for (int64_t i = 1; i < 36; i += 2)
+    posterior_spread += std::sqrt(problem.posterior.covariance(i, i)) / 18.0;
+  INFO("mean std of unmeasured pixels: samples ", spread, ", exact posterior ", posterior_spread);
+  CHECK(spread > 0.3 * posterior_spread);
+  CHECK(spread < 2.0 * posterior_spread);
+}
+
 TEST_CASE("DPS runs are reproducible bit for bit from a seed, and report every step") {
   auto problem = make_problem(0.05, 31);
   DPS<GaussianLikelihood, SubsampleOperator> dps(SubsampleOperator{}, GaussianLikelihood(0.05),
