@@ -13,6 +13,8 @@
 #include <diffpost/io/progress.hpp>
 #include <diffpost/models/classifier.hpp>
 
+#include "training_common.hpp"
+
 #include <torch/torch.h>
 
 #include <chrono>
@@ -59,41 +61,34 @@ const char* usage =
 
 Flags parse_flags(int argc, char** argv) {
   Flags f;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument("flag " + arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::cout << usage;
-      std::exit(0);
-    } else if (arg == "--data") {
+  diffpost::examples::parse_command_line(argc, argv, usage, [&](const std::string& flag, auto& value) {
+    if (flag == "--data") {
       f.data = value();
-    } else if (arg == "--epochs") {
+    } else if (flag == "--epochs") {
       f.epochs = std::stoll(value());
-    } else if (arg == "--batch") {
+    } else if (flag == "--batch") {
       f.batch = std::stoll(value());
-    } else if (arg == "--lr") {
+    } else if (flag == "--lr") {
       f.lr = std::stod(value());
-    } else if (arg == "--seed") {
+    } else if (flag == "--seed") {
       f.seed = std::stoll(value());
-    } else if (arg == "--threads") {
+    } else if (flag == "--threads") {
       f.threads = std::stoi(value());
-    } else if (arg == "--no-flip") {
+    } else if (flag == "--no-flip") {
       f.flip = false;
-    } else if (arg == "--out") {
+    } else if (flag == "--out") {
       f.out = value();
-    } else if (arg == "--force") {
+    } else if (flag == "--force") {
       f.force = true;
     } else {
-      throw std::invalid_argument("unknown flag '" + arg + "' (see --help)");
+      return false;
     }
-  }
-  if (f.epochs < 1) throw std::invalid_argument("--epochs must be >= 1");
-  if (f.batch < 1) throw std::invalid_argument("--batch must be >= 1");
+    return true;
+  });
+  diffpost::examples::require_at_least_one(f.epochs, "--epochs");
+  diffpost::examples::require_at_least_one(f.batch, "--batch");
   if (!(f.lr > 0) || !std::isfinite(f.lr)) throw std::invalid_argument("--lr must be a positive number");
-  if (f.threads < 1) throw std::invalid_argument("--threads must be >= 1");
+  diffpost::examples::require_at_least_one(f.threads, "--threads");
   return f;
 }
 
@@ -121,12 +116,8 @@ int run(const Flags& flags) {
 
   torch::set_num_threads(flags.threads);
   torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
-  const auto train_images = diffpost::read_idx_images(flags.data / "train-images-idx3-ubyte.gz");
-  const auto train_labels = diffpost::read_idx_labels(flags.data / "train-labels-idx1-ubyte.gz");
-  const auto test_images = diffpost::read_idx_images(flags.data / "t10k-images-idx3-ubyte.gz");
-  const auto test_labels = diffpost::read_idx_labels(flags.data / "t10k-labels-idx1-ubyte.gz");
-  TORCH_CHECK(train_images.size(0) == train_labels.size(0) && test_images.size(0) == test_labels.size(0),
-              "train_classifier: image and label counts differ in ", flags.data.string());
+  const auto [train_images, train_labels] = diffpost::examples::read_fashion_mnist(flags.data, "train");
+  const auto [test_images, test_labels] = diffpost::examples::read_fashion_mnist(flags.data, "t10k");
   fmt::print(stderr, "data: {} training and {} test images of {}x{} from {}\n", train_images.size(0),
              test_images.size(0), train_images.size(2), train_images.size(3), flags.data.string());
 
@@ -135,8 +126,7 @@ int run(const Flags& flags) {
                            .image_size(train_images.size(2))
                            .num_classes(train_labels.max().item<int64_t>() + 1);
   diffpost::ImageClassifier model(options);
-  int64_t parameters = 0;
-  for (const auto& p : model->parameters()) parameters += p.numel();
+  const int64_t parameters = diffpost::examples::count_parameters(*model);
   fmt::print(
       stderr,
       "model: ImageClassifier, {} parameters; {} epochs of batch {}, Adam lr {} (cosine), {} thread(s)\n",
@@ -181,8 +171,7 @@ int run(const Flags& flags) {
     }
     bar.finish();
   }
-  const double minutes =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  const double minutes = diffpost::examples::minutes_since(start);
   const double test_accuracy = accuracy(model, test_images, test_labels);
   fmt::print("trained {} steps ({} epochs) in {:.1f} min with {} thread(s)\n", total_steps, flags.epochs,
              minutes, flags.threads);
@@ -195,12 +184,6 @@ int run(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse_flags(argc, argv));
-  } catch (const c10::Error& e) {
-    std::cerr << "train_classifier: " << e.what_without_backtrace() << "\n";
-  } catch (const std::exception& e) {
-    std::cerr << "train_classifier: " << e.what() << "\n";
-  }
-  return 1;
+  return diffpost::examples::run_reporting_errors("train_classifier",
+                                                  [&] { return run(parse_flags(argc, argv)); });
 }

@@ -23,6 +23,8 @@
 #include <diffpost/training/ema.hpp>
 #include <diffpost/training/losses.hpp>
 
+#include "training_common.hpp"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -121,76 +123,69 @@ std::vector<int64_t> parse_list(const std::string& text) {
 
 Flags parse_flags(int argc, char** argv) {
   Flags f;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument("flag " + arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      std::cout << usage;
-      std::exit(0);
-    } else if (arg == "--data") {
+  diffpost::examples::parse_command_line(argc, argv, usage, [&](const std::string& flag, auto& value) {
+    if (flag == "--data") {
       f.data = value();
-    } else if (arg == "--out-dir") {
+    } else if (flag == "--out-dir") {
       f.out_dir = value();
-    } else if (arg == "--export") {
+    } else if (flag == "--export") {
       f.export_name = value();
-    } else if (arg == "--export-only") {
+    } else if (flag == "--export-only") {
       f.export_only = true;
-    } else if (arg == "--batch-size") {
+    } else if (flag == "--batch-size") {
       f.batch_size = std::stoll(value());
-    } else if (arg == "--lr") {
+    } else if (flag == "--lr") {
       f.lr = std::stod(value());
-    } else if (arg == "--grad-clip") {
+    } else if (flag == "--grad-clip") {
       f.grad_clip = std::stod(value());
-    } else if (arg == "--ema-decay") {
+    } else if (flag == "--ema-decay") {
       f.ema_decay = std::stod(value());
-    } else if (arg == "--max-steps") {
+    } else if (flag == "--max-steps") {
       f.max_steps = std::stoll(value());
-    } else if (arg == "--max-minutes") {
+    } else if (flag == "--max-minutes") {
       f.max_minutes = std::stod(value());
-    } else if (arg == "--threads") {
+    } else if (flag == "--threads") {
       f.threads = std::stoi(value());
-    } else if (arg == "--checkpoint-every") {
+    } else if (flag == "--checkpoint-every") {
       f.checkpoint_every = std::stoll(value());
-    } else if (arg == "--seed") {
+    } else if (flag == "--seed") {
       f.seed = std::stoll(value());
-    } else if (arg == "--no-flip") {
+    } else if (flag == "--no-flip") {
       f.flip = false;
-    } else if (arg == "--fixed-variance") {
+    } else if (flag == "--fixed-variance") {
       f.fixed_variance = true;
-    } else if (arg == "--sample-grid") {
+    } else if (flag == "--sample-grid") {
       f.sample_grid = value();
-    } else if (arg == "--samples") {
+    } else if (flag == "--samples") {
       f.samples = std::stoll(value());
-    } else if (arg == "--grid-scale") {
+    } else if (flag == "--grid-scale") {
       f.grid_scale = std::stoll(value());
-    } else if (arg == "--sample-steps") {
+    } else if (flag == "--sample-steps") {
       f.sample_steps = value();
-    } else if (arg == "--time-batches") {
+    } else if (flag == "--time-batches") {
       f.time_batches = std::stoll(value());
-    } else if (arg == "--num-channels") {
+    } else if (flag == "--num-channels") {
       f.num_channels = std::stoll(value());
-    } else if (arg == "--num-res-blocks") {
+    } else if (flag == "--num-res-blocks") {
       f.num_res_blocks = std::stoll(value());
-    } else if (arg == "--channel-mult") {
+    } else if (flag == "--channel-mult") {
       f.channel_mult = parse_list(value());
-    } else if (arg == "--attention-resolutions") {
+    } else if (flag == "--attention-resolutions") {
       f.attention_resolutions = parse_list(value());
-    } else if (arg == "--num-head-channels") {
+    } else if (flag == "--num-head-channels") {
       f.num_head_channels = std::stoll(value());
-    } else if (arg == "--dropout") {
+    } else if (flag == "--dropout") {
       f.dropout = std::stod(value());
     } else {
-      throw std::invalid_argument("unknown flag '" + arg + "' (see --help)");
+      return false;
     }
-  }
-  if (f.batch_size < 1) throw std::invalid_argument("--batch-size must be >= 1");
-  if (f.threads < 1) throw std::invalid_argument("--threads must be >= 1");
+    return true;
+  });
+  diffpost::examples::require_at_least_one(f.batch_size, "--batch-size");
+  diffpost::examples::require_at_least_one(f.threads, "--threads");
   if (f.samples < 1 || f.grid_scale < 1)
     throw std::invalid_argument("--samples and --grid-scale must be >= 1");
-  if (f.checkpoint_every < 1) throw std::invalid_argument("--checkpoint-every must be >= 1");
+  diffpost::examples::require_at_least_one(f.checkpoint_every, "--checkpoint-every");
   return f;
 }
 
@@ -442,8 +437,7 @@ int run(const Flags& flags) {
     for (auto& item : ema->named_parameters(true)) item.value().copy_(source[item.key()]);
   }
   ema->eval();
-  int64_t parameters = 0;
-  for (const auto& p : model->parameters()) parameters += p.numel();
+  const int64_t parameters = diffpost::examples::count_parameters(*model);
   fmt::print(stderr, "model: {} ({} parameters)\n", fmt::format("{}", options), parameters);
 
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(flags.lr));
@@ -471,9 +465,7 @@ int run(const Flags& flags) {
   int64_t cursor = 0;
 
   const auto start = std::chrono::steady_clock::now();
-  auto minutes_used = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-  };
+  auto minutes_used = [&] { return diffpost::examples::minutes_since(start); };
   const int64_t planned = flags.time_batches > 0 ? flags.time_batches
                           : flags.max_steps > 0  ? std::max<int64_t>(flags.max_steps - state.step, 0)
                                                  : 0;
@@ -558,12 +550,6 @@ int run(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse_flags(argc, argv));
-  } catch (const c10::Error& e) {
-    std::cerr << "train_prior: " << e.what_without_backtrace() << "\n";
-  } catch (const std::exception& e) {
-    std::cerr << "train_prior: " << e.what() << "\n";
-  }
-  return 1;
+  return diffpost::examples::run_reporting_errors("train_prior",
+                                                  [&] { return run(parse_flags(argc, argv)); });
 }

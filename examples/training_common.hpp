@@ -1,0 +1,90 @@
+// Pieces shared by the training examples (train_prior, train_classifier): walking the command line, the
+// checks of numeric flags, reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
+// error reporting of main(). Private to the examples; not part of the diffpost library.
+#pragma once
+
+#include <diffpost/io/datasets.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+
+namespace diffpost::examples {
+
+/// Walks the flags of `argv` in order. `--help` or `-h` prints `usage` to stdout and exits with 0; every
+/// other flag goes to `handle(flag, value)`, where `value()` consumes and returns the next argument (and
+/// throws std::invalid_argument "flag F needs a value" when there is none). `handle` returns false for a
+/// flag it does not know, which throws std::invalid_argument "unknown flag 'F' (see --help)".
+template <class Handler>
+void parse_command_line(int argc, char** argv, const char* usage, Handler&& handle) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument("flag " + flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage;
+      std::exit(0);
+    }
+    if (!handle(flag, value)) throw std::invalid_argument("unknown flag '" + flag + "' (see --help)");
+  }
+}
+
+/// Throws std::invalid_argument "FLAG must be >= 1" unless `value` is at least 1 (batch sizes, thread and
+/// step counts).
+inline void require_at_least_one(int64_t value, const std::string& flag) {
+  if (value < 1) throw std::invalid_argument(flag + " must be >= 1");
+}
+
+/// One split of Fashion-MNIST: images [N, 1, 28, 28] in [-1, 1] and their int64 labels [N].
+struct LabelledImages {
+  torch::Tensor images;
+  torch::Tensor labels;
+};
+
+/// Reads the split `split` ("train" or "t10k", the prefixes of the IDX file names) of Fashion-MNIST from the
+/// gzip-compressed IDX files in `folder` (e.g. diffpost::debian_fashion_mnist_dir()). Throws c10::Error when
+/// a file cannot be read (see diffpost::read_idx) or when the image and label counts differ.
+inline LabelledImages read_fashion_mnist(const std::filesystem::path& folder, const std::string& split) {
+  LabelledImages data{diffpost::read_idx_images(folder / (split + "-images-idx3-ubyte.gz")),
+                      diffpost::read_idx_labels(folder / (split + "-labels-idx1-ubyte.gz"))};
+  TORCH_CHECK(data.images.size(0) == data.labels.size(0), "read_fashion_mnist: ", data.images.size(0),
+              " images but ", data.labels.size(0), " labels in the '", split, "' split of ", folder.string());
+  return data;
+}
+
+/// Number of scalar parameters of `module` and its submodules, as printed in the training logs.
+inline int64_t count_parameters(const torch::nn::Module& module) {
+  int64_t parameters = 0;
+  for (const auto& p : module.parameters()) parameters += p.numel();
+  return parameters;
+}
+
+/// Wall-clock minutes since `start` (steady clock), for the time limits and reports of a training run.
+inline double minutes_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+}
+
+/// The body of main() of a training program: returns `run()`, or prints "PROGRAM: message" (without a
+/// LibTorch backtrace) to stderr and returns 1 when it throws.
+template <class Run>
+int run_reporting_errors(const char* program, Run&& run) {
+  try {
+    return run();
+  } catch (const c10::Error& e) {
+    std::cerr << program << ": " << e.what_without_backtrace() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+  }
+  return 1;
+}
+
+}  // namespace diffpost::examples
