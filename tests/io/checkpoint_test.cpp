@@ -3,6 +3,9 @@
 // arange(numel) * 0.125 + its position in the state dict), errors by the content of their messages.
 #include <diffpost/io/checkpoint.hpp>
 
+#include "support/error_of.hpp"
+#include "support/temp_dir.hpp"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
@@ -17,6 +20,8 @@ using diffpost::LoadOptions;
 using diffpost::ReadOptions;
 using diffpost::SaveOptions;
 using diffpost::StateDict;
+using diffpost::testing::error_of;
+using diffpost::testing::TempDir;
 
 namespace {
 
@@ -56,33 +61,6 @@ void check_tiny_values(const StateDict& state, double factor = 1.0) {
     CHECK_MESSAGE(torch::equal(tensor, expected_tiny(static_cast<int64_t>(i), tensor, factor)), kTinyKeys[i]);
   }
 }
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "(no error)";
-}
-
-// A fresh empty directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  TempDir() {
-    path = fs::temp_directory_path() /
-           ("diffpost-ckpt-test-" + std::to_string(std::random_device{}()) + std::to_string(++counter()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  static int& counter() {
-    static int n = 0;
-    return n;
-  }
-  fs::path path;
-};
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream file(path, std::ios::binary);
@@ -183,30 +161,30 @@ TEST_CASE("read_state_dict keeps offsets, strides and shared storages of views")
 }
 
 TEST_CASE("read_state_dict rejects what is not a state dict checkpoint with the path and the reason") {
-  TempDir dir;
-  auto missing = error_of([&] { diffpost::read_state_dict(dir.path / "absent.pt"); });
+  const TempDir dir("checkpoint-test");
+  auto missing = error_of([&] { diffpost::read_state_dict(dir.path() / "absent.pt"); });
   CHECK(missing.find("absent.pt' does not exist") != std::string::npos);
 
-  write_bytes(dir.path / "empty.pt", "");
-  CHECK(error_of([&] { diffpost::read_state_dict(dir.path / "empty.pt"); }).find("empty.pt' is empty") !=
+  write_bytes(dir.path() / "empty.pt", "");
+  CHECK(error_of([&] { diffpost::read_state_dict(dir.path() / "empty.pt"); }).find("empty.pt' is empty") !=
         std::string::npos);
 
-  write_bytes(dir.path / "notes.txt", "these are not weights\n");
-  auto text = error_of([&] { diffpost::read_state_dict(dir.path / "notes.txt"); });
+  write_bytes(dir.path() / "notes.txt", "these are not weights\n");
+  auto text = error_of([&] { diffpost::read_state_dict(dir.path() / "notes.txt"); });
   CHECK(text.find("notes.txt' is not a PyTorch checkpoint") != std::string::npos);
 
   const auto whole = read_bytes(kData / "tiny_state_dict.pt");
-  write_bytes(dir.path / "truncated.pt", whole.substr(0, whole.size() / 2));
-  auto truncated = error_of([&] { diffpost::read_state_dict(dir.path / "truncated.pt"); });
+  write_bytes(dir.path() / "truncated.pt", whole.substr(0, whole.size() / 2));
+  auto truncated = error_of([&] { diffpost::read_state_dict(dir.path() / "truncated.pt"); });
   CHECK(truncated.find("truncated.pt' is not a readable PyTorch zip archive (truncated or corrupt?)") !=
         std::string::npos);
 
   const auto legacy = read_bytes(kData / "tiny_legacy.pt");
-  write_bytes(dir.path / "legacy_cut.pt", legacy.substr(0, legacy.size() - 5));
-  auto legacy_cut = error_of([&] { diffpost::read_state_dict(dir.path / "legacy_cut.pt"); });
+  write_bytes(dir.path() / "legacy_cut.pt", legacy.substr(0, legacy.size() - 5));
+  auto legacy_cut = error_of([&] { diffpost::read_state_dict(dir.path() / "legacy_cut.pt"); });
   CHECK(legacy_cut.find("legacy_cut.pt' ends early (truncated?) inside storage") != std::string::npos);
-  write_bytes(dir.path / "legacy_head.pt", legacy.substr(0, 100));
-  auto legacy_head = error_of([&] { diffpost::read_state_dict(dir.path / "legacy_head.pt"); });
+  write_bytes(dir.path() / "legacy_head.pt", legacy.substr(0, 100));
+  auto legacy_head = error_of([&] { diffpost::read_state_dict(dir.path() / "legacy_head.pt"); });
   CHECK(legacy_head.find("legacy_head.pt' (legacy format): data.pkl ends early") != std::string::npos);
 
   auto pickled_model = error_of([] { diffpost::read_state_dict(kData / "tiny_whole_model.pt"); });
@@ -278,11 +256,11 @@ TEST_CASE("state_dict follows Python's order and leaves out undefined tensors (a
   const std::vector<std::string> keys = {"0.weight",       "1.weight",      "1.bias",
                                          "1.running_mean", "1.running_var", "1.num_batches_tracked"};
   CHECK(diffpost::state_dict(*net).keys() == keys);
-  TempDir dir;
-  diffpost::save_checkpoint(net, dir.path / "seq.pt");
+  const TempDir dir("checkpoint-test");
+  diffpost::save_checkpoint(net, dir.path() / "seq.pt");
   torch::nn::Sequential copy(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 2, 3).bias(false)),
                              torch::nn::BatchNorm2d(2));
-  CHECK(diffpost::load_checkpoint(copy, dir.path / "seq.pt").loaded == keys);
+  CHECK(diffpost::load_checkpoint(copy, dir.path() / "seq.pt").loaded == keys);
   CHECK(torch::equal(copy[0]->as<torch::nn::Conv2d>()->weight, net[0]->as<torch::nn::Conv2d>()->weight));
 }
 
@@ -351,10 +329,10 @@ TEST_CASE("load_state_dict appends the description of what the file was made for
 
 TEST_CASE(
     "save_checkpoint writes the torch.save format: same data.pkl bytes, record names, bit-exact round trip") {
-  TempDir dir;
+  const TempDir dir("checkpoint-test");
   TinyNet net;
   diffpost::load_checkpoint(net, kData / "tiny_state_dict.pt");
-  const auto path = dir.path / "tiny_from_cpp.pt";
+  const auto path = dir.path() / "tiny_from_cpp.pt";
   diffpost::save_checkpoint(net, path);
 
   caffe2::serialize::PyTorchStreamReader reader(path.string());
@@ -392,9 +370,9 @@ TEST_CASE(
 }
 
 TEST_CASE("save_checkpoint never overwrites silently and leaves no temporary file") {
-  TempDir dir;
+  const TempDir dir("checkpoint-test");
   TinyNet net;
-  const auto path = dir.path / "weights.pt";
+  const auto path = dir.path() / "weights.pt";
   write_bytes(path, "precious");
   auto refused = error_of([&] { diffpost::save_checkpoint(net, path); });
   CHECK(refused.find("weights.pt' already exists; pass SaveOptions{}.overwrite(true)") != std::string::npos);
@@ -402,16 +380,16 @@ TEST_CASE("save_checkpoint never overwrites silently and leaves no temporary fil
 
   diffpost::save_checkpoint(net, path, SaveOptions{}.overwrite(true));
   CHECK(diffpost::read_state_dict(path).keys() == kTinyKeys);
-  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
+  CHECK(dir.entries() == 1);
 
-  auto no_dir = error_of([&] { diffpost::save_checkpoint(net, dir.path / "missing" / "w.pt"); });
+  auto no_dir = error_of([&] { diffpost::save_checkpoint(net, dir.path() / "missing" / "w.pt"); });
   CHECK(no_dir.find("does not exist") != std::string::npos);
 }
 
 TEST_CASE("save_state_dict keeps views sharing one storage, like torch.save") {
-  TempDir dir;
+  const TempDir dir("checkpoint-test");
   auto views = diffpost::read_state_dict(kData / "views.pt");
-  const auto path = dir.path / "views.pt";
+  const auto path = dir.path() / "views.pt";
   diffpost::save_state_dict(views, path);
   caffe2::serialize::PyTorchStreamReader reader(path.string());
   CHECK(reader.getAllRecords().size() == 4);  // data.pkl, version, two storages (the views' and the scalar's)

@@ -5,27 +5,23 @@
 #include <diffpost/io/image.hpp>
 #include <diffpost/io/progress.hpp>
 
+#include "support/error_of.hpp"
+#include "support/temp_dir.hpp"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
-#include <unistd.h>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <string>
 #include <vector>
 
 namespace fs = std::filesystem;
+using diffpost::testing::error_of;
+using diffpost::testing::TempDir;
 
 namespace {
-
-fs::path scratch_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("diffpost_datasets_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 std::vector<unsigned char> idx_bytes(unsigned char type, const std::vector<uint32_t>& dims,
                                      const std::vector<unsigned char>& data) {
@@ -49,19 +45,11 @@ void write_gzip(const fs::path& path, const std::vector<unsigned char>& bytes) {
   gzclose(file);
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST_CASE("read_idx_images reads plain and gzip IDX files to [-1, 1] in row-major order") {
-  const auto dir = scratch_dir("tiny");
+  const TempDir scratch("datasets-tiny");
+  const auto& dir = scratch.path();
   // Two 2x3 images: bytes 0, 51, 102, ... so that x = 2 * p / 255 - 1 is exact in float.
   std::vector<unsigned char> pixels;
   for (int i = 0; i < 12; ++i) pixels.push_back(static_cast<unsigned char>((i * 51) % 256));
@@ -87,7 +75,8 @@ TEST_CASE("read_idx_images reads plain and gzip IDX files to [-1, 1] in row-majo
 }
 
 TEST_CASE("read_idx errors name the path and the problem") {
-  const auto dir = scratch_dir("errors");
+  const TempDir scratch("datasets-errors");
+  const auto& dir = scratch.path();
   CHECK(error_of([&] { diffpost::read_idx(dir / "missing.gz"); }).find("no such file") != std::string::npos);
 
   write_plain(dir / "text.idx", {'h', 'e', 'l', 'l', 'o', '\n'});
@@ -128,7 +117,8 @@ TEST_CASE("the first Fashion-MNIST test image matches statistics computed with n
 }
 
 TEST_CASE("load_image_folder stacks same-size images by name and rejects other sizes") {
-  const auto dir = scratch_dir("folder");
+  const TempDir scratch("datasets-folder");
+  const auto& dir = scratch.path();
   auto a = torch::full({1, 1, 4, 5}, -1.0);
   auto b = torch::full({1, 1, 4, 5}, 1.0);
   diffpost::save_image(b, (dir / "b.png").string());
@@ -143,9 +133,8 @@ TEST_CASE("load_image_folder stacks same-size images by name and rejects other s
   CHECK(message.find("c.png") != std::string::npos);
   CHECK(message.find("same size") != std::string::npos);
 
-  CHECK(error_of([&] { diffpost::load_image_folder(scratch_dir("empty")); }).find("no files") !=
-        std::string::npos);
-  fs::remove_all(dir.parent_path());
+  const TempDir empty("datasets-empty");
+  CHECK(error_of([&] { diffpost::load_image_folder(empty.path()); }).find("no files") != std::string::npos);
 }
 
 TEST_CASE("ProgressBar formats counts, rates, elapsed time and ETA") {

@@ -2,48 +2,29 @@
 #include <doctest/doctest.h>
 #include <diffpost/io/image.hpp>
 
+#include "support/error_of.hpp"
+#include "support/temp_dir.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 using namespace diffpost;
 namespace fs = std::filesystem;
+using diffpost::testing::error_of;
+using diffpost::testing::TempDir;
 
 namespace {
-
-/// A fresh, empty directory under the system temp dir, removed at scope exit.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("diffpost_image_test_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::size_t entries() const {
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(path), {}));
-  }
-};
 
 /// The 8-bit levels an image in [-1, 1] is stored as, back in [-1, 1].
 torch::Tensor quantised(const torch::Tensor& x) {
   return ((x.clamp(-1, 1) + 1) / 2 * 255).round() / 255 * 2 - 1;
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const c10::Error& error) {
-    return error.what_without_backtrace();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST_CASE("RGB and gray images round-trip through PNG at 8-bit precision") {
-  ScratchDir dir("roundtrip");
+  const TempDir dir("image-roundtrip");
   auto generator = at::make_generator<at::CPUGeneratorImpl>(11);
   const auto rgb = at::rand({1, 3, 7, 5}, generator, torch::TensorOptions(torch::kFloat32)) * 2.4 - 1.2;
   save_image(rgb, dir.file("rgb.png"));
@@ -79,7 +60,7 @@ TEST_CASE("RGB and gray images round-trip through PNG at 8-bit precision") {
 }
 
 TEST_CASE("saving never replaces an existing file unless asked, and leaves no temporary files") {
-  ScratchDir dir("overwrite");
+  const TempDir dir("image-overwrite");
   const auto black = torch::full({1, 1, 2, 2}, -1.0);
   const auto white = torch::full({1, 1, 2, 2}, 1.0);
   save_image(black, dir.file("a.png"));
@@ -93,7 +74,7 @@ TEST_CASE("saving never replaces an existing file unless asked, and leaves no te
 }
 
 TEST_CASE("errors name the path and the reason") {
-  ScratchDir dir("errors");
+  const TempDir dir("image-errors");
   const auto missing = error_of([&] { load_image(dir.file("missing.png")); });
   CHECK(missing.find("missing.png") != std::string::npos);
   CHECK(missing.find("no such file") != std::string::npos);
@@ -113,7 +94,7 @@ TEST_CASE("errors name the path and the reason") {
 }
 
 TEST_CASE("grids place images in rows with gaps") {
-  ScratchDir dir("grid");
+  const TempDir dir("image-grid");
   const auto red =
       torch::tensor({1.0, -1.0, -1.0}).view({1, 3, 1, 1}).expand({2, 3, 4, 4});  // a batch of two
   const auto gray = torch::full({1, 2, 3}, 0.0);                                 // smaller, gray

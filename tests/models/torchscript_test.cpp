@@ -4,6 +4,8 @@
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/models/torchscript.hpp>
 
+#include "support/error_of.hpp"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
@@ -13,6 +15,7 @@
 namespace fs = std::filesystem;
 using diffpost::TorchScriptOptions;
 using diffpost::TorchScriptScoreModel;
+using diffpost::testing::error_of;
 
 static_assert(diffpost::ScoreModel<TorchScriptScoreModel>);
 static_assert(!diffpost::ScoreModel<torch::jit::script::Module>, "a bare module has no learns_variance()");
@@ -20,15 +23,6 @@ static_assert(!diffpost::ScoreModel<torch::jit::script::Module>, "a bare module 
 namespace {
 
 const fs::path kDir = fs::path(DIFFPOST_TEST_DATA_DIR) / "torchscript";
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "(no error)";
-}
 
 }  // namespace
 
