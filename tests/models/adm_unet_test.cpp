@@ -6,6 +6,8 @@
 #include <diffpost/models/adm_checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
 
+#include "support/adm_small.hpp"
+
 #include <doctest/doctest.h>
 #include <fmt/core.h>
 #include <torch/torch.h>
@@ -20,24 +22,14 @@
 
 namespace {
 
+using diffpost::testing::adm_small_options;
+using diffpost::testing::adm_small_state_dict_path;
+
 static_assert(diffpost::ScoreModel<diffpost::AdmUNet>, "AdmUNet must model ScoreModel");
 static_assert(!diffpost::HasVarianceKind<diffpost::AdmUNetImpl>,
               "the Impl has no learns_variance(); the holder adds it");
 
 const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/";
-
-// The small reference configuration (DPS-like: legacy attention, scale-shift, resblock up/down, learned
-// sigma).
-diffpost::AdmUNetOptions small_options() {
-  return diffpost::AdmUNetOptions(32, 32, 1)
-      .channel_mult({1, 1})
-      .attention_resolutions({16})
-      .num_heads(4)
-      .num_head_channels(16)
-      .learn_sigma(true)
-      .use_scale_shift_norm(true)
-      .resblock_updown(true);
-}
 
 // The other branches: new attention order, num_heads, additive embedding, conv resampling, class labels.
 diffpost::AdmUNetOptions variant_options() {
@@ -105,7 +97,7 @@ void check_keys(const diffpost::AdmUNetOptions& options, const std::string& key_
 
 TEST_CASE("AdmUNet parameter names and shapes equal the reference state_dict in order") {
   SUBCASE("small: scale-shift, resblock up/down, learned sigma") {
-    check_keys(small_options(), "small_keys.txt");
+    check_keys(adm_small_options(), "small_keys.txt");
   }
   SUBCASE("variant: conv resampling, labels, one input channel") {
     check_keys(variant_options(), "variant_keys.txt");
@@ -128,9 +120,9 @@ TEST_CASE("AdmUNet presets have the published parameter counts") {
 
 TEST_CASE(
     "AdmUNet output matches the reference UNetModel (legacy attention, scale-shift, up/down resblocks)") {
-  diffpost::AdmUNet model(small_options());
+  diffpost::AdmUNet model(adm_small_options());
   // The reference weights, read from the torch.save(model.state_dict()) file as published checkpoints are.
-  const auto report = diffpost::load_checkpoint(model, kDataDir + "small_state_dict.pt");
+  const auto report = diffpost::load_checkpoint(model, adm_small_state_dict_path());
   CHECK(report.loaded.size() == model->named_parameters().size());
   model->eval();
   const auto io = diffpost::read_state_dict(kDataDir + "small_io.pt");
@@ -144,7 +136,7 @@ TEST_CASE(
   CHECK(err < 1e-4);
 
   // The test's seeded redraw gives the same weights as the file (the variant test relies on it).
-  diffpost::AdmUNet redrawn(small_options());
+  diffpost::AdmUNet redrawn(adm_small_options());
   randomize(*redrawn, 1);
   const auto loaded = model->named_parameters();
   for (const auto& item : redrawn->named_parameters()) CHECK(torch::equal(item.value(), loaded[item.key()]));
@@ -195,14 +187,13 @@ TEST_CASE("AdmUNetOptions resolves reference defaults and rejects inconsistent s
     }
     return std::string("no error");
   };
-  CHECK(
-      message(small_options().image_size(34).channel_mult({1, 1, 1})).find("not divisible by 2^(levels-1)") !=
-      std::string::npos);
-  CHECK(message(small_options().num_channels(48)).find("32 GroupNorm groups") != std::string::npos);
-  CHECK(message(small_options().num_head_channels(24)).find("num_head_channels 24") != std::string::npos);
-  CHECK(message(small_options().attention_resolutions({4})).find("never reached") != std::string::npos);
+  CHECK(message(adm_small_options().image_size(34).channel_mult({1, 1, 1}))
+            .find("not divisible by 2^(levels-1)") != std::string::npos);
+  CHECK(message(adm_small_options().num_channels(48)).find("32 GroupNorm groups") != std::string::npos);
+  CHECK(message(adm_small_options().num_head_channels(24)).find("num_head_channels 24") != std::string::npos);
+  CHECK(message(adm_small_options().attention_resolutions({4})).find("never reached") != std::string::npos);
   CHECK(message(diffpost::AdmUNetOptions(48, 32, 1)).find("no default channel_mult") != std::string::npos);
-  CHECK_THROWS_AS(diffpost::AdmUNet(small_options().num_heads(3).num_head_channels(-1)), c10::Error);
+  CHECK_THROWS_AS(diffpost::AdmUNet(adm_small_options().num_heads(3).num_head_channels(-1)), c10::Error);
 }
 
 TEST_CASE("AdmUNetOptions prints every reference argument") {
@@ -216,7 +207,7 @@ TEST_CASE("AdmUNetOptions prints every reference argument") {
 }
 
 TEST_CASE("AdmUNet rejects inputs of the wrong shape and labels for an unconditional model") {
-  diffpost::AdmUNet model(small_options());
+  diffpost::AdmUNet model(adm_small_options());
   auto t = torch::zeros({1}, torch::kInt64);
   CHECK_THROWS_AS(model(torch::zeros({1, 1, 32, 32}), t), c10::Error);
   CHECK_THROWS_AS(model(torch::zeros({1, 3, 31, 31}), t), c10::Error);

@@ -7,6 +7,8 @@
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/operators/inpainting.hpp>
 
+#include "support/adm_small.hpp"
+
 #include <string>
 
 namespace {
@@ -21,15 +23,8 @@ double relative_error(const torch::Tensor& got, const torch::Tensor& expected) {
 
 TEST_CASE("a DPS step matches the reference's p_sample + PosteriorSampling step number for number") {
   using namespace diffpost;
-  AdmUNet model(AdmUNetOptions(32, 32, 1)
-                    .channel_mult({1, 1})
-                    .attention_resolutions({16})
-                    .num_heads(4)
-                    .num_head_channels(16)
-                    .learn_sigma(true)
-                    .use_scale_shift_norm(true)
-                    .resblock_updown(true));
-  load_checkpoint(model, kDataDir + "adm_small/small_state_dict.pt");
+  AdmUNet model(testing::adm_small_options());
+  load_checkpoint(model, testing::adm_small_state_dict_path());
   model->eval();
   const auto reference = read_state_dict(kDataDir + "dps_step/reference_step.pt");
   const auto& mask = reference.at("mask");
