@@ -87,27 +87,37 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
   return array;
 }
 
+namespace detail {
+
+/// Private to diffpost: the data of read_idx(path), checked to have `rank` dimensions (else a c10::Error from
+/// `caller` naming the path, the rank found and `expected`, which says what a file of the right rank holds),
+/// cut to its first `limit` entries when 0 < limit < N. Shared by read_idx_images and read_idx_labels.
+inline torch::Tensor read_idx_of_rank(const std::filesystem::path& path, size_t rank, int64_t limit,
+                                      const char* caller, const char* expected) {
+  auto array = read_idx(path);
+  TORCH_CHECK(array.dims.size() == rank, caller, ": '", path.string(), "' has ", array.dims.size(),
+              " dimensions; ", expected);
+  if (limit > 0 && limit < array.data.size(0)) return array.data.narrow(0, 0, limit);
+  return array.data;
+}
+
+}  // namespace detail
+
 /// Reads an IDX image file ([N, H, W] unsigned bytes, e.g. `train-images-idx3-ubyte.gz`) as float32
 /// [N, 1, H, W] in [-1, 1]; `limit` > 0 keeps only the first `limit` images. Errors as read_idx, plus a
 /// file of the wrong rank (e.g. a label file).
 inline torch::Tensor read_idx_images(const std::filesystem::path& path, int64_t limit = 0) {
-  auto array = read_idx(path);
-  TORCH_CHECK(array.dims.size() == 3, "read_idx_images: '", path.string(), "' has ", array.dims.size(),
-              " dimensions; an image file has 3 [N, H, W] (is this a label file?)");
-  auto images = array.data;
-  if (limit > 0 && limit < images.size(0)) images = images.narrow(0, 0, limit);
+  const auto images = detail::read_idx_of_rank(path, 3, limit, "read_idx_images",
+                                               "an image file has 3 [N, H, W] (is this a label file?)");
   return (images.unsqueeze(1).to(torch::kFloat32) / 255.0 * 2.0 - 1.0).contiguous();
 }
 
 /// Reads an IDX label file ([N] unsigned bytes, e.g. `train-labels-idx1-ubyte.gz`) as int64 [N]; `limit` > 0
 /// keeps the first `limit` labels.
 inline torch::Tensor read_idx_labels(const std::filesystem::path& path, int64_t limit = 0) {
-  auto array = read_idx(path);
-  TORCH_CHECK(array.dims.size() == 1, "read_idx_labels: '", path.string(), "' has ", array.dims.size(),
-              " dimensions; a label file has 1 [N] (is this an image file?)");
-  auto labels = array.data;
-  if (limit > 0 && limit < labels.size(0)) labels = labels.narrow(0, 0, limit);
-  return labels.to(torch::kLong);
+  return detail::read_idx_of_rank(path, 1, limit, "read_idx_labels",
+                                  "a label file has 1 [N] (is this an image file?)")
+      .to(torch::kLong);
 }
 
 /// Loads every image file in `folder` (PNG, JPEG, BMP, ... - whatever load_image reads; sorted by name;
