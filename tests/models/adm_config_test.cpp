@@ -5,6 +5,9 @@
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/config.hpp>
 
+#include "support/adm_small.hpp"
+#include "support/error_of.hpp"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
@@ -14,7 +17,7 @@
 namespace {
 
 const std::string kConfigDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_config/";
-const std::string kSmallCheckpoint = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/small_state_dict.pt";
+const std::string kSmallCheckpoint = diffpost::testing::adm_small_state_dict_path();
 
 std::string printed(const diffpost::AdmUNetOptions& options) {
   std::ostringstream os;
@@ -22,13 +25,9 @@ std::string printed(const diffpost::AdmUNetOptions& options) {
   return os.str();
 }
 
+// The error that parsing `yaml` as a model config gives.
 std::string error_of(const std::string& yaml) {
-  try {
-    diffpost::parse_adm_model_config(yaml, "test.yaml");
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "no error";
+  return diffpost::testing::error_of([&] { diffpost::parse_adm_model_config(yaml, "test.yaml"); });
 }
 
 // A state dict with the planned keys and shapes, backed by one zero element (expanded, nothing allocated).
@@ -147,12 +146,8 @@ TEST_CASE(
   // sigma.
   diffpost::AdmUNet wrong(
       diffpost::parse_adm_model_config(kSmallYaml).options.num_channels(64).learn_sigma(false));
-  std::string message;
-  try {
-    diffpost::load_checkpoint(wrong, kSmallCheckpoint);
-  } catch (const c10::Error& e) {
-    message = e.what_without_backtrace();
-  }
+  const auto message =
+      diffpost::testing::error_of([&] { diffpost::load_checkpoint(wrong, kSmallCheckpoint); });
   INFO(message);
   CHECK(message.find("small_state_dict.pt") != std::string::npos);
   CHECK(message.find(

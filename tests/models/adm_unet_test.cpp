@@ -7,6 +7,7 @@
 #include <diffpost/models/adm_unet.hpp>
 
 #include "support/adm_small.hpp"
+#include "support/error_of.hpp"
 
 #include <doctest/doctest.h>
 #include <fmt/core.h>
@@ -180,12 +181,7 @@ TEST_CASE("AdmUNetOptions resolves reference defaults and rejects inconsistent s
   CHECK_NOTHROW(ffhq.validate());
 
   auto message = [](const diffpost::AdmUNetOptions& o) {
-    try {
-      o.validate();
-    } catch (const c10::Error& e) {
-      return std::string(e.what_without_backtrace());
-    }
-    return std::string("no error");
+    return diffpost::testing::error_of([&] { o.validate(); });
   };
   CHECK(message(adm_small_options().image_size(34).channel_mult({1, 1, 1}))
             .find("not divisible by 2^(levels-1)") != std::string::npos);

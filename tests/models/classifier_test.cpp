@@ -5,14 +5,14 @@
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/models/classifier.hpp>
 
+#include "support/temp_dir.hpp"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <filesystem>
 #include <string>
-
-#include <unistd.h>
 
 namespace {
 
@@ -80,11 +80,10 @@ TEST_CASE("ImageClassifier rejects images of the wrong channels, size or rank, a
 TEST_CASE("ImageClassifier round-trips through save_checkpoint and load_checkpoint") {
   torch::manual_seed(2);
   diffpost::ImageClassifier saved, loaded;
-  const auto path = std::filesystem::temp_directory_path() /
-                    ("diffpost_classifier_test_" + std::to_string(::getpid()) + ".pt");
+  const diffpost::testing::TempDir dir("classifier-test");
+  const auto path = dir.path() / "classifier.pt";
   diffpost::save_checkpoint(saved, path);
   const auto report = diffpost::load_checkpoint(loaded, path);
-  std::filesystem::remove(path);
   CHECK(report.loaded.size() == 16);  // weight and bias of 3 convs, 3 GroupNorms and 2 linears
   const auto x = torch::rand({2, 1, 28, 28}) * 2 - 1;
   CHECK(torch::equal(saved(x), loaded(x)));
