@@ -85,12 +85,8 @@ int run_restore(int argc, char** argv) {
   const auto scales = task_scales(args.get("scale"), tasks);
   const auto schedule_kind = step_size_schedule(args);
   const auto num_samples = args.get_int("num-samples", 1, 1000);
-  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  const auto batch_size = args.get_int("batch", 1, 100000);
   const auto test_set = args.get_int("test-set", 0, 10000);
-  const bool force = args.flag("force");
-  const auto out = output_folder(args);
-  set_threads(args);
+  const auto [seed, batch_size, force, out] = run_flags(args);
   const auto sampler = make_sampler(args);
   const auto steps = num_steps(sampler);
 
@@ -328,11 +324,7 @@ int run_sample(int argc, char** argv) {
   if (!args.positional().empty())
     throw UsageError(fmt::format("sample takes no input images, got '{}'", args.positional().front()));
   const auto total = args.get_int("num-images", 1, 100000);
-  const auto batch_size = args.get_int("batch", 1, 100000);
-  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  const bool force = args.flag("force");
-  const auto out = output_folder(args);
-  set_threads(args);
+  const auto [seed, batch_size, force, out] = run_flags(args);
   const auto sampler = make_sampler(args);
   const auto steps = num_steps(sampler);
   auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
@@ -395,11 +387,7 @@ int run_denoise(int argc, char** argv) {
   const auto sigma = args.get_double("sigma", 0.0, 100.0);
   const auto test_set = args.get_int("test-set", 0, 10000);
   const bool add_noise = args.flag("add-noise") || test_set > 0;
-  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  const auto batch_size = args.get_int("batch", 1, 100000);
-  const bool force = args.flag("force");
-  const auto out = output_folder(args);
-  set_threads(args);
+  const auto [seed, batch_size, force, out] = run_flags(args);
   const auto schedule = base_schedule(args);
   auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
   const auto shape = prior.image_shape();

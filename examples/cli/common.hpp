@@ -253,6 +253,22 @@ inline std::vector<std::string> unique_list(const std::string& text, const std::
   return items;
 }
 
+/// The flags of every command that runs the model and writes files.
+struct RunFlags {
+  uint64_t seed;
+  int64_t batch_size;
+  bool force;
+  fs::path out;
+};
+
+/// Reads --seed, --batch, --force and --out, and applies --threads (before any LibTorch work).
+inline RunFlags run_flags(const ArgParser& args) {
+  RunFlags flags{static_cast<uint64_t>(args.get_int("seed", 0)), args.get_int("batch", 1, 100000),
+                 args.flag("force"), output_folder(args)};
+  set_threads(args);
+  return flags;
+}
+
 /// The flags of the commands that restore measured images (restore, eval): sampling, input, model, output.
 inline void add_restoration_flags(ArgParser& args) {
   add_sampler_flags(args, "100");

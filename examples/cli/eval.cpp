@@ -312,12 +312,8 @@ int run_eval(int argc, char** argv) {
   }
   const auto points = sweep_points(args);
   const auto swept = sweep_flag(args);
-  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  const auto batch_size = args.get_int("batch", 1, 100000);
   const auto test_set = args.get_int("test-set", 0, 10000);
-  const bool force = args.flag("force");
-  const auto out = output_folder(args);
-  set_threads(args);
+  const auto [seed, batch_size, force, out] = run_flags(args);
 
   auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
   const auto shape = prior.image_shape();
