@@ -68,10 +68,13 @@ Settings parse(int argc, char** argv) {
     } else if (arg == "--channels-last") {
       s.channels_last = true;
     } else {
-      std::cerr << "unknown argument " << arg
-                << "\nusage: unet_benchmark [--threads N] [--interop-threads N] [--warmup N] [--repeats N]"
-                   " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]\n";
-      std::exit(2);
+      const bool help = arg == "--help" || arg == "-h";
+      (help ? std::cout : std::cerr)
+          << (help ? "" : "unknown argument " + arg + "\n")
+          << "usage: unet_benchmark [--threads N] [--interop-threads N] [--warmup N] [--repeats N]"
+             " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]\n"
+             "Times AdmUNet forward and forward + input-only gradient (docs/performance.md).\n";
+      std::exit(help ? 0 : 2);
     }
   }
   return s;

@@ -45,12 +45,15 @@ inline void add_model_flags(ArgParser& args) {
   args.add("threads", "N", "CPU threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())));
 }
 
-inline void add_sampler_flags(ArgParser& args, const std::string& default_steps) {
+/// Sampling flags. `default_eta` is 0 (deterministic DDIM) for unconditional sampling and 1 for the
+/// restoring commands: DPS on deterministic DDIM steps fails (docs/results.md, "DPS on DDIM").
+inline void add_sampler_flags(ArgParser& args, const std::string& default_steps,
+                              const std::string& default_eta = "0") {
   args.section("Sampling");
   args.add("steps", "SPEC", "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)",
            default_steps);
   args.add("sampler", "NAME", "ddpm (ancestral) or ddim", "ddpm");
-  args.add("eta", "X", "DDIM eta (0 = deterministic)", "0");
+  args.add("eta", "X", "DDIM eta (0 = deterministic; DPS needs > 0, 1 is best measured)", default_eta);
   args.add("seed", "N", "random seed (masks, kernels, noise, sampling)", "0");
   args.add("batch", "N", "images per batch", "16");
 }
@@ -271,7 +274,7 @@ inline RunFlags run_flags(const ArgParser& args) {
 
 /// The flags of the commands that restore measured images (restore, eval): sampling, input, model, output.
 inline void add_restoration_flags(ArgParser& args) {
-  add_sampler_flags(args, "100");
+  add_sampler_flags(args, "100", "1");
   add_input_flags(args);
   add_model_flags(args);
   add_output_flags(args);
