@@ -93,6 +93,17 @@ struct MethodSettings {
   int64_t t_star = 250;
 };
 
+/// The method options of one sweep point (the step size is set per task).
+MethodSettings method_settings(const ArgParser& args) {
+  MethodSettings settings;
+  settings.scale_schedule = step_size_schedule(args);
+  settings.ald_scale = args.get_double("ald-scale", 0.0, 1e6);
+  settings.ald_gamma = args.get_double("ald-gamma", 0.0, 1e6);
+  settings.ald_sigma = args.get_double(args.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
+  settings.t_star = args.get_int("t-star", 0, 1000);
+  return settings;
+}
+
 /// Restores measurements y with `method`; the methods that need a capability the task's operator lacks
 /// (projection needs a linear operator, SDEdit a naive inverse) are rejected with the reason.
 torch::Tensor run_method(const std::string& method, const std::string& task, const AnyOperator& op,
@@ -328,11 +339,7 @@ int run_eval(int argc, char** argv) {
     noise_model(a);
     make_sampler(a);
     task_scales(a.get("scale"), tasks);
-    step_size_schedule(a);
-    a.get_double("ald-scale", 0.0, 1e6);
-    a.get_double("ald-gamma", 0.0, 1e6);
-    a.get_double(a.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
-    a.get_int("t-star", 0, 1000);
+    method_settings(a);
     for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
   }
 
@@ -363,12 +370,7 @@ int run_eval(int argc, char** argv) {
     const auto sampler = make_sampler(a);
     const auto steps = num_steps(sampler);
     const auto scales = task_scales(a.get("scale"), tasks);
-    MethodSettings settings;
-    settings.scale_schedule = step_size_schedule(a);
-    settings.ald_scale = a.get_double("ald-scale", 0.0, 1e6);
-    settings.ald_gamma = a.get_double("ald-gamma", 0.0, 1e6);
-    settings.ald_sigma = a.get_double(a.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
-    settings.t_star = a.get_int("t-star", 0, 1000);
+    auto settings = method_settings(a);
     for (const auto& task : tasks) {
       settings.scale = scales.at(task);
       // The measurements, shared by all methods.
