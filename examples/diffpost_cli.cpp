@@ -168,10 +168,9 @@ int run_restore(int argc, char** argv) {
         if (naive_shown.defined()) {
           const auto naive_i = naive_shown.narrow(0, i, 1);
           save_image(naive_i, (folder / (name + "_naive.png")).string(), force);
-          Scores one;
-          one.add(naive_i, truth_i);
           result.naive.add(naive_i, truth_i);
-          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(one.psnr[0]), csv_number(one.ssim[0]));
+          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(result.naive.psnr.back()),
+                             csv_number(result.naive.ssim.back()));
         }
         const auto sample_block = restored.narrow(0, i * num_samples, num_samples);
         for (int64_t k = 0; k < num_samples; ++k) {
@@ -180,10 +179,9 @@ int run_restore(int argc, char** argv) {
                      (folder / (num_samples == 1 ? name + "_dps.png" : fmt::format("{}_dps_{}.png", name, k)))
                          .string(),
                      force);
-          Scores one;
-          one.add(sample, truth_i);
           result.dps.add(sample, truth_i);
-          csv += fmt::format("{},dps,{},{},{}\n", name, k, csv_number(one.psnr[0]), csv_number(one.ssim[0]));
+          csv += fmt::format("{},dps,{},{},{}\n", name, k, csv_number(result.dps.psnr.back()),
+                             csv_number(result.dps.ssim.back()));
           row.push_back(sample);
         }
         grid_rows.push_back(row);

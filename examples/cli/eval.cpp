@@ -104,6 +104,23 @@ MethodSettings method_settings(const ArgParser& args) {
   return settings;
 }
 
+/// Why `method` cannot run with operators of type Op, or empty when it can: projection (MCG, Score-SDE) needs
+/// a LinearOperator, SDEdit an operator with a naive inverse.
+template <class Op>
+std::string missing_capability(const std::string& method) {
+  if ((method == "mcg" || method == "score-sde") && !LinearOperator<Op>)
+    return "it projects onto the measurements and needs a linear operator";
+  if (method == "sdedit" && !HasNaiveInverse<Op>)
+    return "it starts from the naive inverse, which the task lacks";
+  return {};
+}
+
+/// The error for a method that cannot run on a task.
+UsageError cannot_run(const std::string& method, const std::string& task, const std::string& reason) {
+  return UsageError(
+      fmt::format("method {} cannot run task {}: {} (drop the task or the method)", method, task, reason));
+}
+
 /// Restores measurements y with `method`; the methods that need a capability the task's operator lacks
 /// (projection needs a linear operator, SDEdit a naive inverse) are rejected with the reason.
 torch::Tensor run_method(const std::string& method, const std::string& task, const AnyOperator& op,
@@ -129,10 +146,7 @@ torch::Tensor run_method(const std::string& method, const std::string& task, con
             }
             return ScoreSDEProjection(o, s).sample(model, y, shape, generator, callback);
           } else {
-            throw UsageError(
-                fmt::format("method {} projects onto the measurements and needs a linear operator; "
-                            "task {} is nonlinear (drop it or the method)",
-                            method, task));
+            throw cannot_run(method, task, missing_capability<Op>(method));
           }
         }
         if (method == "sdedit") {
@@ -140,22 +154,12 @@ torch::Tensor run_method(const std::string& method, const std::string& task, con
             return SDEdit(o, s, SDEditOptions{}.t_star(m.t_star))
                 .sample(model, y, shape, generator, callback);
           } else {
-            throw UsageError(
-                fmt::format("method sdedit starts from the naive inverse, which task {} has none of (drop it "
-                            "or the method)",
-                            task));
+            throw cannot_run(method, task, missing_capability<Op>(method));
           }
         }
         throw UsageError(fmt::format("unknown method '{}'", method));
       },
       op, noise, sampler);
-}
-
-/// Whether `method` can run on `task` (checked up front, before any output is written).
-bool method_supports_task(const std::string& method, const std::string& task) {
-  if (method == "mcg" || method == "score-sde") return task != "phase-retrieval";
-  if (method == "sdedit") return task != "phase-retrieval";
-  return true;
 }
 
 /// Scores of one method on one task at one sweep point.
@@ -166,7 +170,6 @@ struct Row {
   Scores scores;
   double frechet = NAN;
   double seconds = 0.0;
-  std::vector<torch::Tensor> restored;  // per image, for the grid
 };
 
 /// Features for the Frechet distance: a classifier's penultimate layer, or none.
@@ -314,12 +317,6 @@ int run_eval(int argc, char** argv) {
       for (const auto& m : all_methods()) names.push_back(m.name);
       throw UsageError(fmt::format("unknown method '{}'; methods: {}", method, fmt::join(names, ", ")));
     }
-    for (const auto& task : tasks)
-      if (!method_supports_task(method, task))
-        throw UsageError(
-            fmt::format("method {} cannot run task {} (it needs a linear operator with a naive "
-                        "inverse); drop the task or the method",
-                        method, task));
   }
   const auto points = sweep_points(args);
   const auto swept = sweep_flag(args);
@@ -340,7 +337,14 @@ int run_eval(int argc, char** argv) {
     make_sampler(a);
     task_scales(a.get("scale"), tasks);
     method_settings(a);
-    for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
+    for (const auto& task : tasks) {
+      const auto op = make_operator(task, parameters, shape, seed, 0, 1, 1);
+      for (const auto& method : methods) {
+        const auto reason = std::visit(
+            [&](const auto& o) { return missing_capability<std::decay_t<decltype(o)>>(method); }, op);
+        if (!reason.empty()) throw cannot_run(method, task, reason);
+      }
+    }
   }
 
   const auto suffix = [&](const SweepPoint& point) {
@@ -376,7 +380,6 @@ int run_eval(int argc, char** argv) {
       // The measurements, shared by all methods.
       struct Batch {
         int64_t first;
-        torch::Tensor truth;
         AnyOperator op;
         torch::Tensor y;
       };
@@ -387,18 +390,15 @@ int run_eval(int argc, char** argv) {
             std::vector<torch::Tensor>(truth_images.begin() + first, truth_images.begin() + first + n), 0);
         auto op = make_operator(task, parameters, shape, seed, first, n, 1);
         auto y = measure(op, noise, truth, seed, first);
-        batches.push_back({first, truth, std::move(op), std::move(y)});
+        batches.push_back({first, std::move(op), std::move(y)});
       }
       std::vector<std::vector<torch::Tensor>> grid(static_cast<size_t>(std::min<int64_t>(count, 8)));
       const auto add_row = [&](Row row, const std::vector<torch::Tensor>& outputs) {
         for (int64_t i = 0; i < count; ++i) {
-          const auto& truth_i = truth_images[static_cast<size_t>(i)];
-          Scores one;
-          one.add(outputs[static_cast<size_t>(i)], truth_i);
-          row.scores.add(outputs[static_cast<size_t>(i)], truth_i);
+          row.scores.add(outputs[static_cast<size_t>(i)], truth_images[static_cast<size_t>(i)]);
           per_image += fmt::format("{},{},{},{},{},{},{}\n", swept, point.value, task, row.method,
-                                   inputs[static_cast<size_t>(i)].name, csv_number(one.psnr[0]),
-                                   csv_number(one.ssim[0]));
+                                   inputs[static_cast<size_t>(i)].name, csv_number(row.scores.psnr.back()),
+                                   csv_number(row.scores.ssim.back()));
           if (i < static_cast<int64_t>(grid.size())) grid[static_cast<size_t>(i)].push_back(outputs[i]);
         }
         if (extractor.classifier) row.frechet = frechet_distance(extractor.features(outputs), truth_features);
@@ -411,13 +411,15 @@ int run_eval(int argc, char** argv) {
       std::vector<torch::Tensor> naive_outputs;
       bool has_naive = true;
       for (const auto& batch : batches) {
-        for (size_t i = 0; i < grid.size(); ++i)
-          if (static_cast<int64_t>(i) >= batch.first &&
-              static_cast<int64_t>(i) < batch.first + batch.y.size(0)) {
-            grid[i].push_back(truth_images[i]);
-            grid[i].push_back(
-                measurement_picture(batch.op, batch.y).narrow(0, static_cast<int64_t>(i) - batch.first, 1));
+        const auto grid_end =
+            std::min<int64_t>(batch.first + batch.y.size(0), static_cast<int64_t>(grid.size()));
+        if (batch.first < grid_end) {
+          const auto picture = measurement_picture(batch.op, batch.y);
+          for (int64_t i = batch.first; i < grid_end; ++i) {
+            grid[static_cast<size_t>(i)].push_back(truth_images[static_cast<size_t>(i)]);
+            grid[static_cast<size_t>(i)].push_back(picture.narrow(0, i - batch.first, 1));
           }
+        }
         const auto naive = naive_inverse(batch.op, batch.y);
         has_naive = has_naive && naive.defined();
         if (has_naive)
