@@ -363,7 +363,9 @@ int run_eval(int argc, char** argv) {
 
   std::vector<torch::Tensor> truth_images;
   for (const auto& input : inputs) truth_images.push_back(input.image);
-  const auto truth_features = extractor.classifier ? extractor.features(truth_images) : torch::Tensor{};
+  // The ground truth's feature statistics, fitted once for every row's Frechet distance.
+  const auto truth_statistics =
+      extractor.classifier ? GaussianStatistics::of(extractor.features(truth_images)) : GaussianStatistics{};
 
   std::vector<Row> rows;
   std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
@@ -401,7 +403,9 @@ int run_eval(int argc, char** argv) {
                                    csv_number(row.scores.ssim.back()));
           if (i < static_cast<int64_t>(grid.size())) grid[static_cast<size_t>(i)].push_back(outputs[i]);
         }
-        if (extractor.classifier) row.frechet = frechet_distance(extractor.features(outputs), truth_features);
+        if (extractor.classifier)
+          row.frechet =
+              frechet_distance(GaussianStatistics::of(extractor.features(outputs)), truth_statistics);
         fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, suffix(point), row.method,
                    row.scores.summary(), row.frechet, row.seconds);
         std::fflush(stdout);

@@ -64,6 +64,16 @@ inline Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> psd_eigen(const Eigen::Mat
   return Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(symmetric);
 }
 
+/// Checks that `statistics` (argument `name` of frechet_distance) hold a mean of size D >= 1 and a D x D
+/// covariance.
+inline void check_statistics(const GaussianStatistics& statistics, const char* name) {
+  const auto d = statistics.mean.size();
+  TORCH_CHECK(d >= 1 && statistics.covariance.rows() == d && statistics.covariance.cols() == d,
+              "frechet_distance: statistics ", name, " have a mean of size ", d, " and a covariance of ",
+              statistics.covariance.rows(), "x", statistics.covariance.cols(),
+              "; build them with GaussianStatistics::of");
+}
+
 }  // namespace detail
 
 /// The Frechet (2-Wasserstein) distance squared between the Gaussians N(mu_a, S_a) and N(mu_b, S_b)
@@ -76,14 +86,8 @@ inline Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> psd_eigen(const Eigen::Mat
 /// below 0 can only be rounding and is returned as 0. Symmetric in a and b. Throws c10::Error when the
 /// dimensions differ.
 inline double frechet_distance(const GaussianStatistics& a, const GaussianStatistics& b) {
-  TORCH_CHECK(
-      a.mean.size() >= 1 && a.covariance.rows() == a.mean.size() && a.covariance.cols() == a.mean.size(),
-      "frechet_distance: statistics a have a mean of size ", a.mean.size(), " and a covariance of ",
-      a.covariance.rows(), "x", a.covariance.cols(), "; build them with GaussianStatistics::of");
-  TORCH_CHECK(
-      b.mean.size() >= 1 && b.covariance.rows() == b.mean.size() && b.covariance.cols() == b.mean.size(),
-      "frechet_distance: statistics b have a mean of size ", b.mean.size(), " and a covariance of ",
-      b.covariance.rows(), "x", b.covariance.cols(), "; build them with GaussianStatistics::of");
+  detail::check_statistics(a, "a");
+  detail::check_statistics(b, "b");
   TORCH_CHECK(a.mean.size() == b.mean.size(), "frechet_distance: feature dimensions differ (", a.mean.size(),
               " vs ", b.mean.size(), "); compare features taken from the same layer");
   const double mean_term = (a.mean - b.mean).squaredNorm();
