@@ -4,7 +4,9 @@
 //
 //   unet_benchmark [--threads 2] [--warmup 1] [--repeats 5] [--configs small,ffhq] [--batches 1,4]
 //                  [--modes forward,backward] [--channels-last] [--interop-threads N]
+//                  [--cpu-allocator caching|default]
 #include <diffpost/models/adm_unet.hpp>
+#include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include <fmt/core.h>
 #include <torch/torch.h>
@@ -30,6 +32,7 @@ struct Settings {
   std::vector<int64_t> batches{1, 4};
   std::vector<std::string> modes{"forward", "backward"};
   bool channels_last = false;
+  std::string cpu_allocator = "caching";
 };
 
 std::vector<std::string> split(const std::string& text) {
@@ -67,12 +70,19 @@ Settings parse(int argc, char** argv) {
       s.modes = split(value());
     } else if (arg == "--channels-last") {
       s.channels_last = true;
+    } else if (arg == "--cpu-allocator") {
+      s.cpu_allocator = value();
+      if (s.cpu_allocator != "caching" && s.cpu_allocator != "default") {
+        std::cerr << "--cpu-allocator must be caching or default, not " << s.cpu_allocator << "\n";
+        std::exit(2);
+      }
     } else {
       const bool help = arg == "--help" || arg == "-h";
       (help ? std::cout : std::cerr)
           << (help ? "" : "unknown argument " + arg + "\n")
           << "usage: unet_benchmark [--threads N] [--interop-threads N] [--warmup N] [--repeats N]"
-             " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]\n"
+             " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]"
+             " [--cpu-allocator caching|default]\n"
              "Times AdmUNet forward and forward + input-only gradient (docs/performance.md).\n";
       std::exit(help ? 0 : 2);
     }
@@ -115,11 +125,12 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   const Settings s = parse(argc, argv);
+  if (s.cpu_allocator == "caching") diffpost::install_caching_cpu_allocator();
   torch::set_num_threads(s.threads);
   if (s.interop_threads > 0) torch::set_num_interop_threads(s.interop_threads);
-  fmt::print("unet_benchmark: threads {}, warmup {}, repeats {}, memory format {}\n",
+  fmt::print("unet_benchmark: threads {}, warmup {}, repeats {}, memory format {}, CPU allocator {}\n",
              torch::get_num_threads(), s.warmup, s.repeats,
-             s.channels_last ? "channels_last" : "contiguous (NCHW)");
+             s.channels_last ? "channels_last" : "contiguous (NCHW)", s.cpu_allocator);
   fmt::print("{:<6} {:>5} {:<18} {:>10} {:>10} {:>12}\n", "config", "batch", "mode", "median s", "min s",
              "thread-cpu s");
   for (const auto& config : s.configs) {

@@ -13,6 +13,7 @@
 #include <diffpost/metrics.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include <torch/torch.h>
 
@@ -519,6 +520,7 @@ void print_overview(std::FILE* stream) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  diffpost::install_caching_cpu_allocator();  // reuse freed tensor memory instead of faulting in fresh pages
   if (argc < 2) {
     print_overview(stderr);
     return 2;

@@ -12,6 +12,7 @@
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/io/progress.hpp>
 #include <diffpost/models/classifier.hpp>
+#include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include "training_common.hpp"
 
@@ -114,6 +115,7 @@ int run(const Flags& flags) {
   if (!fs::is_directory(parent, error))
     throw std::invalid_argument("output folder '" + parent.string() + "' does not exist");
 
+  diffpost::install_caching_cpu_allocator();
   torch::set_num_threads(flags.threads);
   torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
   const auto [train_images, train_labels] = diffpost::examples::read_fashion_mnist(flags.data, "train");

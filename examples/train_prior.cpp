@@ -18,6 +18,7 @@
 #include <diffpost/methods/unconditional.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/config.hpp>
+#include <diffpost/runtime/caching_cpu_allocator.hpp>
 #include <diffpost/samplers/ddpm.hpp>
 #include <diffpost/schedule.hpp>
 #include <diffpost/training/ema.hpp>
@@ -400,6 +401,7 @@ int run(const Flags& flags) {
   // exported.
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
+  diffpost::install_caching_cpu_allocator();
   torch::set_num_threads(flags.threads);
   torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
   fs::create_directories(flags.out_dir);
