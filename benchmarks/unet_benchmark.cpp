@@ -159,6 +159,8 @@ int main(int argc, char** argv) {
           }
         };
         for (int i = 0; i < s.warmup; ++i) run();
+        const auto& cache = diffpost::CachingCpuAllocator::instance();
+        const auto misses_before = cache.stats().misses;
         std::vector<double> times, cpu_times;
         for (int i = 0; i < s.repeats; ++i) {
           const auto start = std::chrono::steady_clock::now();
@@ -170,6 +172,13 @@ int main(int argc, char** argv) {
         fmt::print("{:<6} {:>5} {:<18} {:>10.4f} {:>10.4f} {:>12.4f}\n", config, batch,
                    mode == "forward" ? "forward" : "forward+input-grad", median(times),
                    *std::min_element(times.begin(), times.end()), median(cpu_times));
+        if (diffpost::caching_cpu_allocator_installed()) {
+          const auto stats = cache.stats();
+          fmt::print(
+              "       CPU cache: {} misses in the timed repeats, {:.2f} GB peak in use, {:.2f} GB cached\n",
+              stats.misses - misses_before, static_cast<double>(stats.peak_allocated_bytes) / 1e9,
+              static_cast<double>(stats.cached_bytes) / 1e9);
+        }
         std::fflush(stdout);
       }
     }

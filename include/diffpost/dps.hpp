@@ -12,5 +12,6 @@
 #include <diffpost/models/gaussian_prior.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/runtime/caching_cpu_allocator.hpp>
 #include <diffpost/samplers.hpp>
 #include <diffpost/schedule.hpp>

@@ -159,6 +159,35 @@ TEST_CASE(
   CHECK(err < 1e-4);
 }
 
+TEST_CASE("adm::attend_by_convolution and adm::attend_by_bmm compute the attention formula, with gradients") {
+  torch::manual_seed(5);
+  const auto options = torch::TensorOptions().dtype(torch::kFloat64);
+  // 3 heads, 16 channels per head, 37 positions: a length that no kernel blocking divides.
+  auto q = torch::randn({3, 16, 37}, options).requires_grad_(true);
+  auto k = torch::randn({3, 16, 37}, options).requires_grad_(true);
+  auto v = torch::randn({3, 16, 37}, options).requires_grad_(true);
+  const auto upstream = torch::randn({3, 16, 37}, options);
+  auto gradients = [&](const torch::Tensor& out) {
+    return torch::autograd::grad({out}, {q, k, v}, {upstream});
+  };
+  // The formula by broadcasting, in float64 throughout: weight[b, t, s] = softmax_s(sum_c q[b, c, t] k[b, c,
+  // s]), a[b, c, t] = sum_s weight[b, t, s] v[b, c, s].
+  const auto weight = torch::softmax((q.unsqueeze(3) * k.unsqueeze(2)).sum(1), -1);
+  const auto formula = (v.unsqueeze(2) * weight.unsqueeze(1)).sum(3);
+  const auto formula_gradients = gradients(formula);
+
+  const auto by_convolution = diffpost::adm::attend_by_convolution(q, k, v);
+  CHECK(relative_error(by_convolution, formula) < 1e-12);
+  const auto convolution_gradients = gradients(by_convolution);
+  for (int i = 0; i < 3; ++i) CHECK(relative_error(convolution_gradients[i], formula_gradients[i]) < 1e-12);
+
+  // bmm takes the softmax in float32 whatever the dtype, as the reference does.
+  const auto by_bmm = diffpost::adm::attend_by_bmm(q, k, v);
+  CHECK(relative_error(by_bmm, formula) < 1e-6);
+  const auto bmm_gradients = gradients(by_bmm);
+  for (int i = 0; i < 3; ++i) CHECK(relative_error(bmm_gradients[i], formula_gradients[i]) < 1e-5);
+}
+
 // On the CPU in float32 the attention products run as grouped convolutions (oneDNN), in other dtypes and on
 // other devices as bmm: both paths agree with the reference, and their input gradients agree with each other.
 TEST_CASE("AdmUNet attention: the convolution and bmm paths give the same output and input gradient") {

@@ -247,6 +247,40 @@ inline torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t 
   return embedding;
 }
 
+/// The attention products for q, k, v [B * heads, ch, T] (already scaled): weight[b, t, s] = softmax_s(sum_c
+/// q[b, c, t] k[b, c, s]) with the softmax in float32, and a[b, c, t] = sum_s weight[b, t, s] v[b, c, s]
+/// (guided-diffusion `QKVAttentionLegacy` after its head split), with two bmm calls.
+inline torch::Tensor attend_by_bmm(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  auto weight = torch::bmm(q.transpose(1, 2), k);
+  weight = torch::softmax(weight.to(torch::kFloat32), -1).to(weight.scalar_type());
+  return torch::bmm(v, weight.transpose(1, 2));
+}
+
+/// The same products as `attend_by_bmm`, as two grouped 1x1 convolutions with one group per head. The logits
+/// come out transposed, logits[b, s, t] = sum_c k[b, c, s] q[b, c, t] (q is the input, k the kernel), so the
+/// softmax runs over dim 1 and leaves the weights in the input layout of the second product, a[b, c, t] =
+/// sum_s v[b, c, s] weight[b, s, t] (the weights are the input, v the kernel). For float32 only.
+inline torch::Tensor attend_by_convolution(const torch::Tensor& q, const torch::Tensor& k,
+                                           const torch::Tensor& v) {
+  namespace F = torch::nn::functional;
+  const auto heads = q.size(0), ch = q.size(1), length = q.size(2);
+  const auto per_head = F::Conv1dFuncOptions().groups(heads);
+  auto logits = F::conv1d(q.reshape({1, heads * ch, length}),
+                          k.transpose(1, 2).reshape({heads * length, ch, 1}), per_head);
+  auto weight = torch::softmax(logits.view({heads, length, length}), 1);
+  return F::conv1d(weight.view({1, heads * length, length}), v.reshape({heads * ch, length, 1}), per_head)
+      .view({heads, ch, length});
+}
+
+/// The attention products, by convolution for float32 CPU tensors when LibTorch has oneDNN, else by bmm.
+/// Debian's LibTorch sends float32 bmm to the generic reference BLAS: at FFHQ 256's 16x16 attention (8 heads
+/// x 256 x 256 x 64) bmm took 27 ms forward and 80 ms with the gradient, the convolutions, which oneDNN runs,
+/// 1.3 and 2.8 ms (docs/performance.md, benchmarks/kernel_benchmark).
+inline torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const bool by_convolution = q.is_cpu() && q.scalar_type() == torch::kFloat32 && at::hasMKLDNN();
+  return by_convolution ? attend_by_convolution(q, k, v) : attend_by_bmm(q, k, v);
+}
+
 /// GroupNorm with 32 groups and eps 1e-5 that normalises in float32 whatever the input dtype, and returns the
 /// input dtype (guided-diffusion `GroupNorm32`). Parameters `weight` and `bias`, one per channel.
 class GroupNorm32Impl : public torch::nn::Module {
@@ -387,43 +421,11 @@ class AttentionBlockImpl : public torch::nn::Module {
       v = parts[2];
     }
     const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(ch)));
-    auto attended = products_as_convolutions(x) ? attend_by_convolution(q * scale, k * scale, v)
-                                                : attend_by_bmm(q * scale, k * scale, v);
+    auto attended = attend(q * scale, k * scale, v);
     return (flat + proj_out_(attended.reshape({batch, channels_, length}))).reshape(sizes);
   }
 
  private:
-  // On the CPU the two attention products run as grouped 1x1 convolutions, which LibTorch hands to oneDNN,
-  // instead of bmm, which it hands to the BLAS it was built with. With Debian's LibTorch that BLAS is the
-  // generic reference one, and at FFHQ 256's 16x16 attention (8 heads x 256 x 256 x 64) bmm takes 27 ms
-  // forward and 76 ms with its gradient, the convolutions 1.2 and 2.6 ms (docs/performance.md).
-  static bool products_as_convolutions(const torch::Tensor& x) {
-    return x.is_cpu() && x.scalar_type() == torch::kFloat32 && at::hasMKLDNN();
-  }
-
-  // weight[b, t, s] = softmax_s(sum_c q[b, c, t] k[b, c, s]); a[b, c, t] = sum_s weight[b, t, s] v[b, c, s].
-  static torch::Tensor attend_by_bmm(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-    auto weight = torch::bmm(q.transpose(1, 2), k);
-    weight = torch::softmax(weight.to(torch::kFloat32), -1).to(weight.scalar_type());
-    return torch::bmm(v, weight.transpose(1, 2));
-  }
-
-  // The same products with the heads as convolution groups: the logits come out transposed,
-  // logits[b, s, t] = sum_c k[b, c, s] q[b, c, t] (q is the input, k the kernel), so the softmax runs over
-  // dim 1 and its result is already the input layout of the second product, a[b, c, t] = sum_s v[b, c, s]
-  // weight[b, s, t] (weight is the input, v the kernel).
-  static torch::Tensor attend_by_convolution(const torch::Tensor& q, const torch::Tensor& k,
-                                             const torch::Tensor& v) {
-    namespace F = torch::nn::functional;
-    const auto heads = q.size(0), ch = q.size(1), length = q.size(2);
-    const auto per_head = F::Conv1dFuncOptions().groups(heads);
-    auto logits = F::conv1d(q.reshape({1, heads * ch, length}),
-                            k.transpose(1, 2).reshape({heads * length, ch, 1}), per_head);
-    auto weight = torch::softmax(logits.view({heads, length, length}), 1);
-    return F::conv1d(weight.view({1, heads * length, length}), v.reshape({heads * ch, length, 1}), per_head)
-        .view({heads, ch, length});
-  }
-
   int64_t channels_;
   int64_t num_heads_;
   bool use_new_attention_order_;

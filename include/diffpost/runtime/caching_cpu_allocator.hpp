@@ -1,12 +1,12 @@
 // A caching allocator for LibTorch's CPU tensors, the CPU counterpart of PyTorch's CUDA caching allocator.
 //
 // Why: LibTorch's default CPU allocator hands every block back to the C library when a tensor dies, and glibc
-// returns large blocks (above 128 KiB to 32 MiB) to the kernel at once. The next tensor of that size is then
-// fresh memory, and every 4 KiB page of it costs a page fault on first touch. A UNet step allocates hundreds
-// of such activations, so on a virtual machine the faults cost more than the arithmetic: one 3x3
-// convolution, 128 channels at 256x256, takes 258 ms with the default allocator and 53 ms when its memory is
-// reused (docs/performance.md). This allocator keeps freed blocks and hands them out again, so a sampling
-// loop touches fresh pages only in its first step.
+// unmaps blocks above its mmap threshold (128 KiB, rising to at most 32 MiB) when they are freed. The next
+// tensor of that size is then fresh memory, and every 4 KiB page of it costs a page fault on first touch. A
+// UNet step allocates hundreds of such activations, so on a virtual machine the faults cost more than the
+// arithmetic: one 3x3 convolution, 128 channels at 256x256, takes 252 ms with the default allocator and 52 ms
+// when its memory is reused (docs/performance.md). This allocator keeps freed blocks and hands them out
+// again, so a sampling loop touches fresh pages only in its first step.
 //
 // Installing it is a process-wide decision, so the library never does it behind the caller's back: call
 // `install_caching_cpu_allocator()` once at the start of `main`, before the tensors you care about are made.
