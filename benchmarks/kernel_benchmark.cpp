@@ -8,6 +8,8 @@
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 
+#include "common.hpp"
+
 #include <fmt/core.h>
 #include <torch/torch.h>
 
@@ -40,11 +42,7 @@ Settings parse(int argc, char** argv) {
     } else if (arg == "--repeats" && has_value) {
       s.repeats = std::stoi(argv[++i]);
     } else if (arg == "--cpu-allocator" && has_value) {
-      s.cpu_allocator = argv[++i];
-      if (s.cpu_allocator != "caching" && s.cpu_allocator != "default") {
-        std::cerr << "--cpu-allocator must be caching or default, not " << s.cpu_allocator << "\n";
-        std::exit(2);
-      }
+      s.cpu_allocator = benchmarks::cpu_allocator_choice(argv[++i]);
     } else {
       const bool help = arg == "--help" || arg == "-h";
       (help ? std::cout : std::cerr)
@@ -67,17 +65,14 @@ double median_milliseconds(const std::function<void()>& run, const Settings& s) 
     times.push_back(
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
-  std::sort(times.begin(), times.end());
-  const size_t n = times.size();
-  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+  return benchmarks::median(times);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const Settings s = parse(argc, argv);
-  if (s.cpu_allocator == "caching") diffpost::install_caching_cpu_allocator();
-  torch::set_num_threads(s.threads);
+  benchmarks::apply_process_settings(s.cpu_allocator, s.threads);
   torch::manual_seed(0);
   fmt::print("kernel_benchmark: threads {}, warmup {}, repeats {}, CPU allocator {}\n",
              torch::get_num_threads(), s.warmup, s.repeats, s.cpu_allocator);

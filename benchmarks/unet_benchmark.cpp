@@ -8,6 +8,8 @@
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 
+#include "common.hpp"
+
 #include <fmt/core.h>
 #include <torch/torch.h>
 
@@ -71,11 +73,7 @@ Settings parse(int argc, char** argv) {
     } else if (arg == "--channels-last") {
       s.channels_last = true;
     } else if (arg == "--cpu-allocator") {
-      s.cpu_allocator = value();
-      if (s.cpu_allocator != "caching" && s.cpu_allocator != "default") {
-        std::cerr << "--cpu-allocator must be caching or default, not " << s.cpu_allocator << "\n";
-        std::exit(2);
-      }
+      s.cpu_allocator = benchmarks::cpu_allocator_choice(value());
     } else {
       const bool help = arg == "--help" || arg == "-h";
       (help ? std::cout : std::cerr)
@@ -115,18 +113,11 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   const Settings s = parse(argc, argv);
-  if (s.cpu_allocator == "caching") diffpost::install_caching_cpu_allocator();
-  torch::set_num_threads(s.threads);
+  benchmarks::apply_process_settings(s.cpu_allocator, s.threads);
   if (s.interop_threads > 0) torch::set_num_interop_threads(s.interop_threads);
   fmt::print("unet_benchmark: threads {}, warmup {}, repeats {}, memory format {}, CPU allocator {}\n",
              torch::get_num_threads(), s.warmup, s.repeats,
@@ -170,8 +161,8 @@ int main(int argc, char** argv) {
           times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         }
         fmt::print("{:<6} {:>5} {:<18} {:>10.4f} {:>10.4f} {:>12.4f}\n", config, batch,
-                   mode == "forward" ? "forward" : "forward+input-grad", median(times),
-                   *std::min_element(times.begin(), times.end()), median(cpu_times));
+                   mode == "forward" ? "forward" : "forward+input-grad", benchmarks::median(times),
+                   *std::min_element(times.begin(), times.end()), benchmarks::median(cpu_times));
         if (diffpost::caching_cpu_allocator_installed()) {
           const auto stats = cache.stats();
           fmt::print(
