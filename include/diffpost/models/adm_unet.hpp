@@ -259,8 +259,8 @@ inline torch::Tensor attend_by_bmm(const torch::Tensor& q, const torch::Tensor& 
 /// The same products as `attend_by_bmm`, as two grouped 1x1 convolutions with one group per head. The logits
 /// come out transposed, logits[b, s, t] = sum_c k[b, c, s] q[b, c, t] (q is the input, k the kernel), so the
 /// softmax runs over dim 1 and leaves the weights in the input layout of the second product, a[b, c, t] =
-/// sum_s v[b, c, s] weight[b, s, t] (the weights are the input, v the kernel). The softmax runs in the input's
-/// dtype; `attend` uses this path for float32 only, where it equals the reference's float32 softmax.
+/// sum_s v[b, c, s] weight[b, s, t] (the weights are the input, v the kernel). The softmax runs in the
+/// input's dtype; `attend` uses this path for float32 only, where it equals the reference's float32 softmax.
 inline torch::Tensor attend_by_convolution(const torch::Tensor& q, const torch::Tensor& k,
                                            const torch::Tensor& v) {
   namespace F = torch::nn::functional;
