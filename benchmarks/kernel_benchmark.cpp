@@ -1,19 +1,16 @@
 // Times the kernels an FFHQ 256 UNet step is made of, one at a time, to show where the CPU time goes and what
 // the two CPU choices of diffpost buy (docs/performance.md): the caching allocator (run the program twice,
-// with
-// --cpu-allocator caching and default; the choice is process-wide) and the attention products as grouped
-// convolutions instead of bmm. Prints the median milliseconds over the repeats.
+// with --cpu-allocator caching and default; the choice is process-wide) and the attention products as
+// grouped convolutions instead of bmm. Prints the median milliseconds over the repeats.
 //
 //   kernel_benchmark [--threads 2] [--warmup 2] [--repeats 10] [--cpu-allocator caching|default]
 #include <diffpost/models/adm_unet.hpp>
-#include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include "common.hpp"
 
 #include <fmt/core.h>
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <functional>

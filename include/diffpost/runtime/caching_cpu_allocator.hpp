@@ -19,7 +19,6 @@
 #include <limits>
 #include <map>
 #include <mutex>
-#include <new>
 #include <unordered_map>
 
 #include <c10/core/Allocator.h>
@@ -43,7 +42,7 @@ struct CpuCacheStats {
 
 /// The process-wide caching CPU allocator (`CachingCpuAllocator::instance()`). Blocks of at least
 /// `min_cached_bytes()` are kept when freed and reused for any later request they fit with at most 1/8 to
-/// spare; smaller ones go straight to the C library, which serves them from its heap without page faults.
+/// spare; smaller ones go straight to the C library, which serves them from its heap.
 /// Freed blocks beyond `max_cached_bytes()` (default: half the physical memory) are returned to the C
 /// library, and `empty_cache()` returns all of them. Memory is 64-byte aligned, as LibTorch's own allocator
 /// gives it. Thread-safe.
@@ -95,8 +94,8 @@ class CachingCpuAllocator final : public c10::Allocator {
     }
   }
 
-  /// Requests smaller than this are not cached (default 64 KiB).
-  std::size_t min_cached_bytes() const { return min_cached_bytes_; }
+  /// Requests smaller than this (64 KiB) are not cached.
+  static constexpr std::size_t min_cached_bytes() { return kMinCachedBytes; }
 
   /// Whether `data` is a live block handed out by this allocator.
   bool owns(const void* data) const {
@@ -122,7 +121,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     if (bytes == 0) return nullptr;
     {
       std::lock_guard lock(mutex_);
-      if (bytes >= min_cached_bytes_) {
+      if (bytes >= kMinCachedBytes) {
         auto it = free_blocks_.lower_bound(bytes);
         if (it != free_blocks_.end() && it->first - bytes <= bytes / 8) {
           const auto [size, data] = *it;
@@ -172,7 +171,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     const std::size_t size = it->second;
     self.live_blocks_.erase(it);
     self.stats_.allocated_bytes -= size;
-    if (size >= self.min_cached_bytes_ && self.stats_.cached_bytes + size <= self.max_cached_bytes_) {
+    if (size >= kMinCachedBytes && self.stats_.cached_bytes + size <= self.max_cached_bytes_) {
       self.free_blocks_.emplace(size, data);
       self.stats_.cached_bytes += size;
       return;
@@ -181,12 +180,13 @@ class CachingCpuAllocator final : public c10::Allocator {
     c10::free_cpu(data);
   }
 
+  static constexpr std::size_t kMinCachedBytes = std::size_t{64} << 10;
+
   mutable std::mutex mutex_;
   std::multimap<std::size_t, void*> free_blocks_;       // size -> block
   std::unordered_map<void*, std::size_t> live_blocks_;  // block -> size
   CpuCacheStats stats_;
   std::size_t max_cached_bytes_;
-  std::size_t min_cached_bytes_ = std::size_t{64} << 10;
   c10::DeleterFnPtr previous_raw_deleter_ = &c10::free_cpu;
 };
 
