@@ -3,11 +3,14 @@
 // arange(numel) * 0.125 + its position in the state dict), errors by the content of their messages.
 #include <diffpost/io/checkpoint.hpp>
 
+// LibTorch's own zip reader, as an independent check of the archives diffpost writes.
+#include <caffe2/serialize/inline_container.h>
+
 #include "support/error_of.hpp"
 #include "support/temp_dir.hpp"
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -194,6 +197,97 @@ TEST_CASE("read_state_dict rejects what is not a state dict checkpoint with the 
   auto script = error_of(
       [] { diffpost::read_state_dict(fs::path(DIFFPOST_TEST_DATA_DIR) / "torchscript" / "tiny_score.pt"); });
   CHECK(script.find("is a TorchScript archive") != std::string::npos);
+}
+
+TEST_CASE("read_state_dict reads archives other zip writers made: deflated records and zip64 headers") {
+  // Python's zipfile re-packed tiny_state_dict.pt (make_checkpoints.py): every record deflated, and every
+  // header and end record in its zip64 form.
+  check_tiny_values(diffpost::read_state_dict(kData / "tiny_deflated.pt"));
+  auto zip64 = diffpost::read_state_dict(kData / "tiny_zip64.pt");
+  check_tiny_values(zip64);
+  CHECK(zip64.module_versions().size() == 4);
+}
+
+namespace {
+
+// Offset of the central directory header of record `name` (the whole name, folder included) in `zip`.
+size_t central_header(const std::string& zip, const std::string& name) {
+  for (size_t at = zip.find("PK\x01\x02"); at != std::string::npos; at = zip.find("PK\x01\x02", at + 1)) {
+    const size_t name_size =
+        static_cast<unsigned char>(zip[at + 28]) | static_cast<unsigned char>(zip[at + 29]) << 8;
+    if (zip.compare(at + 46, name_size, name) == 0) return at;
+  }
+  FAIL("no central directory entry for " << name);
+  return 0;
+}
+
+void put_le32(std::string& bytes, size_t at, uint32_t value) {
+  for (int i = 0; i < 4; ++i) bytes[at + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+}  // namespace
+
+TEST_CASE("read_state_dict refuses corrupt and hostile zip archives before allocating what they claim") {
+  const TempDir dir("checkpoint-test");
+  const auto stored = read_bytes(kData / "tiny_state_dict.pt");
+  const auto deflated = read_bytes(kData / "tiny_deflated.pt");
+  auto error_for = [&](const std::string& name, const std::string& bytes) {
+    write_bytes(dir.path() / name, bytes);
+    return error_of([&] { diffpost::read_state_dict(dir.path() / name); });
+  };
+
+  // A flipped byte in a tensor's data: the CRC-32 catches it.
+  auto flipped = stored;
+  const auto weight_at = central_header(flipped, "tiny_state_dict/data/4");
+  const size_t local = static_cast<unsigned char>(flipped[weight_at + 42]) |
+                       static_cast<unsigned char>(flipped[weight_at + 43]) << 8;
+  const size_t local_name = static_cast<unsigned char>(flipped[local + 26]);
+  const size_t local_extra =
+      static_cast<unsigned char>(flipped[local + 28]) | static_cast<unsigned char>(flipped[local + 29]) << 8;
+  flipped[local + 30 + local_name + local_extra] ^= 0x01;
+  CHECK(error_for("flipped.pt", flipped).find("record 'data/4' is corrupt (its CRC-32 does not match)") !=
+        std::string::npos);
+
+  // A stored record claiming 4 GiB in a 3 KB file.
+  auto huge = stored;
+  const auto pickle_at = central_header(huge, "tiny_state_dict/data.pkl");
+  put_le32(huge, pickle_at + 20, 0xfffffff0u);
+  put_le32(huge, pickle_at + 24, 0xfffffff0u);
+  CHECK(error_for("huge.pt", huge)
+            .find("record 'tiny_state_dict/data.pkl' claims 4294967280 bytes at offset 0, "
+                  "beyond the archive's data") != std::string::npos);
+
+  // A deflated record claiming to inflate 560 bytes to 4 GiB: more than deflate can, refused unread.
+  auto bomb = deflated;
+  put_le32(bomb, central_header(bomb, "tiny_state_dict/data.pkl") + 24, 0xfffffff0u);
+  CHECK(error_for("bomb.pt", bomb).find("claims to inflate 560 bytes to 4294967280, more than deflate can") !=
+        std::string::npos);
+
+  // A deflated record holding more than it declares.
+  auto understated = deflated;
+  put_le32(understated, central_header(understated, "tiny_state_dict/data.pkl") + 24, 900);
+  CHECK(error_for("understated.pt", understated)
+            .find("record 'data.pkl' inflates to more than its declared 900 bytes") != std::string::npos);
+
+  // The same record name twice.
+  auto twice = stored;
+  const auto second = central_header(twice, "tiny_state_dict/data/1");
+  twice[second + 46 + std::string("tiny_state_dict/data/").size()] = '0';
+  CHECK(error_for("twice.pt", twice).find("record 'tiny_state_dict/data/0' is stored twice") !=
+        std::string::npos);
+
+  // Encryption, which torch.save never uses.
+  auto encrypted = stored;
+  encrypted[pickle_at + 8] |= 0x01;
+  CHECK(error_for("encrypted.pt", encrypted).find("record 'tiny_state_dict/data.pkl' is encrypted") !=
+        std::string::npos);
+
+  // The end record lost: a clear message, not a crash.
+  CHECK(
+      error_for("cut.pt", stored.substr(0, stored.size() - 10))
+          .find("is not a readable PyTorch zip archive (truncated or corrupt?): no end-of-central-directory "
+                "record") != std::string::npos);
+  CHECK(dir.entries() == 7);  // only the files the test wrote
 }
 
 TEST_CASE("the pickle interpreter executes nothing: unknown globals stay inert and are reported by name") {

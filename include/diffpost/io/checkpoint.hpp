@@ -6,10 +6,10 @@
 // See docs/checkpoints.md for the format, the supported variants and the errors.
 #pragma once
 
-#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
 #include <diffpost/detail/pickle.hpp>
+#include <diffpost/detail/zip_archive.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -262,10 +263,12 @@ inline StateDict read_legacy_torch_save(const std::filesystem::path& path, const
   const auto keys_graph = next_pickle(nullptr);
   const auto& keys = keys_graph.root();
   TORCH_CHECK(keys->is(K::List), context, ": the legacy storage key list is ", describe(*keys));
+  std::unordered_set<std::string> filled;
   for (const auto& key : keys->items) {
     TORCH_CHECK(key->is(K::String), context, ": a legacy storage key is ", describe(*key));
     auto found = storages.find(key->text);
     TORCH_CHECK(found != storages.end(), context, ": storage '", key->text, "' is stored but never used");
+    TORCH_CHECK(filled.insert(key->text).second, context, ": storage '", key->text, "' is stored twice");
     auto& storage = found->second;
     TORCH_CHECK(rest.size() >= 8, context, " ends early (truncated?) before storage '", key->text, "'");
     int64_t numel = 0;
@@ -278,7 +281,7 @@ inline StateDict read_legacy_torch_save(const std::filesystem::path& path, const
     std::memcpy(storage.data_ptr(), rest.data(), nbytes);
     rest.remove_prefix(nbytes);
   }
-  TORCH_CHECK(storages.size() == keys->items.size(), context, ": ", storages.size() - keys->items.size(),
+  TORCH_CHECK(filled.size() == storages.size(), context, ": ", storages.size() - filled.size(),
               " storages are used but not stored (truncated?)");
   return state_dict_from(top_graph, path, options, context);
 }
@@ -313,51 +316,41 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
                 "writes zip archives)");
   }
 
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  std::optional<detail::ZipArchiveReader> opened;
   try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path.string());
+    opened.emplace(path, context);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, context, " is not a readable PyTorch zip archive (truncated or corrupt?): ",
-                e.what_without_backtrace());
+    std::string reason = e.what_without_backtrace();
+    if (reason.rfind(context, 0) == 0) reason.erase(0, reason.find_first_not_of(": ", context.size()));
+    TORCH_CHECK(false, context, " is not a readable PyTorch zip archive (truncated or corrupt?): ", reason);
   }
-  TORCH_CHECK(!reader->hasRecord("constants.pkl") && !reader->hasRecord("code/__torch__.py"), context,
+  auto& archive = *opened;
+  TORCH_CHECK(archive.find("constants.pkl") == nullptr && archive.find("code/__torch__.py") == nullptr,
+              context,
               " is a TorchScript archive (torch.jit.save), not a torch.save state dict; load it with "
               "TorchScriptScoreModel (diffpost/models/torchscript.hpp) or torch::jit::load");
-  TORCH_CHECK(reader->hasRecord("data.pkl"), context,
+  const auto* pickle_record = archive.find("data.pkl");
+  TORCH_CHECK(pickle_record != nullptr, context,
               " is a zip archive without data.pkl, not a torch.save checkpoint");
-
-  at::DataPtr pickle_bytes;
-  size_t pickle_size = 0;
-  try {
-    std::tie(pickle_bytes, pickle_size) = reader->getRecord("data.pkl");
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, context,
-                ": cannot read data.pkl (truncated or corrupt?): ", e.what_without_backtrace());
-  }
+  const std::string pickle = archive.read_string(*pickle_record);
 
   auto load_storage = [&](std::string_view key, torch::ScalarType type, int64_t numel) {
-    const std::string record = "data/" + std::string(key);
-    TORCH_CHECK(reader->hasRecord(record), context, " lacks the record '", record,
-                "' its data.pkl refers to");
-    at::DataPtr bytes;
-    size_t size = 0;
-    try {
-      std::tie(bytes, size) = reader->getRecord(record);
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, context, ": cannot read record '", record,
-                  "' (truncated or corrupt?): ", e.what_without_backtrace());
-    }
+    const std::string name = "data/" + std::string(key);
+    const auto* record = archive.find(name);
+    TORCH_CHECK(record != nullptr, context, " lacks the record '", name, "' its data.pkl refers to");
     const auto element_size = static_cast<int64_t>(c10::elementSize(type));
-    TORCH_CHECK(numel >= 0 && numel <= static_cast<int64_t>(size) / element_size, context, ": record '",
-                record, "' holds ", size, " bytes, but its storage needs ", numel, " elements of ", type);
-    // Adopt the record's buffer as the storage: no copy of what may be hundreds of megabytes.
-    c10::Storage storage(c10::Storage::use_byte_size_t(), numel * element_size, std::move(bytes), nullptr,
-                         false);
-    return torch::empty({0}, torch::TensorOptions().dtype(type)).set_(storage, 0, {numel}, {1});
+    // Checked before allocating: the record's size was checked against the file when the archive was opened.
+    TORCH_CHECK(
+        numel >= 0 && static_cast<uint64_t>(numel) <= record->size / static_cast<uint64_t>(element_size),
+        context, ": record '", name, "' holds ", record->size, " bytes, but its storage needs ", numel,
+        " elements of ", type);
+    auto bytes =
+        torch::empty({static_cast<int64_t>(record->size)}, torch::TensorOptions().dtype(torch::kUInt8));
+    archive.read(*record, bytes.data_ptr());
+    return bytes.narrow(0, 0, numel * element_size).view(type);
   };
 
-  detail::Unpickler unpickler(std::string_view(static_cast<const char*>(pickle_bytes.get()), pickle_size),
-                              load_storage, context);
+  detail::Unpickler unpickler(pickle, load_storage, context);
   return detail::state_dict_from(unpickler.parse(), path, options, context);
 }
 
@@ -578,7 +571,7 @@ inline SerializedStateDict serialize_state_dict(const StateDict& state) {
     if (found == storage_index.end()) {
       const auto element_size = static_cast<int64_t>(tensor.element_size());
       const int64_t storage_numel = static_cast<int64_t>(tensor.storage().nbytes()) / element_size;
-      auto flat = torch::empty({0}, tensor.options()).set_(tensor.storage(), 0, {storage_numel}, {1});
+      auto flat = tensor.as_strided({storage_numel}, {1}, 0);
       found = storage_index.emplace(impl, out.storages.size()).first;
       out.storages.push_back(flat.to(torch::kCPU).contiguous());
     }
@@ -663,17 +656,15 @@ inline void save_state_dict(const StateDict& state, const std::filesystem::path&
     {
       std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
       TORCH_CHECK(file.good(), context, ": cannot create ", detail::quoted(temporary));
-      // The writer_func constructor names the archive "archive", as torch.save does since 1.13.1 / 2.x.
-      caffe2::serialize::PyTorchStreamWriter writer([&file](const void* data, size_t size) -> size_t {
-        file.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-        return file.good() ? size : 0;
-      });
-      writer.writeRecord("data.pkl", serialized.pickle.data(), serialized.pickle.size());
+      // Records as torch.save writes them: folder "archive" (PyTorch >= 1.13), file format version 3.
+      detail::ZipArchiveWriter writer(file, "archive");
+      writer.write_record("data.pkl", serialized.pickle.data(), serialized.pickle.size());
       for (size_t i = 0; i < serialized.storages.size(); ++i) {
         const auto& storage = serialized.storages[i];
-        writer.writeRecord("data/" + std::to_string(i), storage.data_ptr(), storage.nbytes());
+        writer.write_record("data/" + std::to_string(i), storage.data_ptr(), storage.nbytes());
       }
-      writer.writeEndOfFile();
+      writer.write_record("version", "3\n", 2);
+      writer.finish();
       file.flush();
       TORCH_CHECK(file.good(), context, ": writing ", detail::quoted(temporary), " failed (disk full?)");
     }

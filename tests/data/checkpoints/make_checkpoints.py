@@ -42,6 +42,28 @@ def save(obj, name, **kwargs):
     torch.save(obj, os.path.join(OUT, name), **kwargs)
 
 
+def repack(source, name, compression, all_zip64):
+    """Rewrites the records of `source` with Python's zipfile (not PyTorch's writer): deflated, or with the
+    zip64 forms of every header and end record (zipfile writes them only past 4 GiB, so its limits are set to
+    0 while writing), so that diffpost's zip reader is tested on archives torch.save itself does not make."""
+    import zipfile
+    limits = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    if all_zip64:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 0, 0
+    try:
+        with zipfile.ZipFile(os.path.join(OUT, source)) as inp, \
+                zipfile.ZipFile(os.path.join(OUT, name), "w", compression) as out:
+            for info in inp.infolist():
+                entry = zipfile.ZipInfo(info.filename, (1980, 1, 1, 0, 0, 0))
+                entry.compress_type = compression
+                with out.open(entry, "w", force_zip64=all_zip64) as record:
+                    record.write(inp.read(info.filename))
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limits
+    reread = torch.load(os.path.join(OUT, name))
+    assert all(torch.equal(reread[k], v) for k, v in torch.load(os.path.join(OUT, source)).items())
+
+
 class Score(torch.nn.Module):
     """A tiny eps model: out = tanh(conv(x)) * (1 + t / 100), 1 input channel, 2 output channels (eps, v)."""
 
@@ -55,6 +77,9 @@ class Score(torch.nn.Module):
 
 
 def main():
+    if sys.argv[1:] == ["--repacked-only"]:
+        write_repacked()
+        return
     model = filled_tiny()
     state = model.state_dict()
     save(state, "tiny_state_dict.pt")  # OrderedDict with _metadata, as the published checkpoints
@@ -87,7 +112,14 @@ def main():
     save(collections.OrderedDict([("x", x.detach()), ("t", t), ("out", out.detach()), ("weights", weights),
                                   ("grad", grad)]),
          os.path.join("..", "torchscript", "tiny_score_expected.pt"))
+    write_repacked()
     print("torch", torch.__version__, file=sys.stderr)
+
+
+def write_repacked():
+    import zipfile
+    repack("tiny_state_dict.pt", "tiny_deflated.pt", zipfile.ZIP_DEFLATED, all_zip64=False)
+    repack("tiny_state_dict.pt", "tiny_zip64.pt", zipfile.ZIP_STORED, all_zip64=True)
 
 
 if __name__ == "__main__":
