@@ -1,7 +1,8 @@
 // Shared doctest entry point: fixes LibTorch's thread count (it defaults to one here) before any test runs.
 #define DOCTEST_CONFIG_IMPLEMENT
+#include "support/doctest_with_torch.hpp"
+// Again, for doctest's implementation: the precompiled header may have included doctest.h before the define.
 #include <doctest/doctest.h>
-#include <torch/torch.h>
 
 #include <thread>
 

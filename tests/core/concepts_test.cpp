@@ -1,6 +1,6 @@
 // Compile-time tests: which types satisfy which concept, and which requirement a near-miss lacks.
-#include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
+#include "support/doctest_with_torch.hpp"
 
 using namespace diffpost;
 using torch::Tensor;

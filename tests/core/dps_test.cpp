@@ -1,5 +1,5 @@
-#include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/subsample_problem.hpp"
 

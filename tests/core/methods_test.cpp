@@ -1,6 +1,6 @@
-#include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
 #include <diffpost/methods.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/subsample_problem.hpp"
 

@@ -1,5 +1,5 @@
-#include <doctest/doctest.h>
 #include <diffpost/schedule.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 #include <string>

@@ -6,8 +6,8 @@
 #include <diffpost/training/ema.hpp>
 #include <diffpost/training/losses.hpp>
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 

@@ -1,6 +1,6 @@
 // Image loading and saving through stb: round trips, gray and colour, grids, errors, no clobbering.
-#include <doctest/doctest.h>
 #include <diffpost/io/image.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/error_of.hpp"
 #include "support/temp_dir.hpp"

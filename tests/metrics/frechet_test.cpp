@@ -4,8 +4,8 @@
 #include <diffpost/detail/random.hpp>
 #include <diffpost/metrics.hpp>
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <Eigen/Dense>
 

@@ -2,8 +2,8 @@
 #include <diffpost/io/image.hpp>
 #include <diffpost/metrics.hpp>
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 #include <string>

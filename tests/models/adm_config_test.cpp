@@ -8,8 +8,8 @@
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <sstream>
 #include <string>

@@ -9,9 +9,9 @@
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"
 
-#include <doctest/doctest.h>
 #include <fmt/core.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 #include <fstream>

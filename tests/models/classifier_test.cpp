@@ -7,8 +7,8 @@
 
 #include "support/temp_dir.hpp"
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <cstdint>
 #include <filesystem>

@@ -1,11 +1,11 @@
 // One DPS step of diffpost against one step of the reference implementation's loop (p_sample, then
 // PosteriorSampling.conditioning with scale 0.5) on the same ADM UNet, inputs and noise.
 // tests/data/dps_step/README.md says how the reference data were made.
-#include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/operators/inpainting.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/adm_small.hpp"
 

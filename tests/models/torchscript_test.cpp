@@ -6,8 +6,8 @@
 
 #include "support/error_of.hpp"
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <filesystem>
 #include <string>

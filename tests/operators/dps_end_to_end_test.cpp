@@ -2,10 +2,10 @@
 // i.e. the measurement residual of its sample comes down to about the noise level and far below the residual
 // of the prior mean. Images are small (16 x 16) and runs short (100 respaced steps) so each case takes about
 // a second.
-#include <doctest/doctest.h>
 #include <diffpost/dps.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 

@@ -1,6 +1,6 @@
 // Measurement operators: numbers against closed forms, published constants and reference runs.
-#include <doctest/doctest.h>
 #include <diffpost/operators.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include <cmath>
 #include <complex>

@@ -3,8 +3,8 @@
 // its own executable because installing the allocator changes the whole process.
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 
-#include <doctest/doctest.h>
 #include <torch/torch.h>
+#include "support/doctest_with_torch.hpp"
 
 #include <atomic>
 #include <cstdint>
