@@ -53,8 +53,8 @@ class SuperResolutionOperator {
   /// Kronecker product of the pseudo-inverses). For AveragePool this is nearest upsampling.
   torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::pseudo_inverse");
-    return detail::apply_separable(torch::linalg::pinv(downsampling_matrix(y.size(2) * factor_)),
-                                   torch::linalg::pinv(downsampling_matrix(y.size(3) * factor_)), y);
+    return detail::apply_separable(at::linalg_pinv(downsampling_matrix(y.size(2) * factor_), 1e-15),
+                                   at::linalg_pinv(downsampling_matrix(y.size(3) * factor_), 1e-15), y);
   }
 
   /// Bicubic upsampling by the factor (imresize(y, factor), no antialiasing when enlarging): what a user gets

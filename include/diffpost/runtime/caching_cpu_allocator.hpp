@@ -26,6 +26,7 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 #include <unistd.h>
+#include <diffpost/detail/torch_compat.hpp>
 
 namespace diffpost {
 
@@ -46,7 +47,7 @@ struct CpuCacheStats {
 /// Freed blocks beyond `max_cached_bytes()` (default: half the physical memory) are returned to the C
 /// library, and `empty_cache()` returns all of them. Memory is 64-byte aligned, as LibTorch's own allocator
 /// gives it. Thread-safe.
-class CachingCpuAllocator final : public c10::Allocator {
+class CachingCpuAllocator final : public detail::AllocatorBase {
  public:
   /// The single instance. It is never destroyed, so tensors that outlive `main` can still be freed.
   static CachingCpuAllocator& instance() {
@@ -56,11 +57,6 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   CachingCpuAllocator(const CachingCpuAllocator&) = delete;
   CachingCpuAllocator& operator=(const CachingCpuAllocator&) = delete;
-
-  c10::DataPtr allocate(std::size_t bytes) const override {
-    void* data = const_cast<CachingCpuAllocator*>(this)->take(bytes);
-    return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
-  }
 
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
@@ -113,6 +109,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     const long page_size = ::sysconf(_SC_PAGE_SIZE);
     if (pages <= 0 || page_size <= 0) return std::size_t{4} << 30;
     return static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size) / 2;
+  }
+
+  c10::DataPtr allocate_bytes(std::size_t bytes) override {
+    void* data = take(bytes);
+    return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
   // A cached block fits a request if it is at most 1/8 larger, so one large block cannot be pinned by a run
