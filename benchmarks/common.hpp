@@ -1,10 +1,13 @@
-// What the benchmark programs share: the median of the timed repeats, and the process settings every one of
-// them takes from its flags (the CPU allocator, then the intra-op thread count).
+// What the benchmark programs share: the median of the timed repeats, the command line (CLI11), and the
+// process settings every one of them takes from its flags (the CPU allocator, then the intra-op thread
+// count).
 #pragma once
 
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cstdlib>
@@ -20,13 +23,23 @@ inline double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
-/// The value of --cpu-allocator, checked: "caching" (diffpost's caching allocator) or "default" (LibTorch's).
-inline std::string cpu_allocator_choice(const std::string& value) {
-  if (value != "caching" && value != "default") {
-    std::cerr << "--cpu-allocator must be caching or default, not " << value << "\n";
-    std::exit(2);
+/// Declares --threads and --cpu-allocator (diffpost's "caching" allocator or LibTorch's "default").
+inline void add_process_flags(CLI::App& app, int& threads, std::string& cpu_allocator) {
+  app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--cpu-allocator", cpu_allocator,
+                 "CPU allocator: diffpost's caching one or LibTorch's default")
+      ->check(CLI::IsMember({"caching", "default"}))
+      ->capture_default_str();
+}
+
+/// Parses the command line into the options declared on `app`; --help prints the help and exits with 0, a
+/// bad flag prints CLI11's message and exits with its code.
+inline void parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
-  return value;
 }
 
 /// Installs the chosen CPU allocator before any tensor is made, and sets the intra-op threads.

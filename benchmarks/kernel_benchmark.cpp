@@ -29,27 +29,15 @@ struct Settings {
 
 Settings parse(int argc, char** argv) {
   Settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (arg == "--threads" && has_value) {
-      s.threads = std::stoi(argv[++i]);
-    } else if (arg == "--warmup" && has_value) {
-      s.warmup = std::stoi(argv[++i]);
-    } else if (arg == "--repeats" && has_value) {
-      s.repeats = std::stoi(argv[++i]);
-    } else if (arg == "--cpu-allocator" && has_value) {
-      s.cpu_allocator = benchmarks::cpu_allocator_choice(argv[++i]);
-    } else {
-      const bool help = arg == "--help" || arg == "-h";
-      (help ? std::cout : std::cerr)
-          << (help ? "" : "unknown argument or missing value: " + arg + "\n")
-          << "usage: kernel_benchmark [--threads N] [--warmup N] [--repeats N] [--cpu-allocator "
-             "caching|default]\n"
-             "Times single UNet kernels at FFHQ 256 sizes (docs/performance.md).\n";
-      std::exit(help ? 0 : 2);
-    }
-  }
+  CLI::App app("Times single UNet kernels at FFHQ 256 sizes (docs/performance.md).", "kernel_benchmark");
+  benchmarks::add_process_flags(app, s.threads, s.cpu_allocator);
+  app.add_option("--warmup", s.warmup, "untimed runs first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--repeats", s.repeats, "timed runs (the median is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  benchmarks::parse_command_line(app, argc, argv);
   return s;
 }
 

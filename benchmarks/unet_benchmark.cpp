@@ -37,54 +37,34 @@ struct Settings {
   std::string cpu_allocator = "caching";
 };
 
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> parts;
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) parts.push_back(part);
-  return parts;
-}
-
 Settings parse(int argc, char** argv) {
   Settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::cerr << arg << " needs a value\n";
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (arg == "--threads") {
-      s.threads = std::stoi(value());
-    } else if (arg == "--interop-threads") {
-      s.interop_threads = std::stoi(value());
-    } else if (arg == "--warmup") {
-      s.warmup = std::stoi(value());
-    } else if (arg == "--repeats") {
-      s.repeats = std::stoi(value());
-    } else if (arg == "--configs") {
-      s.configs = split(value());
-    } else if (arg == "--batches") {
-      s.batches.clear();
-      for (const auto& b : split(value())) s.batches.push_back(std::stoll(b));
-    } else if (arg == "--modes") {
-      s.modes = split(value());
-    } else if (arg == "--channels-last") {
-      s.channels_last = true;
-    } else if (arg == "--cpu-allocator") {
-      s.cpu_allocator = benchmarks::cpu_allocator_choice(value());
-    } else {
-      const bool help = arg == "--help" || arg == "-h";
-      (help ? std::cout : std::cerr)
-          << (help ? "" : "unknown argument " + arg + "\n")
-          << "usage: unet_benchmark [--threads N] [--interop-threads N] [--warmup N] [--repeats N]"
-             " [--configs small,ffhq] [--batches 1,4] [--modes forward,backward] [--channels-last]"
-             " [--cpu-allocator caching|default]\n"
-             "Times AdmUNet forward and forward + input-only gradient (docs/performance.md).\n";
-      std::exit(help ? 0 : 2);
-    }
-  }
+  CLI::App app("Times AdmUNet forward and forward + input-only gradient (docs/performance.md).",
+               "unet_benchmark");
+  benchmarks::add_process_flags(app, s.threads, s.cpu_allocator);
+  app.add_option("--interop-threads", s.interop_threads, "inter-op threads (0 = LibTorch's default)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--warmup", s.warmup, "untimed runs first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--repeats", s.repeats, "timed runs (the median is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--configs", s.configs, "comma-separated configurations")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"small", "ffhq"}))
+      ->capture_default_str();
+  app.add_option("--batches", s.batches, "comma-separated batch sizes")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--modes", s.modes, "comma-separated: forward, backward (forward + input gradient)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"forward", "backward"}))
+      ->capture_default_str();
+  app.add_flag("--channels-last", s.channels_last, "run in the channels-last memory format");
+  benchmarks::parse_command_line(app, argc, argv);
   return s;
 }
 

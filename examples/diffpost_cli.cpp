@@ -29,11 +29,11 @@
 
 #include <fmt/format.h>
 
-#include "cli/args.hpp"
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "cli/files.hpp"
 #include "cli/model.hpp"
+#include "cli/options.hpp"
 #include "cli/tasks.hpp"
 
 namespace fs = std::filesystem;
@@ -58,42 +58,67 @@ struct TaskResult {
   std::vector<torch::Tensor> restored;  // first posterior sample per image
 };
 
+/// The options of `diffpost restore`.
+struct RestoreOptions {
+  TaskOptions task;
+  NoiseOptions noise;
+  ScaleSpec scale;
+  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
+  int64_t num_samples = 1;
+  SamplingOptions sampling = restoration_sampling_defaults();
+  InputOptions input;
+  ModelOptions model;
+  OutputOptions output;
+};
+
+std::vector<FlagGroup<RestoreOptions>> restore_flags() {
+  using O = RestoreOptions;
+  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
+                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
+  groups.push_back(
+      {"DPS",
+       {{"scale", "X|TASK=X,...", scale_help("step size: one number for all tasks, or task=value,..."), "",
+         [](O& o, const std::string& v) { o.scale = ScaleSpec::parse(v); }},
+        {"scale-schedule", "NAME", "step size over the steps: constant, linear or exponential decay",
+         "constant", [](O& o, const std::string& v) { o.scale_schedule = parse_step_size_schedule(v); }},
+        {"num-samples", "N", "posterior samples per image", "1",
+         [](O& o, const std::string& v) { o.num_samples = parse_int(v, "--num-samples", 1, 1000); }}}});
+  const auto rest = restoration_groups<O>();
+  groups.insert(groups.end(), rest.begin(), rest.end());
+  return groups;
+}
+
 int run_restore(int argc, char** argv) {
-  ArgParser args(
+  auto app = make_app(
       "diffpost restore",
       "Restores images with Diffusion Posterior Sampling (Chung et al., ICLR 2023). Each input image is\n"
       "degraded (operator + noise) to make the measurement, then restored with the diffusion prior.\n"
       "Writes, per task folder: <name>_truth.png, <name>_measurement.png, <name>_naive.png (the naive\n"
       "inverse), <name>_dps.png (or _dps_<k>.png per posterior sample), grid.png (rows = images; columns =\n"
       "truth, naive inverse, DPS) and metrics.csv (PSNR/SSIM of DPS and of the naive inverse); and\n"
-      "summary.md with mean ± std per task (and grid.png across tasks when several are run).",
-      "[IMAGE|FOLDER ...]");
-  add_task_flags(args, true);
-  args.section("DPS");
-  std::string scale_help = "step size: one number for all tasks, or task=value,... (per-task defaults:";
-  for (const auto& task : all_tasks()) scale_help += fmt::format(" {} {}", task.name, task.default_scale);
-  args.add("scale", "X|TASK=X,...", scale_help + ")");
-  args.add("scale-schedule", "NAME", "step size over the steps: constant, linear or exponential decay",
-           "constant");
-  args.add("num-samples", "N", "posterior samples per image", "1");
-  add_restoration_flags(args);
-  if (help_requested(args, argc, argv)) return 0;
+      "summary.md with mean ± std per task (and grid.png across tasks when several are run).");
+  RestoreOptions options;
+  declare(*app, options, restore_flags());
+  declare_inputs(*app, options.input);
+  if (!parse(*app, argc, argv)) return 0;
 
   // Everything is checked before the first file is written.
-  const auto tasks = required_tasks(args);
-  const auto parameters = task_parameters(args);
-  const auto noise = noise_model(args);
-  const auto scales = task_scales(args.get("scale"), tasks);
-  const auto schedule_kind = step_size_schedule(args);
-  const auto num_samples = args.get_int("num-samples", 1, 1000);
-  const auto test_set = args.get_int("test-set", 0, 10000);
-  const auto [seed, batch_size, force, out] = run_flags(args);
-  const auto sampler = make_sampler(args);
+  const auto& tasks = required_tasks(options.task, app->get_name());
+  const auto& parameters = options.task.parameters;
+  const auto noise = noise_model(options.noise);
+  const auto num_samples = options.num_samples;
+  const auto seed = options.sampling.seed;
+  const auto batch_size = options.sampling.batch;
+  const bool force = options.output.force;
+  const auto out = output_folder(options.output, app->get_name());
+  set_threads(options.model);
+  const auto sampler = make_sampler(options.model, options.sampling);
   const auto steps = num_steps(sampler);
 
-  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
   const auto shape = prior.image_shape();
-  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  const auto inputs =
+      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
   const auto count = static_cast<int64_t>(inputs.size());
   // Operators are built once up front so that bad task parameters fail before any output.
   for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
@@ -116,18 +141,18 @@ int run_restore(int argc, char** argv) {
   check_no_overwrite(planned, force);
 
   fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads\n",
-             prior.files.checkpoint.string(), prior.files.config.string(), count, steps, args.get("sampler"),
-             noise_description(args), torch::get_num_threads());
+             prior.files.checkpoint.string(), prior.files.config.string(), count, steps,
+             options.sampling.sampler, noise_description(options.noise), torch::get_num_threads());
   std::fflush(stdout);
   std::vector<TaskResult> results;
   for (const auto& task : tasks) {
     TaskResult result;
     result.task = task;
-    result.scale = scales.at(task);
+    result.scale = options.scale.of(task);
     result.images = count;
     const auto folder = out / task;
-    const auto options =
-        DPSOptions{}.scale(result.scale).step_size_schedule(schedule_kind).num_samples(num_samples);
+    const auto dps_options =
+        DPSOptions{}.scale(result.scale).step_size_schedule(options.scale_schedule).num_samples(num_samples);
     std::string csv = "image,method,sample,psnr,ssim\n";
     std::vector<std::vector<torch::Tensor>> grid_rows;
     const int64_t batches = (count + batch_size - 1) / batch_size;
@@ -151,7 +176,7 @@ int run_restore(int argc, char** argv) {
       };
       const auto samples = std::visit(
           [&](const auto& o, const auto& likelihood, const auto& s) {
-            DPS dps(o, likelihood, s, options);
+            DPS dps(o, likelihood, s, dps_options);
             return dps.sample(prior.model, y, shape, generator, callback);
           },
           repeated, noise, sampler);
@@ -230,8 +255,8 @@ int run_restore(int argc, char** argv) {
       "(denoise).\n\n"
       "| task | scale | DPS PSNR (dB) | DPS SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
       "|---|---|---|---|---|---|---|\n",
-      command_line(argc, argv), count, steps, args.get("sampler"), noise_description(args), seed,
-      prior.files.checkpoint.filename().string());
+      command_line(argc, argv), count, steps, options.sampling.sampler, noise_description(options.noise),
+      seed, prior.files.checkpoint.filename().string());
   for (const auto& r : results) {
     const auto cell = [](const std::vector<double>& v, int digits) {
       if (v.empty()) return std::string("-");
@@ -250,28 +275,46 @@ int run_restore(int argc, char** argv) {
 // degrade
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The options of `diffpost degrade`.
+struct DegradeOptions {
+  TaskOptions task;
+  NoiseOptions noise;
+  InputOptions input;
+  uint64_t seed = 0;
+  OutputOptions output;
+};
+
+std::vector<FlagGroup<DegradeOptions>> degrade_flags() {
+  using O = DegradeOptions;
+  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
+                               [](O& o) -> NoiseOptions& { return o.noise; }, false);
+  groups.push_back(
+      {"Input",
+       {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; }),
+        {"seed", "N", "random seed (masks, kernels, noise)", "0",
+         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }}}});
+  groups.push_back({"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })});
+  return groups;
+}
+
 int run_degrade(int argc, char** argv) {
-  ArgParser args(
+  auto app = make_app(
       "diffpost degrade",
       "Makes measurements from clean images: applies the task's operator and the noise, and writes\n"
       "<name>_measurement.png, <name>_naive.png (the naive inverse, when the task has one), the mask\n"
       "(<name>_mask.png) or blur kernel (<name>_kernel.png, scaled to its maximum) used, and grid.png\n"
-      "(rows = images; columns = clean, naive inverse). No model is needed.",
-      "[IMAGE|FOLDER ...]");
-  add_task_flags(args, false);
-  add_input_flags(args);
-  args.add("seed", "N", "random seed (masks, kernels, noise)", "0");
-  add_output_flags(args);
-  if (help_requested(args, argc, argv)) return 0;
-  if (!args.has("task")) throw UsageError("--task is required (see diffpost degrade --help)");
-  const auto task = args.get("task");
-  find_task(task);
-  const auto parameters = task_parameters(args);
-  const auto noise = noise_model(args);
-  const auto seed = static_cast<uint64_t>(args.get_int("seed", 0));
-  const bool force = args.flag("force");
-  const auto out = output_folder(args);
-  const auto inputs = gather_inputs(args.positional(), args.get_int("test-set", 0, 10000), 0, 0);
+      "(rows = images; columns = clean, naive inverse). No model is needed.");
+  DegradeOptions options;
+  declare(*app, options, degrade_flags());
+  declare_inputs(*app, options.input);
+  if (!parse(*app, argc, argv)) return 0;
+  const auto task = required_tasks(options.task, app->get_name()).front();
+  const auto& parameters = options.task.parameters;
+  const auto noise = noise_model(options.noise);
+  const auto seed = options.seed;
+  const bool force = options.output.force;
+  const auto out = output_folder(options.output, app->get_name());
+  const auto inputs = gather_inputs(options.input.paths, options.input.test_set, 0, 0);
 
   std::vector<fs::path> planned{out / "grid.png"};
   for (const auto& input : inputs)
@@ -303,7 +346,7 @@ int run_degrade(int argc, char** argv) {
   }
   save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
   fmt::print("{}: {} measurement(s) with noise {} written to {}\n", task, inputs.size(),
-             noise_description(args), out.string());
+             noise_description(options.noise), out.string());
   return 0;
 }
 
@@ -311,22 +354,44 @@ int run_degrade(int argc, char** argv) {
 // sample
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The options of `diffpost sample`.
+struct SampleOptions {
+  int64_t num_images = 16;
+  SamplingOptions sampling{"250", "ddpm", 0.0, 0, 16};
+  ModelOptions model;
+  OutputOptions output;
+};
+
+std::vector<FlagGroup<SampleOptions>> sample_flags() {
+  using O = SampleOptions;
+  return {
+      {HelpFormatter::kUntitled,
+       {{"num-images", "N", "number of samples", "16",
+         [](O& o, const std::string& v) { o.num_images = parse_int(v, "--num-images", 1, 100000); }}}},
+      {"Sampling",
+       sampling_flags<O>([](O& o) -> SamplingOptions& { return o.sampling; }, SampleOptions{}.sampling)},
+      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
+      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
+  };
+}
+
 int run_sample(int argc, char** argv) {
-  ArgParser args(
-      "diffpost sample",
-      "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per row).");
-  args.add("num-images", "N", "number of samples", "16");
-  add_sampler_flags(args, "250");
-  add_model_flags(args);
-  add_output_flags(args);
-  if (help_requested(args, argc, argv)) return 0;
-  if (!args.positional().empty())
-    throw UsageError(fmt::format("sample takes no input images, got '{}'", args.positional().front()));
-  const auto total = args.get_int("num-images", 1, 100000);
-  const auto [seed, batch_size, force, out] = run_flags(args);
-  const auto sampler = make_sampler(args);
+  auto app =
+      make_app("diffpost sample",
+               "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per "
+               "row).");
+  SampleOptions options;
+  declare(*app, options, sample_flags());
+  if (!parse(*app, argc, argv)) return 0;
+  const auto total = options.num_images;
+  const auto seed = options.sampling.seed;
+  const auto batch_size = options.sampling.batch;
+  const bool force = options.output.force;
+  const auto out = output_folder(options.output, app->get_name());
+  set_threads(options.model);
+  const auto sampler = make_sampler(options.model, options.sampling);
   const auto steps = num_steps(sampler);
-  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
   const auto shape = prior.image_shape();
   std::vector<fs::path> planned{out / "grid.png"};
   for (int64_t k = 0; k < total; ++k) planned.push_back(out / fmt::format("sample_{:04}.png", k));
@@ -367,30 +432,58 @@ int run_sample(int argc, char** argv) {
 // denoise
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The options of `diffpost denoise`.
+struct DenoiseOptions {
+  double sigma = 0.2;
+  bool add_noise = false;
+  uint64_t seed = 0;
+  int64_t batch = 64;
+  InputOptions input;
+  ModelOptions model;
+  OutputOptions output;
+};
+
+std::vector<FlagGroup<DenoiseOptions>> denoise_flags() {
+  using O = DenoiseOptions;
+  return {
+      {HelpFormatter::kUntitled,
+       {{"sigma", "X", "noise standard deviation on the [-1, 1] scale", "0.2",
+         [](O& o, const std::string& v) { o.sigma = parse_double(v, "--sigma", 0.0, 100.0); }},
+        {"add-noise", "", "the inputs are clean: add the noise first (implied by --test-set)", "",
+         [](O& o, const std::string&) { o.add_noise = true; }},
+        {"seed", "N", "random seed of the added noise", "0",
+         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }},
+        {"batch", "N", "images per batch", "64",
+         [](O& o, const std::string& v) { o.batch = parse_int(v, "--batch", 1, 100000); }}}},
+      {"Input", {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; })}},
+      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
+      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
+  };
+}
+
 int run_denoise(int argc, char** argv) {
-  ArgParser args(
+  auto app = make_app(
       "diffpost denoise",
       "One-step Tweedie denoising: treats a noisy image y = x + sigma n as the diffusion state at the\n"
       "step whose noise-to-signal ratio is sigma (x_t = sqrt(abar_t) y) and returns E[x_0 | x_t] from one\n"
       "model evaluation. Writes <name>_denoised.png, <name>_noisy.png (with --add-noise), grid.png and,\n"
-      "when the clean image is known (--add-noise), metrics.csv for the noisy and the denoised image.",
-      "[IMAGE|FOLDER ...]");
-  args.add("sigma", "X", "noise standard deviation on the [-1, 1] scale", "0.2");
-  args.add_switch("add-noise", "the inputs are clean: add the noise first (implied by --test-set)");
-  args.add("seed", "N", "random seed of the added noise", "0");
-  args.add("batch", "N", "images per batch", "64");
-  add_input_flags(args);
-  add_model_flags(args);
-  add_output_flags(args);
-  if (help_requested(args, argc, argv)) return 0;
-  const auto sigma = args.get_double("sigma", 0.0, 100.0);
-  const auto test_set = args.get_int("test-set", 0, 10000);
-  const bool add_noise = args.flag("add-noise") || test_set > 0;
-  const auto [seed, batch_size, force, out] = run_flags(args);
-  const auto schedule = base_schedule(args);
-  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+      "when the clean image is known (--add-noise), metrics.csv for the noisy and the denoised image.");
+  DenoiseOptions options;
+  declare(*app, options, denoise_flags());
+  declare_inputs(*app, options.input);
+  if (!parse(*app, argc, argv)) return 0;
+  const auto sigma = options.sigma;
+  const bool add_noise = options.add_noise || options.input.test_set > 0;
+  const auto seed = options.seed;
+  const auto batch_size = options.batch;
+  const bool force = options.output.force;
+  const auto out = output_folder(options.output, app->get_name());
+  set_threads(options.model);
+  const auto schedule = base_schedule(options.model);
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
   const auto shape = prior.image_shape();
-  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  const auto inputs =
+      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
   std::vector<fs::path> planned{out / "grid.png", out / "metrics.csv"};
   for (const auto& input : inputs) {
     planned.push_back(out / (input.name + "_denoised.png"));
@@ -466,23 +559,45 @@ int run_denoise(int argc, char** argv) {
 // init
 // ---------------------------------------------------------------------------------------------------------------
 
+/// The options of `diffpost init`.
+struct InitOptions {
+  std::string config;
+  std::string out;
+  uint64_t seed = 0;
+  bool force = false;
+  bool verbose = false;
+};
+
+std::vector<FlagGroup<InitOptions>> init_flags() {
+  using O = InitOptions;
+  return {
+      {HelpFormatter::kUntitled,
+       {{"config", "FILE", "model configuration YAML", "", [](O& o, const std::string& v) { o.config = v; }},
+        {"out", "FILE", "checkpoint to write", "", [](O& o, const std::string& v) { o.out = v; }},
+        {"seed", "N", "random seed of the initialisation", "0",
+         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }},
+        {"force", "", "overwrite an existing checkpoint", "",
+         [](O& o, const std::string&) { o.force = true; }},
+        {"verbose", "", "print full error messages", "",
+         [](O& o, const std::string&) { o.verbose = true; }}}}};
+}
+
 int run_init(int argc, char** argv) {
-  ArgParser args("diffpost init",
-                 "Writes a randomly initialised checkpoint for a model configuration (the reference ADM\n"
-                 "initialisation, seeded), for testing a pipeline end to end before a trained model exists.");
-  args.add("config", "FILE", "model configuration YAML");
-  args.add("out", "FILE", "checkpoint to write");
-  args.add("seed", "N", "random seed of the initialisation", "0");
-  args.add_switch("force", "overwrite an existing checkpoint");
-  args.add_switch("verbose", "print full error messages");
-  if (help_requested(args, argc, argv)) return 0;
-  if (!args.has("config") || !args.has("out")) throw UsageError("--config FILE and --out FILE are required");
-  const auto options = read_adm_model_config(args.get("config")).options;
-  const fs::path out(args.get("out"));
-  check_no_overwrite({out}, args.flag("force"));
-  torch::manual_seed(static_cast<uint64_t>(args.get_int("seed", 0)));
-  AdmUNet model(options);
-  save_checkpoint(*model, out, SaveOptions{}.overwrite(args.flag("force")));
+  auto app =
+      make_app("diffpost init",
+               "Writes a randomly initialised checkpoint for a model configuration (the reference ADM\n"
+               "initialisation, seeded), for testing a pipeline end to end before a trained model exists.");
+  InitOptions options;
+  declare(*app, options, init_flags());
+  if (!parse(*app, argc, argv)) return 0;
+  if (options.config.empty() || options.out.empty())
+    throw UsageError("--config FILE and --out FILE are required");
+  const auto model_options = read_adm_model_config(options.config).options;
+  const fs::path out(options.out);
+  check_no_overwrite({out}, options.force);
+  torch::manual_seed(options.seed);
+  AdmUNet model(model_options);
+  save_checkpoint(*model, out, SaveOptions{}.overwrite(options.force));
   fmt::print("wrote {} ({} parameters)\n", out.string(), state_dict(*model).numel());
   return 0;
 }

@@ -45,51 +45,33 @@ struct Flags {
   bool flip = true;
 };
 
-const char* usage =
-    R"(train_classifier: train the Fashion-MNIST feature classifier of diffpost's Frechet distance.
-
-  --data DIR      folder with the four Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist,
-                  Debian package dataset-fashion-mnist)
-  --epochs N      passes over the 60k training images (default 4)
-  --batch N       images per Adam step (default 128)
-  --lr X          initial Adam learning rate, decayed to 0 on a cosine (default 2e-3)
-  --seed N        initialisation, shuffling and augmentation seed (default 0)
-  --threads N     intra-op threads (default 1)
-  --no-flip       no random horizontal flips
-  --out PATH      where to write the weights (default fashion_mnist_classifier.pt)
-  --force         replace PATH if it exists (never overwritten otherwise)
-)";
-
 Flags parse_flags(int argc, char** argv) {
   Flags f;
-  diffpost::examples::parse_command_line(argc, argv, usage, [&](const std::string& flag, auto& value) {
-    if (flag == "--data") {
-      f.data = value();
-    } else if (flag == "--epochs") {
-      f.epochs = std::stoll(value());
-    } else if (flag == "--batch") {
-      f.batch = std::stoll(value());
-    } else if (flag == "--lr") {
-      f.lr = std::stod(value());
-    } else if (flag == "--seed") {
-      f.seed = std::stoll(value());
-    } else if (flag == "--threads") {
-      f.threads = std::stoi(value());
-    } else if (flag == "--no-flip") {
-      f.flip = false;
-    } else if (flag == "--out") {
-      f.out = value();
-    } else if (flag == "--force") {
-      f.force = true;
-    } else {
-      return false;
-    }
-    return true;
-  });
-  diffpost::examples::require_at_least_one(f.epochs, "--epochs");
-  diffpost::examples::require_at_least_one(f.batch, "--batch");
-  if (!(f.lr > 0) || !std::isfinite(f.lr)) throw std::invalid_argument("--lr must be a positive number");
-  diffpost::examples::require_at_least_one(f.threads, "--threads");
+  CLI::App app("train the Fashion-MNIST feature classifier of diffpost's Frechet distance",
+               "train_classifier");
+  app.add_option("--data", f.data,
+                 "folder with the four Fashion-MNIST IDX files (Debian package dataset-fashion-mnist)")
+      ->capture_default_str();
+  app.add_option("--epochs", f.epochs, "passes over the 60k training images")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--batch", f.batch, "images per Adam step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--lr", f.lr, "initial Adam learning rate, decayed to 0 on a cosine")
+      ->check(diffpost::examples::positive_number())
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, "initialisation, shuffling and augmentation seed")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--threads", f.threads, "intra-op threads")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag_callback(
+      "--no-flip", [&f] { f.flip = false; }, "no random horizontal flips");
+  app.add_option("--out", f.out, "where to write the weights")->capture_default_str();
+  app.add_flag("--force", f.force, "replace the --out file if it exists (never overwritten otherwise)");
+  diffpost::examples::parse_command_line(app, argc, argv);
   return f;
 }
 

@@ -85,108 +85,125 @@ struct Flags {
   double dropout = 0.0;
 };
 
-const char* usage = R"(train_prior: train an ADM UNet diffusion prior on the CPU.
-
-Data:
-  --data fashion-mnist|FOLDER   Fashion-MNIST train split (60k, Debian dataset-fashion-mnist) or a folder of
-                                same-size images (default fashion-mnist; the test split is never read)
-Output:
-  --out-dir DIR                 training state, log curve and exports (default train_prior_run)
-  --export NAME                 export DIR/NAME.pt (EMA weights, torch.save format) and DIR/NAME.yaml
-                                (default prior); done at the end of training
-  --export-only                 export from the saved state without training
-  --sample-grid PNG             after exporting, reload the exported files and write a grid of unconditional
-                                samples (DDPM, learned variance) to PNG
-  --samples N (64)  --sample-steps SPEC (250; respacing as timestep_respacing, e.g. 100 or ddim50)
-  --grid-scale N (2)            enlarge each grid cell N times (nearest neighbour) for viewing
-Schedule of the run:
-  --max-steps N                 stop after N optimizer steps in total (0 = no limit)
-  --max-minutes M               stop after M minutes of this invocation (0 = no limit)
-  --checkpoint-every N          save the training state every N steps (default 250)
-  --time-batches N              time N training steps, print seconds per step and exit (no state written)
-Optimisation:
-  --batch-size N (64)  --lr X (2e-4, Adam)  --grad-clip X (1.0, global norm; 0 = off)
-  --ema-decay X (0.999, with warm-up min(X, (1+s)/(10+s)))  --seed N (0)  --no-flip (no random h-flips)
-  --fixed-variance              L_simple with a fixed-variance (eps-only) model instead of the hybrid loss
-  --threads N                   intra-op threads (default 2)
-Architecture (guided-diffusion create_model arguments):
-  --num-channels N (32)  --num-res-blocks N (1)  --channel-mult 1,2,2  --attention-resolutions 7
-  --num-head-channels N (32)  --dropout X (0)
-  Always: learn_sigma (unless --fixed-variance), use_scale_shift_norm, resblock_updown.
-)";
-
-std::vector<int64_t> parse_list(const std::string& text) {
-  std::vector<int64_t> values;
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) values.push_back(std::stoll(part));
-  return values;
-}
-
 Flags parse_flags(int argc, char** argv) {
   Flags f;
-  diffpost::examples::parse_command_line(argc, argv, usage, [&](const std::string& flag, auto& value) {
-    if (flag == "--data") {
-      f.data = value();
-    } else if (flag == "--out-dir") {
-      f.out_dir = value();
-    } else if (flag == "--export") {
-      f.export_name = value();
-    } else if (flag == "--export-only") {
-      f.export_only = true;
-    } else if (flag == "--batch-size") {
-      f.batch_size = std::stoll(value());
-    } else if (flag == "--lr") {
-      f.lr = std::stod(value());
-    } else if (flag == "--grad-clip") {
-      f.grad_clip = std::stod(value());
-    } else if (flag == "--ema-decay") {
-      f.ema_decay = std::stod(value());
-    } else if (flag == "--max-steps") {
-      f.max_steps = std::stoll(value());
-    } else if (flag == "--max-minutes") {
-      f.max_minutes = std::stod(value());
-    } else if (flag == "--threads") {
-      f.threads = std::stoi(value());
-    } else if (flag == "--checkpoint-every") {
-      f.checkpoint_every = std::stoll(value());
-    } else if (flag == "--seed") {
-      f.seed = std::stoll(value());
-    } else if (flag == "--no-flip") {
-      f.flip = false;
-    } else if (flag == "--fixed-variance") {
-      f.fixed_variance = true;
-    } else if (flag == "--sample-grid") {
-      f.sample_grid = value();
-    } else if (flag == "--samples") {
-      f.samples = std::stoll(value());
-    } else if (flag == "--grid-scale") {
-      f.grid_scale = std::stoll(value());
-    } else if (flag == "--sample-steps") {
-      f.sample_steps = value();
-    } else if (flag == "--time-batches") {
-      f.time_batches = std::stoll(value());
-    } else if (flag == "--num-channels") {
-      f.num_channels = std::stoll(value());
-    } else if (flag == "--num-res-blocks") {
-      f.num_res_blocks = std::stoll(value());
-    } else if (flag == "--channel-mult") {
-      f.channel_mult = parse_list(value());
-    } else if (flag == "--attention-resolutions") {
-      f.attention_resolutions = parse_list(value());
-    } else if (flag == "--num-head-channels") {
-      f.num_head_channels = std::stoll(value());
-    } else if (flag == "--dropout") {
-      f.dropout = std::stod(value());
-    } else {
-      return false;
-    }
-    return true;
-  });
-  diffpost::examples::require_at_least_one(f.batch_size, "--batch-size");
-  diffpost::examples::require_at_least_one(f.threads, "--threads");
-  if (f.samples < 1 || f.grid_scale < 1)
-    throw std::invalid_argument("--samples and --grid-scale must be >= 1");
-  diffpost::examples::require_at_least_one(f.checkpoint_every, "--checkpoint-every");
+  CLI::App app("train an ADM UNet diffusion prior on the CPU", "train_prior");
+  const auto positive = CLI::PositiveNumber;
+  app.add_option(
+         "--data", f.data,
+         "fashion-mnist (the train split, 60k images, Debian dataset-fashion-mnist; the test split is "
+         "never read) or a folder of same-size images")
+      ->type_name("fashion-mnist|FOLDER")
+      ->capture_default_str()
+      ->group("Data");
+  app.add_option("--out-dir", f.out_dir, "training state, log curve and exports")
+      ->capture_default_str()
+      ->group("Output");
+  app.add_option(
+         "--export", f.export_name,
+         "export DIR/NAME.pt (EMA weights, torch.save format) and DIR/NAME.yaml; done at the end of training")
+      ->type_name("NAME")
+      ->capture_default_str()
+      ->group("Output");
+  app.add_flag("--export-only", f.export_only, "export from the saved state without training")
+      ->group("Output");
+  app.add_option(
+         "--sample-grid", f.sample_grid,
+         "after exporting, reload the exported files and write a grid of unconditional samples (DDPM, "
+         "learned variance) to this PNG")
+      ->type_name("PNG")
+      ->group("Output");
+  app.add_option("--samples", f.samples, "samples in the grid")
+      ->check(positive)
+      ->capture_default_str()
+      ->group("Output");
+  app.add_option("--sample-steps", f.sample_steps,
+                 "respacing of the samples, as timestep_respacing (100, ddim50)")
+      ->type_name("SPEC")
+      ->capture_default_str()
+      ->group("Output");
+  app.add_option("--grid-scale", f.grid_scale,
+                 "enlarge each grid cell N times (nearest neighbour) for viewing")
+      ->check(positive)
+      ->capture_default_str()
+      ->group("Output");
+  app.add_option("--max-steps", f.max_steps, "stop after N optimizer steps in total (0 = no limit)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Schedule of the run");
+  app.add_option("--max-minutes", f.max_minutes, "stop after M minutes of this invocation (0 = no limit)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Schedule of the run");
+  app.add_option("--checkpoint-every", f.checkpoint_every, "save the training state every N steps")
+      ->check(positive)
+      ->capture_default_str()
+      ->group("Schedule of the run");
+  app.add_option("--time-batches", f.time_batches,
+                 "time N training steps, print seconds per step and exit (no state written)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Schedule of the run");
+  app.add_option("--batch-size", f.batch_size, "images per step")
+      ->check(positive)
+      ->capture_default_str()
+      ->group("Optimisation");
+  app.add_option("--lr", f.lr, "Adam learning rate")
+      ->check(diffpost::examples::positive_number())
+      ->capture_default_str()
+      ->group("Optimisation");
+  app.add_option("--grad-clip", f.grad_clip, "global gradient norm clip (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Optimisation");
+  app.add_option("--ema-decay", f.ema_decay, "EMA decay, with warm-up min(X, (1+s)/(10+s))")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->group("Optimisation");
+  app.add_option("--seed", f.seed, "random seed")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Optimisation");
+  app.add_flag_callback(
+         "--no-flip", [&f] { f.flip = false; }, "no random horizontal flips")
+      ->group("Optimisation");
+  app.add_flag("--fixed-variance", f.fixed_variance,
+               "L_simple with a fixed-variance (eps-only) model instead of the hybrid loss")
+      ->group("Optimisation");
+  app.add_option("--threads", f.threads, "intra-op threads")
+      ->check(positive)
+      ->capture_default_str()
+      ->group("Optimisation");
+  const char* architecture =
+      "Architecture (guided-diffusion create_model arguments; always learn_sigma unless "
+      "--fixed-variance, use_scale_shift_norm, resblock_updown)";
+  app.add_option("--num-channels", f.num_channels)
+      ->check(positive)
+      ->capture_default_str()
+      ->group(architecture);
+  app.add_option("--num-res-blocks", f.num_res_blocks)
+      ->check(positive)
+      ->capture_default_str()
+      ->group(architecture);
+  app.add_option("--channel-mult", f.channel_mult, "comma-separated")
+      ->delimiter(',')
+      ->check(positive)
+      ->capture_default_str()
+      ->group(architecture);
+  app.add_option("--attention-resolutions", f.attention_resolutions, "comma-separated")
+      ->delimiter(',')
+      ->check(positive)
+      ->capture_default_str()
+      ->group(architecture);
+  app.add_option("--num-head-channels", f.num_head_channels)
+      ->check(positive)
+      ->capture_default_str()
+      ->group(architecture);
+  app.add_option("--dropout", f.dropout)
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str()
+      ->group(architecture);
+  diffpost::examples::parse_command_line(app, argc, argv);
   return f;
 }
 

@@ -1,5 +1,5 @@
-// Pieces shared by the training examples (train_prior, train_classifier): walking the command line, the
-// checks of numeric flags, reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
+// Pieces shared by the training examples (train_prior, train_classifier): parsing the command line (CLI11),
+// reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
 // error reporting of main(). Private to the examples; not part of the diffpost library.
 #pragma once
 
@@ -7,7 +7,10 @@
 
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -18,30 +21,25 @@
 
 namespace diffpost::examples {
 
-/// Walks the flags of `argv` in order. `--help` or `-h` prints `usage` to stdout and exits with 0; every
-/// other flag goes to `handle(flag, value)`, where `value()` consumes and returns the next argument (and
-/// throws std::invalid_argument "flag F needs a value" when there is none). `handle` returns false for a
-/// flag it does not know, which throws std::invalid_argument "unknown flag 'F' (see --help)".
-template <class Handler>
-void parse_command_line(int argc, char** argv, const char* usage, Handler&& handle) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument("flag " + flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << usage;
-      std::exit(0);
-    }
-    if (!handle(flag, value)) throw std::invalid_argument("unknown flag '" + flag + "' (see --help)");
+/// Parses the command line into the options declared on `app`: --help prints the help and exits with 0; a
+/// bad or unknown flag prints CLI11's message and exits with its non-zero code.
+inline void parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
 }
 
-/// Throws std::invalid_argument "FLAG must be >= 1" unless `value` is at least 1 (batch sizes, thread and
-/// step counts).
-inline void require_at_least_one(int64_t value, const std::string& flag) {
-  if (value < 1) throw std::invalid_argument(flag + " must be >= 1");
+/// CLI11 check of a finite number > 0 (learning rates), with a message that names the value.
+inline CLI::Validator positive_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0.0;
+        if (CLI::detail::lexical_cast(text, value) && std::isfinite(value) && value > 0.0) return {};
+        return "must be a finite number > 0, got '" + text + "'";
+      },
+      "> 0");
 }
 
 /// One split of Fashion-MNIST: images [N, 1, 28, 28] in [-1, 1] and their int64 labels [N].

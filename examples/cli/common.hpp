@@ -1,4 +1,5 @@
-// Flags, parsing and scoring shared by the subcommands of the diffpost tool.
+// The options the subcommands of the diffpost tool share, as typed structs with their flag tables, and the
+// scoring and formatting helpers they share.
 #pragma once
 
 #include <diffpost/dps.hpp>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -20,147 +22,335 @@
 
 #include <fmt/format.h>
 
-#include "args.hpp"
+#include "options.hpp"
 #include "tasks.hpp"
 
 namespace diffpost::cli {
 
 namespace fs = std::filesystem;
 
-inline void add_input_flags(ArgParser& args) {
-  args.section("Input");
-  args.add("test-set", "N",
-           "also use the first N images of the Fashion-MNIST test split (not used in training)", "0");
-}
+// ---------------------------------------------------------------------------------------------------------------
+// Options shared by several commands, each with the flags that set it. `part` maps a command's options struct
+// to the shared part, so that one table serves every command.
+// ---------------------------------------------------------------------------------------------------------------
 
-inline void add_model_flags(ArgParser& args) {
-  args.section("Model");
-  args.add("model", "FILE",
-           "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior");
-  args.add(
-      "config", "FILE",
-      "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml");
-  args.add("beta-schedule", "NAME",
-           "noise schedule the model was trained with: linear or cosine (1000 steps)", "linear");
-  args.add("threads", "N", "CPU threads", std::to_string(std::max(1u, std::thread::hardware_concurrency())));
-}
+/// --task and the task parameters.
+struct TaskOptions {
+  std::vector<std::string> tasks;
+  TaskParameters parameters;
+};
 
-/// Sampling flags. `default_eta` is 0 (deterministic DDIM) for unconditional sampling and 1 for the
-/// restoring commands: DPS on deterministic DDIM steps fails (docs/results.md, "DPS on DDIM").
-inline void add_sampler_flags(ArgParser& args, const std::string& default_steps,
-                              const std::string& default_eta = "0") {
-  args.section("Sampling");
-  args.add("steps", "SPEC", "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)",
-           default_steps);
-  args.add("sampler", "NAME", "ddpm (ancestral) or ddim", "ddpm");
-  args.add("eta", "X", "DDIM eta (0 = deterministic; DPS needs > 0, 1 is best measured)", default_eta);
-  args.add("seed", "N", "random seed (masks, kernels, noise, sampling)", "0");
-  args.add("batch", "N", "images per batch", "16");
-}
-
-inline void add_output_flags(ArgParser& args) {
-  args.section("Output");
-  args.add("out", "DIR", "output folder (created if missing)");
-  args.add_switch("force", "overwrite existing output files");
-  args.add_switch("verbose", "print full error messages");
-}
-
-inline void add_task_flags(ArgParser& args, bool multiple) {
-  std::string task_help =
-      multiple ? "task, or a comma-separated list of tasks (one subfolder each):" : "task:";
+/// The --task flag: one task (`multiple` false) or a comma-separated list, each known and at most once.
+template <class O, class Part>
+Flag<O> task_flag(Part part, bool multiple) {
+  std::string help = multiple ? "task, or a comma-separated list of tasks (one subfolder each):" : "task:";
   for (const auto& task : all_tasks())
-    task_help += "\n" + std::string(32, ' ') + task.name + ": " + task.description;
-  args.section("Task");
-  args.add("task", multiple ? "NAME[,NAME...]" : "NAME", task_help);
+    help += "\n" + std::string(32, ' ') + task.name + ": " + task.description;
+  return {"task", multiple ? "NAME[,NAME...]" : "NAME", help, "",
+          [part, multiple](O& o, const std::string& v) {
+            auto tasks = multiple ? unique_list(v, "--task") : std::vector<std::string>{v};
+            for (const auto& task : tasks) find_task(task);
+            part(o).tasks = std::move(tasks);
+          }};
+}
+
+/// The parameters of the operators.
+template <class O, class Part>
+std::vector<Flag<O>> task_parameter_flags(Part part) {
   const TaskParameters d;
-  args.add("box-size", "N", "box-inpaint: side of the missing square", std::to_string(d.box_size));
-  args.add("box-margin", "N", "box-inpaint: the box lies at least this far from the border (random position)",
-           std::to_string(d.box_margin));
-  args.add("drop-fraction", "P", "random-inpaint: fraction of pixels removed",
-           fmt::format("{}", d.drop_fraction));
-  args.add("mask-file", "FILE",
-           "inpainting: mask image, white = observed, black = missing (instead of a random one)");
-  args.add("factor", "N", "sr: downsampling factor", std::to_string(d.factor));
-  args.add("kernel-size", "N", "gaussian-deblur, motion-deblur: odd kernel side",
-           std::to_string(d.kernel_size));
-  args.add("kernel-sigma", "X", "gaussian-deblur: kernel standard deviation, pixels",
-           fmt::format("{}", d.kernel_sigma));
-  args.add("motion-intensity", "X", "motion-deblur: camera shake in [0, 1]",
-           fmt::format("{}", d.motion_intensity));
-  args.add("kernel-file", "FILE",
-           "deblurring: kernel image (normalised to sum 1) instead of the generated one");
-  args.add("oversample", "X", "phase-retrieval: zero padding, oversample / 8 of the size per side",
-           fmt::format("{}", d.oversample));
-  args.section("Noise");
-  args.add("noise", "NAME", "measurement noise: gaussian, poisson or none", "gaussian");
-  args.add("sigma", "X", "gaussian: standard deviation on the [-1, 1] scale", "0.05");
-  args.add("poisson-rate", "X", "poisson: photons per 8-bit level (higher = less noise)", "1");
+  auto p = [part](O& o) -> TaskParameters& { return part(o).parameters; };
+  return {
+      {"box-size", "N", "box-inpaint: side of the missing square", default_text(d.box_size),
+       [p](O& o, const std::string& v) { p(o).box_size = parse_int(v, "--box-size", 1); }},
+      {"box-margin", "N", "box-inpaint: the box lies at least this far from the border (random position)",
+       default_text(d.box_margin),
+       [p](O& o, const std::string& v) { p(o).box_margin = parse_int(v, "--box-margin", 0); }},
+      {"drop-fraction", "P", "random-inpaint: fraction of pixels removed", default_text(d.drop_fraction),
+       [p](O& o, const std::string& v) {
+         p(o).drop_fraction = parse_double(v, "--drop-fraction", 0.0, 1.0);
+       }},
+      {"mask-file", "FILE",
+       "inpainting: mask image, white = observed, black = missing (instead of a random one)", "",
+       [p](O& o, const std::string& v) { p(o).mask_file = v; }},
+      {"factor", "N", "sr: downsampling factor", default_text(d.factor),
+       [p](O& o, const std::string& v) { p(o).factor = parse_int(v, "--factor", 1); }},
+      {"kernel-size", "N", "gaussian-deblur, motion-deblur: odd kernel side", default_text(d.kernel_size),
+       [p](O& o, const std::string& v) {
+         const auto size = parse_int(v, "--kernel-size", 1);
+         if (size % 2 == 0) throw UsageError(fmt::format("--kernel-size must be odd, got {}", size));
+         p(o).kernel_size = size;
+       }},
+      {"kernel-sigma", "X", "gaussian-deblur: kernel standard deviation, pixels",
+       default_text(d.kernel_sigma),
+       [p](O& o, const std::string& v) { p(o).kernel_sigma = parse_double(v, "--kernel-sigma", 1e-3, 1e3); }},
+      {"motion-intensity", "X", "motion-deblur: camera shake in [0, 1]", default_text(d.motion_intensity),
+       [p](O& o, const std::string& v) {
+         p(o).motion_intensity = parse_double(v, "--motion-intensity", 0.0, 1.0);
+       }},
+      {"kernel-file", "FILE", "deblurring: kernel image (normalised to sum 1) instead of the generated one",
+       "", [p](O& o, const std::string& v) { p(o).kernel_file = v; }},
+      {"oversample", "X", "phase-retrieval: zero padding, oversample / 8 of the size per side",
+       default_text(d.oversample),
+       [p](O& o, const std::string& v) { p(o).oversample = parse_double(v, "--oversample", 0.0, 16.0); }},
+  };
 }
 
-inline TaskParameters task_parameters(const ArgParser& args) {
-  TaskParameters p;
-  p.box_size = args.get_int("box-size", 1);
-  p.box_margin = args.get_int("box-margin", 0);
-  p.drop_fraction = args.get_double("drop-fraction", 0.0, 1.0);
-  p.factor = args.get_int("factor", 1);
-  p.kernel_size = args.get_int("kernel-size", 1);
-  if (p.kernel_size % 2 == 0)
-    throw UsageError(fmt::format("--kernel-size must be odd, got {}", p.kernel_size));
-  p.kernel_sigma = args.get_double("kernel-sigma", 1e-3, 1e3);
-  p.motion_intensity = args.get_double("motion-intensity", 0.0, 1.0);
-  p.oversample = args.get_double("oversample", 0.0, 16.0);
-  p.kernel_file = args.get("kernel-file");
-  p.mask_file = args.get("mask-file");
-  return p;
+/// The measurement noise.
+struct NoiseOptions {
+  std::string kind = "gaussian";
+  double sigma = 0.05;
+  double poisson_rate = 1.0;
+};
+
+template <class O, class Part>
+std::vector<Flag<O>> noise_flags(Part part) {
+  const NoiseOptions d;
+  return {
+      {"noise", "NAME", "measurement noise: gaussian, poisson or none", d.kind,
+       [part](O& o, const std::string& v) {
+         part(o).kind = parse_choice(v, "--noise", {"gaussian", "poisson", "none"});
+       }},
+      {"sigma", "X", "gaussian: standard deviation on the [-1, 1] scale", default_text(d.sigma),
+       [part](O& o, const std::string& v) { part(o).sigma = parse_double(v, "--sigma", 0.0, 10.0); }},
+      {"poisson-rate", "X", "poisson: photons per 8-bit level (higher = less noise)",
+       default_text(d.poisson_rate),
+       [part](O& o, const std::string& v) {
+         part(o).poisson_rate = parse_double(v, "--poisson-rate", 1e-6, 1e9);
+       }},
+  };
 }
 
-inline AnyNoise noise_model(const ArgParser& args) {
-  const auto kind = args.get_choice("noise", {"gaussian", "poisson", "none"});
-  if (kind == "gaussian") return GaussianLikelihood(args.get_double("sigma", 0.0, 10.0));
-  if (kind == "poisson") return PoissonLikelihood(args.get_double("poisson-rate", 1e-6, 1e9));
+inline AnyNoise noise_model(const NoiseOptions& options) {
+  if (options.kind == "gaussian") return GaussianLikelihood(options.sigma);
+  if (options.kind == "poisson") return PoissonLikelihood(options.poisson_rate);
   return NoNoise{};
 }
 
-inline std::string noise_description(const ArgParser& args) {
-  const auto kind = args.get("noise");
-  if (kind == "gaussian") return "gaussian sigma " + args.get("sigma");
-  if (kind == "poisson") return "poisson rate " + args.get("poisson-rate");
+inline std::string noise_description(const NoiseOptions& options) {
+  if (options.kind == "gaussian") return "gaussian sigma " + default_text(options.sigma);
+  if (options.kind == "poisson") return "poisson rate " + default_text(options.poisson_rate);
   return "none";
 }
 
-inline void set_threads(const ArgParser& args) {
-  const auto threads = args.get_int("threads", 1, 4096);
-  torch::set_num_threads(static_cast<int>(threads));
+/// The flags of the task and the noise, under their headings.
+template <class O, class TaskPart, class NoisePart>
+std::vector<FlagGroup<O>> task_groups(TaskPart task, NoisePart noise, bool multiple) {
+  auto flags = task_parameter_flags<O>(task);
+  flags.insert(flags.begin(), task_flag<O>(task, multiple));
+  return {{"Task", flags}, {"Noise", noise_flags<O>(noise)}};
 }
 
-inline DiffusionSchedule base_schedule(const ArgParser& args) {
-  const auto kind = args.get_choice("beta-schedule", {"linear", "cosine"});
-  return kind == "linear" ? DiffusionSchedule::linear(1000) : DiffusionSchedule::cosine(1000);
+/// The reverse process: respacing, sampler, seed and batch size.
+struct SamplingOptions {
+  std::string steps;
+  std::string sampler = "ddpm";
+  double eta = 0.0;
+  uint64_t seed = 0;
+  int64_t batch = 16;
+};
+
+/// Sampling flags; `defaults` holds the command's defaults (restore and eval: 100 steps and eta 1, since DPS
+/// on deterministic DDIM steps fails - docs/results.md, "DPS on DDIM"; sample: 250 steps, eta 0).
+template <class O, class Part>
+std::vector<Flag<O>> sampling_flags(Part part, const SamplingOptions& defaults) {
+  return {
+      {"steps", "SPEC", "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)",
+       defaults.steps,
+       [part](O& o, const std::string& v) {
+         if (v.empty()) throw UsageError("--steps is empty; give N steps, a,b,c sections or ddimN");
+         try {
+           DiffusionSchedule::spaced_timesteps(1000, v);
+         } catch (const c10::Error& e) {
+           throw UsageError(fmt::format("--steps: {}", std::string(e.what_without_backtrace())));
+         }
+         part(o).steps = v;
+       }},
+      {"sampler", "NAME", "ddpm (ancestral) or ddim", defaults.sampler,
+       [part](O& o, const std::string& v) {
+         part(o).sampler = parse_choice(v, "--sampler", {"ddpm", "ddim"});
+       }},
+      {"eta", "X", "DDIM eta (0 = deterministic; DPS needs > 0, 1 is best measured)",
+       default_text(defaults.eta),
+       [part](O& o, const std::string& v) { part(o).eta = parse_double(v, "--eta", 0.0, 1.0); }},
+      {"seed", "N", "random seed (masks, kernels, noise, sampling)", default_text(defaults.seed),
+       [part](O& o, const std::string& v) {
+         part(o).seed = static_cast<uint64_t>(parse_int(v, "--seed", 0));
+       }},
+      {"batch", "N", "images per batch", default_text(defaults.batch),
+       [part](O& o, const std::string& v) { part(o).batch = parse_int(v, "--batch", 1, 100000); }},
+  };
 }
 
-inline AnySampler make_sampler(const ArgParser& args) {
-  const auto schedule = base_schedule(args).respaced(args.get("steps"));
-  const auto kind = args.get_choice("sampler", {"ddpm", "ddim"});
-  if (kind == "ddpm") return DDPMSampler(schedule);
-  return DDIMSampler(schedule, DDIMOptions{}.eta(args.get_double("eta", 0.0, 1.0)));
+/// The model and the CPU threads.
+struct ModelOptions {
+  std::string model;
+  std::string config;
+  std::string beta_schedule = "linear";
+  int64_t threads = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+};
+
+template <class O, class Part>
+std::vector<Flag<O>> model_flags(Part part) {
+  const ModelOptions d;
+  return {
+      {"model", "FILE",
+       "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior", "",
+       [part](O& o, const std::string& v) { part(o).model = v; }},
+      {"config", "FILE",
+       "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml",
+       "", [part](O& o, const std::string& v) { part(o).config = v; }},
+      {"beta-schedule", "NAME", "noise schedule the model was trained with: linear or cosine (1000 steps)",
+       d.beta_schedule,
+       [part](O& o, const std::string& v) {
+         part(o).beta_schedule = parse_choice(v, "--beta-schedule", {"linear", "cosine"});
+       }},
+      {"threads", "N", "CPU threads", default_text(d.threads),
+       [part](O& o, const std::string& v) { part(o).threads = parse_int(v, "--threads", 1, 4096); }},
+  };
+}
+
+/// Applies --threads; call it before any LibTorch work.
+inline void set_threads(const ModelOptions& options) {
+  torch::set_num_threads(static_cast<int>(options.threads));
+}
+
+inline DiffusionSchedule base_schedule(const ModelOptions& options) {
+  return options.beta_schedule == "linear" ? DiffusionSchedule::linear(1000)
+                                           : DiffusionSchedule::cosine(1000);
+}
+
+inline AnySampler make_sampler(const ModelOptions& model, const SamplingOptions& sampling) {
+  const auto schedule = base_schedule(model).respaced(sampling.steps);
+  if (sampling.sampler == "ddpm") return DDPMSampler(schedule);
+  return DDIMSampler(schedule, DDIMOptions{}.eta(sampling.eta));
 }
 
 inline int64_t num_steps(const AnySampler& sampler) {
   return std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
 }
 
-inline fs::path output_folder(const ArgParser& args) {
-  if (!args.has("out"))
-    throw UsageError(fmt::format("--out DIR is required (see {} --help)", args.command()));
-  return fs::path(args.get("out"));
+/// The output folder and whether files in it may be replaced.
+struct OutputOptions {
+  std::string out;
+  bool force = false;
+  bool verbose = false;
+};
+
+template <class O, class Part>
+std::vector<Flag<O>> output_flags(Part part) {
+  return {
+      {"out", "DIR", "output folder (created if missing)", "",
+       [part](O& o, const std::string& v) {
+         if (v.empty()) throw UsageError("--out must name a folder, got ''");
+         part(o).out = v;
+       }},
+      {"force", "", "overwrite existing output files", "",
+       [part](O& o, const std::string&) { part(o).force = true; }},
+      {"verbose", "", "print full error messages", "",
+       [part](O& o, const std::string&) { part(o).verbose = true; }},
+  };
 }
 
-inline bool help_requested(ArgParser& args, int argc, char** argv) {
-  args.parse(argc, argv, 2);
-  if (!args.flag("help")) return false;
-  std::fputs(args.help().c_str(), stdout);
-  return true;
+/// The output folder, which every command that writes files requires.
+inline fs::path output_folder(const OutputOptions& options, const std::string& command) {
+  if (options.out.empty()) throw UsageError(fmt::format("--out DIR is required (see {} --help)", command));
+  return fs::path(options.out);
 }
+
+/// The input images: files and folders given as arguments, and the Fashion-MNIST test images.
+struct InputOptions {
+  std::vector<std::string> paths;
+  int64_t test_set = 0;
+};
+
+template <class O, class Part>
+Flag<O> test_set_flag(Part part) {
+  return {"test-set", "N",
+          "also use the first N images of the Fashion-MNIST test split (not used in training)", "0",
+          [part](O& o, const std::string& v) { part(o).test_set = parse_int(v, "--test-set", 0, 10000); }};
+}
+
+/// Declares the positional inputs of `app`.
+inline void declare_inputs(CLI::App& app, InputOptions& inputs) {
+  app.add_option("inputs", inputs.paths, "input images or folders")->type_name("IMAGE|FOLDER");
+}
+
+/// The tasks of a command that requires --task.
+inline const std::vector<std::string>& required_tasks(const TaskOptions& options,
+                                                      const std::string& command) {
+  if (options.tasks.empty()) throw UsageError(fmt::format("--task is required (see {} --help)", command));
+  return options.tasks;
+}
+
+/// The sampling defaults of the commands that restore measured images (restore, eval).
+inline SamplingOptions restoration_sampling_defaults() {
+  return {"100", "ddpm", 1.0, 0, 16};
+}
+
+/// Sampling, input, model and output flags of the commands that restore measured images (restore, eval),
+/// bound to the members `sampling`, `input`, `model` and `output` of their options.
+template <class O>
+std::vector<FlagGroup<O>> restoration_groups() {
+  return {
+      {"Sampling", sampling_flags<O>([](O& o) -> SamplingOptions& { return o.sampling; },
+                                     restoration_sampling_defaults())},
+      {"Input", {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; })}},
+      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
+      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// DPS step size
+// ---------------------------------------------------------------------------------------------------------------
+
+/// --scale: one step size for every task, per-task values, or the tasks' defaults.
+struct ScaleSpec {
+  std::optional<double> all;
+  std::map<std::string, double> per_task;
+
+  /// The step size of `task`: its own value, else the common one, else the task's default.
+  [[nodiscard]] double of(const std::string& task) const {
+    if (const auto found = per_task.find(task); found != per_task.end()) return found->second;
+    return all.value_or(find_task(task).default_scale);
+  }
+
+  /// Parses "X" or "task=X,task=Y".
+  static ScaleSpec parse(const std::string& text) {
+    ScaleSpec spec;
+    if (text.find('=') == std::string::npos) {
+      spec.all = parse_double(text, "--scale", 0.0, 1e6);
+      return spec;
+    }
+    for (const auto& item : split_list(text)) {
+      const auto eq = item.find('=');
+      if (eq == std::string::npos)
+        throw UsageError(fmt::format("--scale: expected a number or task=value pairs, got '{}'", item));
+      const auto task = item.substr(0, eq);
+      find_task(task);
+      spec.per_task[task] = parse_double(item.substr(eq + 1), "--scale " + task, 0.0, 1e6);
+    }
+    return spec;
+  }
+};
+
+/// The help of --scale, listing the per-task defaults.
+inline std::string scale_help(const std::string& lead) {
+  std::string help = lead + " (per-task defaults:";
+  for (const auto& task : all_tasks()) help += fmt::format(" {} {}", task.name, task.default_scale);
+  return help + ")";
+}
+
+inline StepSizeSchedule parse_step_size_schedule(const std::string& text) {
+  const auto kind = parse_choice(text, "--scale-schedule", {"constant", "linear", "exponential"});
+  if (kind == "linear") return StepSizeSchedule::linear_decay;
+  if (kind == "exponential") return StepSizeSchedule::exponential_decay;
+  return StepSizeSchedule::constant;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scores and text
+// ---------------------------------------------------------------------------------------------------------------
 
 /// Mean and sample standard deviation (n - 1; 0 for a single value) of finite values; NaN when there are
 /// none.
@@ -212,80 +402,6 @@ inline std::string command_line(int argc, char** argv) {
   std::string text = "diffpost";
   for (int i = 1; i < argc; ++i) text += std::string(" ") + argv[i];
   return text;
-}
-
-/// Parses --scale: empty = every task's default; a number = that scale for every task; "task=x,task=y" =
-/// per-task values, defaults for the others.
-inline std::map<std::string, double> task_scales(const std::string& text,
-                                                 const std::vector<std::string>& tasks) {
-  std::map<std::string, double> scales;
-  for (const auto& task : tasks) scales[task] = find_task(task).default_scale;
-  if (text.empty()) return scales;
-  if (text.find('=') == std::string::npos) {
-    const double value = ArgParser::parse_double(text, "--scale", 0.0, 1e6);
-    for (auto& [task, scale] : scales) scale = value;
-    return scales;
-  }
-  for (const auto& item : split_list(text)) {
-    const auto eq = item.find('=');
-    if (eq == std::string::npos)
-      throw UsageError(fmt::format("--scale: expected a number or task=value pairs, got '{}'", item));
-    const auto task = item.substr(0, eq);
-    find_task(task);
-    scales[task] = ArgParser::parse_double(item.substr(eq + 1), "--scale " + task, 0.0, 1e6);
-  }
-  return scales;
-}
-
-inline StepSizeSchedule step_size_schedule(const ArgParser& args) {
-  const auto kind = args.get_choice("scale-schedule", {"constant", "linear", "exponential"});
-  if (kind == "linear") return StepSizeSchedule::linear_decay;
-  if (kind == "exponential") return StepSizeSchedule::exponential_decay;
-  return StepSizeSchedule::constant;
-}
-
-/// The comma-separated items of a list flag, each at most once.
-inline std::vector<std::string> unique_list(const std::string& text, const std::string& flag) {
-  std::vector<std::string> items;
-  for (const auto& item : split_list(text)) {
-    if (std::find(items.begin(), items.end(), item) != items.end())
-      throw UsageError(fmt::format("{}: '{}' is listed twice", flag, item));
-    items.push_back(item);
-  }
-  if (items.empty()) throw UsageError(fmt::format("{} is empty", flag));
-  return items;
-}
-
-/// The flags of every command that runs the model and writes files.
-struct RunFlags {
-  uint64_t seed;
-  int64_t batch_size;
-  bool force;
-  fs::path out;
-};
-
-/// Reads --seed, --batch, --force and --out, and applies --threads (before any LibTorch work).
-inline RunFlags run_flags(const ArgParser& args) {
-  RunFlags flags{static_cast<uint64_t>(args.get_int("seed", 0)), args.get_int("batch", 1, 100000),
-                 args.flag("force"), output_folder(args)};
-  set_threads(args);
-  return flags;
-}
-
-/// The flags of the commands that restore measured images (restore, eval): sampling, input, model, output.
-inline void add_restoration_flags(ArgParser& args) {
-  add_sampler_flags(args, "100", "1");
-  add_input_flags(args);
-  add_model_flags(args);
-  add_output_flags(args);
-}
-
-/// The tasks of --task (a comma-separated list, each known and at most once).
-inline std::vector<std::string> required_tasks(const ArgParser& args) {
-  if (!args.has("task")) throw UsageError(fmt::format("--task is required (see {} --help)", args.command()));
-  auto tasks = unique_list(args.get("task"), "--task");
-  for (const auto& task : tasks) find_task(task);
-  return tasks;
 }
 
 }  // namespace diffpost::cli

@@ -18,11 +18,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "args.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 #include "files.hpp"
 #include "model.hpp"
+#include "options.hpp"
 #include "tasks.hpp"
 
 namespace diffpost::cli {
@@ -53,36 +53,24 @@ const std::vector<std::string>& sweepable_flags() {
   return flags;
 }
 
-/// One sweep point: the parsed flags with the swept flag set to one value ("" when there is no sweep).
-struct SweepPoint {
-  std::string value;
-  ArgParser args;
-};
+/// --sweep FLAG=V1,V2,...: the flag and its values, as given.
+struct SweepSpec {
+  std::string flag;
+  std::vector<std::string> values;
 
-std::vector<SweepPoint> sweep_points(const ArgParser& args) {
-  if (!args.has("sweep")) return {{"", args}};
-  const auto spec = args.get("sweep");
-  const auto eq = spec.find('=');
-  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
-    throw UsageError(fmt::format("--sweep expects FLAG=V1,V2,..., got '{}'", spec));
-  const auto flag = spec.substr(0, eq);
-  const auto& flags = sweepable_flags();
-  if (std::find(flags.begin(), flags.end(), flag) == flags.end())
-    throw UsageError(
-        fmt::format("--sweep: '{}' cannot be swept; sweepable: {}", flag, fmt::join(flags, ", ")));
-  if (args.has(flag)) throw UsageError(fmt::format("--{} is given and also swept; drop one of them", flag));
-  std::vector<SweepPoint> points;
-  for (const auto& value : split_list(spec.substr(eq + 1))) {
-    points.push_back({value, args});
-    points.back().args.set(flag, value);
+  static SweepSpec parse(const std::string& spec) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      throw UsageError(fmt::format("--sweep expects FLAG=V1,V2,..., got '{}'", spec));
+    SweepSpec sweep{spec.substr(0, eq), split_list(spec.substr(eq + 1))};
+    const auto& flags = sweepable_flags();
+    if (std::find(flags.begin(), flags.end(), sweep.flag) == flags.end())
+      throw UsageError(
+          fmt::format("--sweep: '{}' cannot be swept; sweepable: {}", sweep.flag, fmt::join(flags, ", ")));
+    if (sweep.values.empty()) throw UsageError("--sweep has no values");
+    return sweep;
   }
-  if (points.empty()) throw UsageError("--sweep has no values");
-  return points;
-}
-
-std::string sweep_flag(const ArgParser& args) {
-  return args.has("sweep") ? args.get("sweep").substr(0, args.get("sweep").find('=')) : std::string{};
-}
+};
 
 /// Everything one method needs besides the operator, noise and sampler.
 struct MethodSettings {
@@ -94,15 +82,97 @@ struct MethodSettings {
   int64_t t_star = 250;
 };
 
-/// The method options of one sweep point (the step size is set per task).
-MethodSettings method_settings(const ArgParser& args) {
-  MethodSettings settings;
-  settings.scale_schedule = step_size_schedule(args);
-  settings.ald_scale = args.get_double("ald-scale", 0.0, 1e6);
-  settings.ald_gamma = args.get_double("ald-gamma", 0.0, 1e6);
-  settings.ald_sigma = args.get_double(args.has("ald-sigma") ? "ald-sigma" : "sigma", 0.0, 10.0);
-  settings.t_star = args.get_int("t-star", 0, 1000);
-  return settings;
+/// The options of `diffpost eval`.
+struct EvalOptions {
+  TaskOptions task;
+  NoiseOptions noise;
+  std::vector<std::string> methods{"dps", "mcg", "score-sde", "score-ald", "sdedit"};
+  ScaleSpec scale;
+  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
+  double ald_scale = 1.0;
+  double ald_gamma = 1.0;
+  std::optional<double> ald_sigma;  ///< default: the noise's sigma
+  int64_t t_star = 250;
+  std::optional<SweepSpec> sweep;
+  std::string classifier;
+  SamplingOptions sampling = restoration_sampling_defaults();
+  InputOptions input;
+  ModelOptions model;
+  OutputOptions output;
+
+  /// The method settings for `task` (the step size is per task).
+  [[nodiscard]] MethodSettings method_settings(const std::string& task) const {
+    return {scale.of(task), scale_schedule, ald_scale, ald_gamma, ald_sigma.value_or(noise.sigma), t_star};
+  }
+};
+
+std::vector<FlagGroup<EvalOptions>> eval_flags() {
+  using O = EvalOptions;
+  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
+                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
+  std::string method_help = "comma-separated methods:";
+  for (const auto& method : all_methods())
+    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  groups.push_back(
+      {"Methods",
+       {{"methods", "NAME[,NAME...]", method_help, fmt::format("{}", fmt::join(O{}.methods, ",")),
+         [](O& o, const std::string& v) {
+           auto methods = unique_list(v, "--methods");
+           for (const auto& method : methods) {
+             if (std::none_of(all_methods().begin(), all_methods().end(),
+                              [&](const auto& m) { return m.name == method; })) {
+               std::vector<std::string> names;
+               for (const auto& m : all_methods()) names.push_back(m.name);
+               throw UsageError(
+                   fmt::format("unknown method '{}'; methods: {}", method, fmt::join(names, ", ")));
+             }
+           }
+           o.methods = std::move(methods);
+         }},
+        {"scale", "X|TASK=X,...", scale_help("DPS and MCG step size: one number, or task=value,..."), "",
+         [](O& o, const std::string& v) { o.scale = ScaleSpec::parse(v); }},
+        {"scale-schedule", "NAME", "DPS/MCG step size over the steps: constant, linear or exponential decay",
+         "constant", [](O& o, const std::string& v) { o.scale_schedule = parse_step_size_schedule(v); }},
+        {"ald-scale", "X", "score-ald: guidance scale", "1",
+         [](O& o, const std::string& v) { o.ald_scale = parse_double(v, "--ald-scale", 0.0, 1e6); }},
+        {"ald-gamma", "X", "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))", "1",
+         [](O& o, const std::string& v) { o.ald_gamma = parse_double(v, "--ald-gamma", 0.0, 1e6); }},
+        {"ald-sigma", "X", "score-ald: measurement noise level in its weighting; default: --sigma", "",
+         [](O& o, const std::string& v) { o.ald_sigma = parse_double(v, "--ald-sigma", 0.0, 10.0); }},
+        {"t-star", "N", "sdedit: noise level to start from, in original timesteps of 1000", "250",
+         [](O& o, const std::string& v) { o.t_star = parse_int(v, "--t-star", 0, 1000); }},
+        {"sweep", "FLAG=V1,V2,...",
+         fmt::format("repeat the comparison for each value of one flag ({})",
+                     fmt::join(sweepable_flags(), ", ")),
+         "", [](O& o, const std::string& v) { o.sweep = SweepSpec::parse(v); }},
+        {"classifier", "FILE|none",
+         "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
+         "1x28x28 models, none otherwise",
+         "", [](O& o, const std::string& v) { o.classifier = v; }}}});
+  const auto rest = restoration_groups<O>();
+  groups.insert(groups.end(), rest.begin(), rest.end());
+  return groups;
+}
+
+/// One sweep point: the options with the swept flag set to one value (`value` empty when there is no sweep).
+struct SweepPoint {
+  std::string value;
+  EvalOptions options;
+};
+
+/// The sweep points: a copy of the options per value, the swept flag set by its own setter, which checks the
+/// value as the command line does.
+std::vector<SweepPoint> sweep_points(const EvalOptions& options) {
+  if (!options.sweep) return {{"", options}};
+  const auto flags = all_flags(eval_flags());
+  const auto flag =
+      std::find_if(flags.begin(), flags.end(), [&](const auto& f) { return f.name == options.sweep->flag; });
+  std::vector<SweepPoint> points;
+  for (const auto& value : options.sweep->values) {
+    points.push_back({value, options});
+    flag->set(points.back().options, value);
+  }
+  return points;
 }
 
 /// Why `method` cannot run with operators of type Op, or empty when it can: projection (MCG, Score-SDE) needs
@@ -272,7 +342,7 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
 }  // namespace
 
 int run_eval(int argc, char** argv) {
-  ArgParser args(
+  auto app = make_app(
       "diffpost eval",
       "Compares restoration methods on the same measurements: every method restores the same degraded\n"
       "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
@@ -281,65 +351,37 @@ int run_eval(int argc, char** argv) {
       "--sweep FLAG=V1,V2,... the whole comparison is repeated for each value of one flag.\n"
       "Writes results.csv (mean/std per sweep value x task x method), per_image.csv, results.md (Markdown\n"
       "table, best per task in bold) and one grid PNG per task and sweep value (first 8 images; columns:\n"
-      "truth, measurement, naive inverse, then the methods in order).",
-      "[IMAGE|FOLDER ...]");
-  add_task_flags(args, true);
-  args.section("Methods");
-  std::string method_help = "comma-separated methods:";
-  for (const auto& method : all_methods())
-    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
-  args.add("methods", "NAME[,NAME...]", method_help, "dps,mcg,score-sde,score-ald,sdedit");
-  std::string scale_help = "DPS and MCG step size: one number, or task=value,... (per-task defaults:";
-  for (const auto& task : all_tasks()) scale_help += fmt::format(" {} {}", task.name, task.default_scale);
-  args.add("scale", "X|TASK=X,...", scale_help + ")");
-  args.add("scale-schedule", "NAME",
-           "DPS/MCG step size over the steps: constant, linear or exponential decay", "constant");
-  args.add("ald-scale", "X", "score-ald: guidance scale", "1");
-  args.add("ald-gamma", "X", "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))", "1");
-  args.add("ald-sigma", "X", "score-ald: measurement noise level in its weighting; default: --sigma");
-  args.add("t-star", "N", "sdedit: noise level to start from, in original timesteps of 1000", "250");
-  args.add("sweep", "FLAG=V1,V2,...",
-           fmt::format("repeat the comparison for each value of one flag ({})",
-                       fmt::join(sweepable_flags(), ", ")));
-  args.add(
-      "classifier", "FILE|none",
-      "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
-      "1x28x28 models, none otherwise");
-  add_restoration_flags(args);
-  if (help_requested(args, argc, argv)) return 0;
+      "truth, measurement, naive inverse, then the methods in order).");
+  EvalOptions options;
+  declare(*app, options, eval_flags());
+  declare_inputs(*app, options.input);
+  if (!parse(*app, argc, argv)) return 0;
 
   // Everything is checked before the first file is written.
-  const auto tasks = required_tasks(args);
-  const auto methods = unique_list(args.get("methods"), "--methods");
-  for (const auto& method : methods) {
-    if (std::none_of(all_methods().begin(), all_methods().end(),
-                     [&](const auto& m) { return m.name == method; })) {
-      std::vector<std::string> names;
-      for (const auto& m : all_methods()) names.push_back(m.name);
-      throw UsageError(fmt::format("unknown method '{}'; methods: {}", method, fmt::join(names, ", ")));
-    }
-  }
-  const auto points = sweep_points(args);
-  const auto swept = sweep_flag(args);
-  const auto test_set = args.get_int("test-set", 0, 10000);
-  const auto [seed, batch_size, force, out] = run_flags(args);
+  const auto& tasks = required_tasks(options.task, app->get_name());
+  const auto& methods = options.methods;
+  const auto swept = options.sweep ? options.sweep->flag : std::string{};
+  if (!swept.empty() && given(*app, swept))
+    throw UsageError(fmt::format("--{} is given and also swept; drop one of them", swept));
+  const auto points = sweep_points(options);
+  const auto seed = options.sampling.seed;
+  const auto batch_size = options.sampling.batch;
+  const bool force = options.output.force;
+  const auto out = output_folder(options.output, app->get_name());
+  set_threads(options.model);
 
-  auto prior = load_prior(resolve_prior(args.get("model"), args.get("config")));
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
+
   const auto shape = prior.image_shape();
-  const auto extractor = load_feature_extractor(args.get("classifier"), shape);
-  const auto inputs = gather_inputs(args.positional(), test_set, static_cast<int>(shape[0]), shape[1]);
+  const auto extractor = load_feature_extractor(options.classifier, shape);
+  const auto inputs =
+      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
   const auto count = static_cast<int64_t>(inputs.size());
   if (extractor.classifier && count < 2)
     throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
   for (const auto& point : points) {
-    const auto& a = point.args;
-    const auto parameters = task_parameters(a);
-    noise_model(a);
-    make_sampler(a);
-    task_scales(a.get("scale"), tasks);
-    method_settings(a);
     for (const auto& task : tasks) {
-      const auto op = make_operator(task, parameters, shape, seed, 0, 1, 1);
+      const auto op = make_operator(task, point.options.task.parameters, shape, seed, 0, 1, 1);
       for (const auto& method : methods) {
         const auto reason = std::visit(
             [&](const auto& o) { return missing_capability<std::decay_t<decltype(o)>>(method); }, op);
@@ -371,15 +413,12 @@ int run_eval(int argc, char** argv) {
   std::vector<Row> rows;
   std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
   for (const auto& point : points) {
-    const auto& a = point.args;
-    const auto parameters = task_parameters(a);
-    const auto noise = noise_model(a);
-    const auto sampler = make_sampler(a);
+    const auto& parameters = point.options.task.parameters;
+    const auto noise = noise_model(point.options.noise);
+    const auto sampler = make_sampler(point.options.model, point.options.sampling);
     const auto steps = num_steps(sampler);
-    const auto scales = task_scales(a.get("scale"), tasks);
-    auto settings = method_settings(a);
     for (const auto& task : tasks) {
-      settings.scale = scales.at(task);
+      const auto settings = point.options.method_settings(task);
       // The measurements, shared by all methods.
       struct Batch {
         int64_t first;

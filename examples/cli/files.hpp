@@ -19,7 +19,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include "args.hpp"
+#include "options.hpp"
 
 namespace diffpost::cli {
 

@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "args.hpp"
+#include "options.hpp"
 
 namespace diffpost::cli {
 

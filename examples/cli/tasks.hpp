@@ -16,7 +16,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "args.hpp"
+#include "options.hpp"
 
 namespace diffpost::cli {
 
