@@ -2,8 +2,8 @@
 // by default the bundled Fashion-MNIST prior.
 #pragma once
 
+#include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
-#include <diffpost/models/adm_checkpoint.hpp>
 #include <diffpost/models/config.hpp>
 
 #include <cstdlib>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <diffpost/detail/random.hpp>
+#include <diffpost/io/operator_files.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
 #include <diffpost/samplers.hpp>
@@ -156,7 +157,7 @@ inline AnyOperator make_operator(const std::string& task, const TaskParameters& 
   };
   if (task == "box-inpaint" || task == "random-inpaint") {
     if (!p.mask_file.empty()) {
-      auto op = InpaintingOperator::from_file(p.mask_file);
+      auto op = inpainting_operator_from_file(p.mask_file);
       if (op.mask().size(0) != height || op.mask().size(1) != width)
         throw UsageError(fmt::format("mask '{}' is {}x{} but the images are {}x{}", p.mask_file,
                                      op.mask().size(0), op.mask().size(1), height, width));
@@ -177,7 +178,7 @@ inline AnyOperator make_operator(const std::string& task, const TaskParameters& 
   }
   if (task == "gaussian-deblur" || task == "motion-deblur") {
     if (!p.kernel_file.empty()) {
-      auto kernel = Custom::from_file(p.kernel_file);
+      auto kernel = blur_kernel_from_file(p.kernel_file);
       return per_image([&](at::Generator&) { return BlurOperator<Custom>(kernel); });
     }
     if (task == "gaussian-deblur") {

@@ -2,10 +2,7 @@
 #pragma once
 
 #include <diffpost/dps.hpp>
-#include <diffpost/io/checkpoint.hpp>
-#include <diffpost/io/datasets.hpp>
-#include <diffpost/io/image.hpp>
-#include <diffpost/io/progress.hpp>
+#include <diffpost/io.hpp>
 #include <diffpost/methods.hpp>
 #include <diffpost/metrics.hpp>
 #include <diffpost/models.hpp>

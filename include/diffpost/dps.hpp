@@ -1,13 +1,13 @@
-// What most users include: the concepts, schedules and samplers, DPS, the score models (ADM UNet with
-// checkpoint loading, the analytic Gaussian prior), and every measurement operator and noise model.
+// What most users include: the concepts, schedules and samplers, DPS and unconditional sampling, the score
+// models (ADM UNet, the analytic Gaussian prior), every measurement operator and noise model, and the caching
+// CPU allocator. It needs only LibTorch and fmt: loading files (checkpoints, configs, images, datasets) is in
+// <diffpost/io.hpp>.
 #pragma once
 
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
-#include <diffpost/io/checkpoint.hpp>
 #include <diffpost/methods/dps.hpp>
 #include <diffpost/methods/unconditional.hpp>
-#include <diffpost/models/adm_checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/gaussian_prior.hpp>
 #include <diffpost/noise.hpp>

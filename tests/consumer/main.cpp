@@ -1,9 +1,11 @@
 #include <diffpost/dps.hpp>
+#include <diffpost/io.hpp>
 
 #include <cstdio>
+#include <filesystem>
 
-// Deblurs a tiny image under an analytic prior with DPS, so that linking and running the header set is
-// exercised.
+// Deblurs a tiny image under an analytic prior with DPS, and writes and reads back a checkpoint, so that
+// linking and running the core and the io headers (zlib, yaml-cpp, stb, header-only fmt) is exercised.
 int main() {
   using namespace diffpost;
   install_caching_cpu_allocator();
@@ -22,5 +24,12 @@ int main() {
       "consumer ran DPS<GaussianLikelihood, BlurOperator<Motion>>: %lld values, finite %d, memory from "
       "the caching allocator %d\n",
       static_cast<long long>(x.numel()), static_cast<int>(finite), static_cast<int>(cached));
-  return finite && cached ? 0 : 1;
+  const auto path = std::filesystem::temp_directory_path() / "diffpost-consumer-checkpoint.pt";
+  StateDict state;
+  state.insert("x", x);
+  save_state_dict(state, path, SaveOptions{}.overwrite(true));
+  const bool round_trip = torch::equal(read_state_dict(path).at("x"), x);
+  std::filesystem::remove(path);
+  std::printf("checkpoint round trip %d\n", static_cast<int>(round_trip));
+  return finite && cached && round_trip ? 0 : 1;
 }

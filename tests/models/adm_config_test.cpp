@@ -1,7 +1,7 @@
 // Model config files in the reference's format, the configuration read off a checkpoint's shapes, and load
 // errors that name it.
+#include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
-#include <diffpost/models/adm_checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/config.hpp>
 

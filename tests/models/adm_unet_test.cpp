@@ -2,8 +2,8 @@
 // small reference runs (tests/data/adm_small/README.md says how they were made), option validation.
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
+#include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
-#include <diffpost/models/adm_checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
 
 #include "support/adm_small.hpp"

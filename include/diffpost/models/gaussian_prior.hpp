@@ -3,11 +3,11 @@
 #pragma once
 
 #include <torch/torch.h>
-#include <Eigen/Dense>
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/schedule.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -18,7 +18,7 @@ namespace diffpost {
 ///
 /// Under x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, x_t is Gaussian with covariance abar Sigma + (1 - abar)
 /// I, and E[eps | x_t] = sqrt(1 - abar) (abar Sigma + (1 - abar) I)^{-1} (x_t - sqrt(abar) mu). Sigma is kept
-/// as its eigendecomposition U diag(lambda) U^T (Eigen), so the inverse is a diagonal scaling in the
+/// as its eigendecomposition U diag(lambda) U^T, so the inverse is a diagonal scaling in the
 /// eigenbasis. The schedule is the un-respaced one whose integer timesteps the samplers pass in. Satisfies
 /// ScoreModel.
 class GaussianPrior {
@@ -43,27 +43,21 @@ class GaussianPrior {
     TORCH_CHECK(covariance.dim() == 2 && covariance.size(0) == dim && covariance.size(1) == dim,
                 "GaussianPrior::with_covariance: covariance must be [", dim, ", ", dim, "] for a mean of ",
                 dim, " elements, got ", covariance.sizes());
-    auto cov = covariance.detach().to(torch::kFloat64).cpu().contiguous();
-    Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> sigma(
-        cov.data_ptr<double>(), dim, dim);
-    const double asymmetry = (sigma - sigma.transpose()).cwiseAbs().maxCoeff();
-    TORCH_CHECK(asymmetry <= 1e-9 * std::max(1.0, sigma.cwiseAbs().maxCoeff()),
+    const auto sigma = covariance.detach().to(torch::kFloat64).cpu().contiguous();
+    const double asymmetry = (sigma - sigma.t()).abs().max().item<double>();
+    const double largest_entry = sigma.abs().max().item<double>();
+    TORCH_CHECK(asymmetry <= 1e-9 * std::max(1.0, largest_entry),
                 "GaussianPrior::with_covariance: covariance is not symmetric (max |S - S^T| = ", asymmetry,
                 ")");
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(sigma);
-    TORCH_CHECK(solver.info() == Eigen::Success, "GaussianPrior::with_covariance: eigendecomposition failed");
-    const double smallest = solver.eigenvalues().minCoeff();
+    auto [eigenvalues, eigenvectors] = at::linalg_eigh(sigma);  // ascending eigenvalues, orthonormal columns
+    const double smallest = eigenvalues.min().item<double>();
     TORCH_CHECK(
-        smallest >= -1e-9 * std::max(1.0, solver.eigenvalues().maxCoeff()),
+        smallest >= -1e-9 * std::max(1.0, eigenvalues.max().item<double>()),
         "GaussianPrior::with_covariance: covariance is not positive semi-definite (smallest eigenvalue ",
         smallest, ")");
     GaussianPrior prior(mean, torch::ones_like(mean), std::move(schedule));
-    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vectors = solver.eigenvectors();
-    prior.eigenvectors_ = torch::from_blob(vectors.data(), {dim, dim}, torch::kFloat64).clone();
-    prior.eigenvalues_ =
-        torch::from_blob(const_cast<double*>(solver.eigenvalues().data()), {dim}, torch::kFloat64)
-            .clone()
-            .clamp_min(0.0);
+    prior.eigenvectors_ = eigenvectors.contiguous();
+    prior.eigenvalues_ = eigenvalues.clamp_min(0.0);
     return prior;
   }
 

@@ -13,7 +13,6 @@
 #include <diffpost/detail/motion_kernel.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
-#include <diffpost/io/image.hpp>
 
 namespace diffpost {
 
@@ -55,8 +54,8 @@ struct Motion {
   }
 };
 
-/// Kernel policy: a kernel given by the user, as a tensor ([kh, kw] or [1, 1, kh, kw], odd sizes, used as
-/// given) or read from a grayscale image file (normalised to sum one, since pixel values are intensities).
+/// Kernel policy: a kernel given by the user as a tensor ([kh, kw] or [1, 1, kh, kw], odd sizes, used as
+/// given); blur_kernel_from_file (diffpost/io/operator_files.hpp) reads one from an image file.
 class Custom {
  public:
   /// Uses `kernel` as is (it is not normalised): [kh, kw] or [1, 1, kh, kw], odd kh and kw.
@@ -70,15 +69,6 @@ class Custom {
                 kernel_.sizes());
     TORCH_CHECK(torch::isfinite(kernel_).all().item<bool>(),
                 "Custom: the kernel contains NaN or infinite values");
-  }
-
-  /// Reads a kernel from an image file (PNG, JPEG, ... via stb), converts it to gray and normalises it to sum
-  /// one.
-  static Custom from_file(const std::string& path) {
-    const auto pixels = (load_image(path, 1).squeeze(0).squeeze(0).to(torch::kFloat64) + 1.0) / 2.0;
-    const double total = pixels.sum().item<double>();
-    TORCH_CHECK(total > 0.0, "Custom::from_file: kernel image '", path, "' is entirely black");
-    return Custom(pixels / total);
   }
 
   torch::Tensor make_kernel() const { return kernel_; }

@@ -10,7 +10,6 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
-#include <diffpost/io/image.hpp>
 
 namespace diffpost {
 
@@ -95,7 +94,8 @@ struct RandomPixelMask {
 /// model then adds noise to every entry, and in the data-fidelity residual ||y - m . x|| the noise sitting on
 /// missing pixels is a constant that does not change the gradient. Masks are usually 0/1 but any real weights
 /// work. Linear and self-adjoint (A^T = A); pseudo-inverse y / m where m != 0 (0 elsewhere); naive inverse =
-/// zero-filled image m . y. Construct from a policy (BoxMask, RandomPixelMask), a tensor, or an image file.
+/// zero-filled image m . y. Construct from a policy (BoxMask, RandomPixelMask) or a tensor;
+/// inpainting_operator_from_file (diffpost/io/operator_files.hpp) reads the mask from an image file.
 class InpaintingOperator {
  public:
   /// Uses `mask` ([H, W], [1, H, W] or [1, 1, H, W]; 1 = observed, 0 = missing).
@@ -116,12 +116,6 @@ class InpaintingOperator {
   /// Random-pixel mask of a height x width image drawn from `generator`.
   InpaintingOperator(const RandomPixelMask& policy, int64_t height, int64_t width, at::Generator& generator)
       : InpaintingOperator(policy.make_mask(height, width, generator)) {}
-
-  /// Reads the mask from an image file: gray level > 0.5 (white) = observed, otherwise (black) = missing.
-  static InpaintingOperator from_file(const std::string& path) {
-    const auto gray = load_image(path, 1).squeeze(0).squeeze(0);
-    return InpaintingOperator((gray > 0.0).to(torch::kFloat64));
-  }
 
   /// y = m . x: [B, C, H, W] -> [B, C, H, W], zeros at missing pixels.
   torch::Tensor forward(const torch::Tensor& x) const {
