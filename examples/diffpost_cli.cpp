@@ -167,7 +167,7 @@ int run_restore(int argc, char** argv) {
       const auto y = measure(op, noise, truth, seed, first);
       const auto repeated =
           std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
-      auto generator = make_generator(image_seed(seed, first, 2));
+      auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
       const int64_t done_before = (first / batch_size) * steps;
       const StepCallback callback = [&](const StepInfo& info) {
         progress.update(done_before + info.step,
@@ -511,7 +511,7 @@ int run_denoise(int argc, char** argv) {
     if (add_noise) {
       std::vector<torch::Tensor> parts;
       for (int64_t i = 0; i < n; ++i) {
-        auto generator = make_generator(image_seed(seed, first + i, 1));
+        auto generator = make_generator(image_seed(seed, first + i, SeedStream::measurement_noise));
         parts.push_back(noise.sample(clean.narrow(0, i, 1), generator));
       }
       noisy = torch::cat(parts, 0);

@@ -10,6 +10,7 @@
 // L_simple alone with `--fixed-variance`. Adam, an exponential moving average of the weights, and a training
 // state in the output folder written atomically every `--checkpoint-every` steps and on SIGINT / SIGTERM.
 // Run with --help for every flag.
+#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
@@ -239,9 +240,8 @@ void save_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNe
   archive.write("trained_seconds", torch::tensor(state.trained_seconds, torch::kFloat64));
   archive.write("losses", torch::tensor(state.losses.empty() ? std::vector<float>{} : state.losses));
   // Written beside the target and renamed, so an interruption never leaves a half-written state.
-  const auto temporary = fs::path(path.string() + ".tmp");
-  archive.save_to(temporary.string());
-  fs::rename(temporary, path);
+  diffpost::detail::write_file_atomically(path, true, "train_prior", "",
+                                          [&](std::ostream& out) { archive.save_to(out); });
 }
 
 void load_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNet& ema,
@@ -362,15 +362,11 @@ void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& 
   const auto weights = flags.out_dir / (flags.export_name + ".pt");
   const auto config = flags.out_dir / (flags.export_name + ".yaml");
   diffpost::save_checkpoint(ema, weights, diffpost::SaveOptions{}.overwrite(true));
-  const auto temporary = fs::path(config.string() + ".tmp");
-  {
-    std::ofstream out(temporary);
+  diffpost::detail::write_file_atomically(config, true, "train_prior", "", [&](std::ostream& out) {
     out << "# ADM UNet trained by diffpost's train_prior for " << state.step << " steps; EMA weights in "
         << weights.filename().string() << "\n"
         << model_config_yaml(ema->options(), weights.filename().string());
-    if (!out.good()) throw std::runtime_error("cannot write " + temporary.string());
-  }
-  fs::rename(temporary, config);
+  });
   fmt::print(stderr, "exported EMA weights after {} steps to {} and {}\n", state.step, weights.string(),
              config.string());
 }

@@ -480,7 +480,7 @@ int run_eval(int argc, char** argv) {
         const auto start = std::chrono::steady_clock::now();
         for (size_t b = 0; b < batches.size(); ++b) {
           const auto& batch = batches[b];
-          auto generator = make_generator(image_seed(seed, batch.first, 2));
+          auto generator = make_generator(image_seed(seed, batch.first, SeedStream::sampling));
           const StepCallback callback = [&](const StepInfo& info) {
             progress.update(static_cast<int64_t>(b) * steps + info.step,
                             fmt::format("batch {}/{}", b + 1, batches.size()));

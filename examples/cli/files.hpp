@@ -3,6 +3,7 @@
 // writing text files atomically.
 #pragma once
 
+#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/io/image.hpp>
 
@@ -141,8 +142,8 @@ inline void check_no_overwrite(const std::vector<fs::path>& paths, bool force) {
 
 /// Writes `text` to `path` through a temporary file and a rename (never half-written).
 inline void write_text(const fs::path& path, const std::string& text, bool overwrite) {
-  const std::vector<unsigned char> bytes(text.begin(), text.end());
-  detail::write_file_atomically(bytes, path.string(), overwrite, "diffpost");
+  detail::write_file_atomically(path, overwrite, "diffpost", "pass --force to overwrite",
+                                [&](std::ostream& out) { out << text; });
 }
 
 }  // namespace diffpost::cli

@@ -133,10 +133,15 @@ using AnyNoise = std::variant<GaussianLikelihood, PoissonLikelihood, NoNoise>;
 /// The samplers.
 using AnySampler = std::variant<DDPMSampler, DDIMSampler>;
 
+/// The random streams of one image: its operator (mask, motion kernel), its measurement noise, and the
+/// sampling of the batch it starts.
+enum class SeedStream : uint64_t { operator_draw = 0, measurement_noise = 1, sampling = 2 };
+
 /// A seed for stream `stream` of image `index` from the run seed (splitmix64 finaliser), so that every image
 /// has its own reproducible mask, kernel and noise whatever the batch size.
-inline uint64_t image_seed(uint64_t seed, int64_t index, uint64_t stream) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(index) * 4 + stream + 1);
+inline uint64_t image_seed(uint64_t seed, int64_t index, SeedStream stream) {
+  uint64_t z =
+      seed + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(index) * 4 + static_cast<uint64_t>(stream) + 1);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
@@ -150,7 +155,7 @@ inline AnyOperator make_operator(const std::string& task, const TaskParameters& 
     using Op = decltype(make(std::declval<at::Generator&>()));
     std::vector<Op> operators;
     for (int64_t i = first; i < first + count; ++i) {
-      auto generator = make_generator(image_seed(seed, i, 0));
+      auto generator = make_generator(image_seed(seed, i, SeedStream::operator_draw));
       operators.push_back(make(generator));
     }
     return AnyOperator(PerImageOperator<Op>(std::move(operators), repeats));
@@ -234,7 +239,7 @@ inline torch::Tensor measure(const AnyOperator& op, const AnyNoise& noise, const
   const auto clean = std::visit([&](const auto& o) { return o.forward(x); }, op);
   std::vector<torch::Tensor> noisy;
   for (int64_t i = 0; i < clean.size(0); ++i) {
-    auto generator = make_generator(image_seed(seed, first + i, 1));
+    auto generator = make_generator(image_seed(seed, first + i, SeedStream::measurement_noise));
     noisy.push_back(
         std::visit([&](const auto& n) { return n.sample(clean.narrow(0, i, 1), generator); }, noise));
   }

@@ -5,7 +5,7 @@
 #pragma once
 
 #include <diffpost/concepts.hpp>
-#include <diffpost/detail/random.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/methods/dps.hpp>
 #include <diffpost/methods/unconditional.hpp>
 #include <diffpost/models/adm_unet.hpp>

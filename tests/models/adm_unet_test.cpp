@@ -110,8 +110,8 @@ TEST_CASE("AdmUNet parameter names and shapes equal the reference state_dict in 
 
 TEST_CASE("AdmUNet presets have the published parameter counts") {
   // Counts printed by the reference create_model for DPS configs/model_config.yaml and
-  // imagenet_model_config.yaml (tests/data/adm_small/README.md): 93.56 M and 552.8 M as REFERENCE.md section
-  // 4 gives them.
+  // imagenet_model_config.yaml (tests/data/adm_small/README.md): 93.56 M (ffhq_10m.pt) and 552.8 M
+  // (256x256_diffusion_uncond.pt).
   CHECK(diffpost::adm_parameter_count(diffpost::AdmUNetOptions::ffhq256()) == 93'563'910);
   CHECK(diffpost::adm_parameter_count(diffpost::AdmUNetOptions::imagenet256_uncond()) == 552'814'086);
   // The ImageNet model is too big to build in a unit test; its planned keys and shapes match the reference's.

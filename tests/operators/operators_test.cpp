@@ -96,7 +96,8 @@ static_assert(!std::is_constructible_v<BlurOperator<Gaussian>, Gaussian, at::Gen
 // Super-resolution
 // ---------------------------------------------------------------------------------------------------------------
 
-TEST_CASE("bicubic x4 weights match the reference's imresize weights (REFERENCE.md section 3)") {
+TEST_CASE(
+    "bicubic x4 weights match the reference's imresize weights (DPS util/resizer.py, MATLAB imresize)") {
   const double published[8] = {0.240967,  0.181885,  0.097412,  0.022705,
                                -0.011963, -0.018311, -0.010986, -0.001709};
   const auto matrix = SuperResolutionOperator(4).downsampling_matrix(256);

@@ -4,10 +4,9 @@
 // target's device, so that a CPU generator gives the same numbers whatever device the tensors live on.
 #pragma once
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <torch/torch.h>
+#include <diffpost/random.hpp>
 
-#include <cstdint>
+#include <torch/torch.h>
 
 namespace diffpost::detail {
 
@@ -17,20 +16,4 @@ inline torch::Tensor randn_like(const torch::Tensor& like, at::Generator& genera
   return at::randn(like.sizes(), generator, draw_options).to(like.device());
 }
 
-/// Uniform [0, 1) tensor of the given shape, typed and placed like `like`, drawn from `generator`.
-inline torch::Tensor rand_like_shape(at::IntArrayRef shape, const torch::Tensor& like,
-                                     at::Generator& generator) {
-  auto draw_options = like.options().device(generator.device()).requires_grad(false);
-  return at::rand(shape, generator, draw_options).to(like.device());
-}
-
 }  // namespace diffpost::detail
-
-namespace diffpost {
-
-/// A CPU random generator seeded with `seed`; pass it to samplers, noise models and random operators.
-inline at::Generator make_generator(uint64_t seed) {
-  return at::make_generator<at::CPUGeneratorImpl>(seed);
-}
-
-}  // namespace diffpost

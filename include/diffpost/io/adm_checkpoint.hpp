@@ -1,8 +1,9 @@
 // Loading published ADM UNet checkpoints (`ffhq_10m.pt`, `256x256_diffusion_uncond.pt`) into an AdmUNet, with
-// errors that say which configuration the file was made for. The reference loads with `load_state_dict` and,
-// on any failure, prints "Randomly initialize" and samples noise (REFERENCE.md section 4); here a mismatch is
-// an error naming the first mismatching key and shapes, the configuration read off the file's shapes, and the
-// configuration of the model it was loaded into.
+// errors that say which configuration the file was made for. The reference
+// (DPS2022/diffusion-posterior-sampling, guided_diffusion/unet.py, create_model) loads with `load_state_dict`
+// and, on any failure, prints "Randomly initialize" and samples noise; here a mismatch is an error naming the
+// first mismatching key and shapes, the configuration read off the file's shapes, and the configuration of
+// the model it was loaded into.
 #pragma once
 
 #include <diffpost/io/checkpoint.hpp>

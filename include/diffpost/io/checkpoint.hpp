@@ -1,13 +1,14 @@
 // Reading and writing PyTorch checkpoints in the format the published diffusion checkpoints use
 // (`torch.save(model.state_dict(), path)`: a zip archive holding `<archive>/data.pkl`, one record
 // `<archive>/data/<key>` per storage and `<archive>/version`), without Python and without LibTorch's
-// `torch::pickle_load`, which rejects the `collections.OrderedDict` such files hold (REFERENCE.md section 4).
+// `torch::pickle_load`, which in LibTorch 1.13 rejects the `collections.OrderedDict` such files hold.
 // The pickle is interpreted by a small inert stack machine (detail/pickle.hpp) that never executes anything.
 // See docs/checkpoints.md for the format, the supported variants and the errors.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/detail/pickle.hpp>
 #include <diffpost/detail/zip_archive.hpp>
 
@@ -18,7 +19,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -88,7 +88,6 @@ class StateDict {
   /// Where the entries came from, e.g. "'/models/ffhq_10m.pt'" or "'ckpt.pt' (key 'ema')"; empty if built in
   /// memory.
   const std::string& origin() const { return origin_; }
-  void set_origin(std::string origin) { origin_ = std::move(origin); }
 
   /// Per-module versions from the file's `_metadata` (module prefix -> `version`), in file order. torch.save
   /// stores them so that `load_state_dict` can upgrade old layouts; save_checkpoint writes them back.
@@ -620,18 +619,6 @@ inline SerializedStateDict serialize_state_dict(const StateDict& state) {
   return out;
 }
 
-// A sibling of `target` that does not exist yet, so that the final rename stays on one file system.
-inline std::filesystem::path temporary_sibling(const std::filesystem::path& target) {
-  std::random_device device;
-  std::mt19937_64 random(device());
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    auto candidate = target;
-    candidate += ".tmp-" + std::to_string(random() % 1000000000);
-    if (!std::filesystem::exists(candidate)) return candidate;
-  }
-  TORCH_CHECK(false, "save_checkpoint: could not find a free temporary name next to ", quoted(target));
-}
-
 }  // namespace detail
 
 /// Writes `state` to `path` in the format `torch.save(OrderedDict)` uses (zip archive `archive/` with
@@ -642,37 +629,20 @@ inline std::filesystem::path temporary_sibling(const std::filesystem::path& targ
 /// only with `SaveOptions{}.overwrite(true)`.
 inline void save_state_dict(const StateDict& state, const std::filesystem::path& path,
                             const SaveOptions& options = {}) {
-  const std::string context = "save_checkpoint: " + detail::quoted(path);
-  std::error_code error;
-  TORCH_CHECK(options.overwrite() || !std::filesystem::exists(path, error), context,
-              " already exists; pass SaveOptions{}.overwrite(true) to replace it");
-  auto parent = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
-  TORCH_CHECK(std::filesystem::is_directory(parent, error), context, ": directory ", detail::quoted(parent),
-              " does not exist");
-
   auto serialized = detail::serialize_state_dict(state);
-  const auto temporary = detail::temporary_sibling(path);
-  try {
-    {
-      std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-      TORCH_CHECK(file.good(), context, ": cannot create ", detail::quoted(temporary));
-      // Records as torch.save writes them: folder "archive" (PyTorch >= 1.13), file format version 3.
-      detail::ZipArchiveWriter writer(file, "archive");
-      writer.write_record("data.pkl", serialized.pickle.data(), serialized.pickle.size());
-      for (size_t i = 0; i < serialized.storages.size(); ++i) {
-        const auto& storage = serialized.storages[i];
-        writer.write_record("data/" + std::to_string(i), storage.data_ptr(), storage.nbytes());
-      }
-      writer.write_record("version", "3\n", 2);
-      writer.finish();
-      file.flush();
-      TORCH_CHECK(file.good(), context, ": writing ", detail::quoted(temporary), " failed (disk full?)");
-    }
-    std::filesystem::rename(temporary, path);
-  } catch (...) {
-    std::filesystem::remove(temporary, error);
-    throw;
-  }
+  detail::write_file_atomically(
+      path, options.overwrite(), "save_checkpoint", "pass SaveOptions{}.overwrite(true) to replace it",
+      [&](std::ostream& file) {
+        // Records as torch.save writes them: folder "archive" (PyTorch >= 1.13), file format version 3.
+        detail::ZipArchiveWriter writer(file, "archive");
+        writer.write_record("data.pkl", serialized.pickle.data(), serialized.pickle.size());
+        for (size_t i = 0; i < serialized.storages.size(); ++i) {
+          const auto& storage = serialized.storages[i];
+          writer.write_record("data/" + std::to_string(i), storage.data_ptr(), storage.nbytes());
+        }
+        writer.write_record("version", "3\n", 2);
+        writer.finish();
+      });
 }
 
 /// Writes the parameters and buffers of `module` to `path` like Python's `torch.save(model.state_dict(),

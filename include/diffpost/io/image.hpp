@@ -17,6 +17,7 @@
 #include <system_error>
 #include <vector>
 
+#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/detail/stb.hpp>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -67,62 +68,13 @@ inline torch::Tensor to_pixels(const torch::Tensor& image, const char* caller) {
   return scaled.round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
 }
 
-/// Writes bytes to `path` through a temporary file in the same directory, renamed (or hard-linked, when the
-/// target must not be replaced) into place, so that no half-written file is ever visible under `path`.
-inline void write_file_atomically(const std::vector<unsigned char>& bytes, const std::string& path,
-                                  bool overwrite, const char* caller) {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  std::error_code error;
-  TORCH_CHECK(overwrite || !fs::exists(target, error), caller, ": '", path,
-              "' already exists (pass overwrite = true to replace it)");
-  static std::atomic<uint64_t> counter{0};
-  long process = 0;
-#if defined(__unix__) || defined(__APPLE__)
-  process = static_cast<long>(::getpid());
-#endif
-  fs::path temporary = target;
-  temporary += ".tmp-" + std::to_string(process) + "-" + std::to_string(counter++);
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out.good(), caller, ": cannot write '", path, "': cannot create '", temporary.string(),
-                "': ", std::strerror(errno));
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out.good()) {
-      fs::remove(temporary, error);
-      TORCH_CHECK(false, caller, ": cannot write '", path, "': write error on '", temporary.string(), "'");
-    }
-  }
-  if (!overwrite) {
-    // A hard link fails when the target exists, so a file created meanwhile by someone else is never
-    // replaced.
-    fs::create_hard_link(temporary, target, error);
-    const bool linked = !error;
-    const bool exists_now = !linked && fs::exists(target);
-    if (linked || exists_now) {
-      std::error_code ignored;
-      fs::remove(temporary, ignored);
-      TORCH_CHECK(linked, caller, ": '", path, "' already exists (pass overwrite = true to replace it)");
-      return;
-    }
-    error.clear();  // file system without hard links: fall back to rename after the check above
-  }
-  fs::rename(temporary, target, error);
-  if (error) {
-    std::error_code ignored;
-    fs::remove(temporary, ignored);
-    TORCH_CHECK(false, caller, ": cannot write '", path, "': ", error.message());
-  }
-}
-
 inline void append_bytes(void* context, void* data, int size) {
   auto* bytes = static_cast<std::vector<unsigned char>*>(context);
   const auto* begin = static_cast<const unsigned char*>(data);
   bytes->insert(bytes->end(), begin, begin + size);
 }
 
-/// Encodes [H, W, C] uint8 pixels as PNG and writes them with write_file_atomically.
+/// Encodes [H, W, C] uint8 pixels as PNG and writes them atomically.
 inline void write_png(const torch::Tensor& pixels, const std::string& path, bool overwrite,
                       const char* caller) {
   const auto height = static_cast<int>(pixels.size(0));
@@ -132,7 +84,10 @@ inline void write_png(const torch::Tensor& pixels, const std::string& path, bool
   const int ok = stbi_write_png_to_func(&append_bytes, &bytes, width, height, channels,
                                         pixels.data_ptr<uint8_t>(), width * channels);
   TORCH_CHECK(ok != 0, caller, ": PNG encoding of a ", height, "x", width, "x", channels, " image failed");
-  write_file_atomically(bytes, path, overwrite, caller);
+  write_file_atomically(
+      path, overwrite, caller, "pass overwrite = true to replace it", [&](std::ostream& out) {
+        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      });
 }
 
 }  // namespace detail

@@ -18,11 +18,11 @@
 
 namespace diffpost {
 
-/// Progress of `total` units of work labelled `label`, drawn on stderr. Call `update(n)` (or `advance()`)
-/// as work completes, optionally with trailing text (e.g. `fmt::format("loss {:.4f}", loss)`), and
-/// `finish()` at the end (the destructor finishes too). On a terminal the line is redrawn at most every
-/// `redraw_interval` (default 0.1 s); elsewhere a line is printed every `log_interval` (default 10 s) and at
-/// the end. A `total` of 0 means unknown: no bar and no ETA are shown. Not thread-safe; one bar per loop.
+/// Progress of `total` units of work labelled `label`, drawn on stderr. Call `update(n)` as work completes,
+/// optionally with trailing text (e.g. `fmt::format("loss {:.4f}", loss)`), and `finish()` at the end (the
+/// destructor finishes too). On a terminal the line is redrawn at most every 0.1 s; elsewhere a line is
+/// printed every `log_interval` (default 10 s) and at the end. A `total` of 0 means unknown: no bar and no
+/// ETA are shown. Not thread-safe; one bar per loop.
 class ProgressBar {
  public:
   using Clock = std::chrono::steady_clock;
@@ -48,32 +48,14 @@ class ProgressBar {
     if (!text.empty()) text_ = std::move(text);
     const auto now = Clock::now();
     const double since = seconds_between(last_draw_, now);
-    if (interactive_ ? since >= redraw_interval_ : since >= log_interval_) draw(now, false);
+    if (interactive_ ? since >= kRedrawInterval : since >= log_interval_) draw(now, false);
   }
-
-  /// Adds `n` completed units (default 1), keeping or replacing the trailing text.
-  void advance(int64_t n = 1, std::string text = {}) { update(done_ + n, std::move(text)); }
-
-  /// Replaces the trailing text without counting progress; shown at the next redraw.
-  void set_text(std::string text) { text_ = std::move(text); }
 
   /// Draws the final state and ends the line; later calls do nothing.
   void finish() {
     if (finished_) return;
     finished_ = true;
     draw(Clock::now(), true);
-  }
-
-  /// Seconds since the bar was created.
-  double elapsed_seconds() const { return seconds_between(start_, Clock::now()); }
-
-  /// Units completed so far.
-  int64_t done() const { return done_; }
-
-  /// Minimum seconds between redraws on a terminal.
-  ProgressBar& redraw_interval(double seconds) {
-    redraw_interval_ = seconds;
-    return *this;
   }
 
   /// Seconds between log lines when stderr is not a terminal.
@@ -143,7 +125,7 @@ class ProgressBar {
   bool finished_ = false;
   bool drawn_once_ = false;
   int64_t drawn_done_ = 0;
-  double redraw_interval_ = 0.1;
+  static constexpr double kRedrawInterval = 0.1;  // seconds between redraws on a terminal
   double log_interval_ = 10.0;
   Clock::time_point start_;
   Clock::time_point last_draw_;

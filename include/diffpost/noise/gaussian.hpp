@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
+#include <diffpost/detail/residual.hpp>
 
 namespace diffpost {
 
@@ -25,9 +26,7 @@ class GaussianLikelihood {
   /// ||y - A(x0_hat)||_2 per batch element, the plain (not squared) norm the reference differentiates
   /// (DPS eq. 16 with zeta_i = zeta' / ||y - A(x0_hat)||, so scale = 2 zeta').
   [[nodiscard]] torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
-    TORCH_CHECK(y.sizes() == predicted.sizes(), "GaussianLikelihood: measurement shape ", y.sizes(),
-                " differs from the predicted measurement A(x0_hat) shape ", predicted.sizes());
-    return (y - predicted).reshape({y.size(0), -1}).norm(2, 1);
+    return detail::l2_residual(y, predicted, "GaussianLikelihood");
   }
 
  private:

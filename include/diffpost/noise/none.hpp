@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/residual.hpp>
 
 namespace diffpost {
 
@@ -18,10 +19,7 @@ class NoNoise {
 
   /// ||y_b - predicted_b||_2 per batch element, shape [B], differentiable in `predicted`.
   torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
-    TORCH_CHECK(y.sizes() == predicted.sizes(), "NoNoise::data_fidelity: y has shape ", y.sizes(),
-                " but the predicted measurement has shape ", predicted.sizes());
-    TORCH_CHECK(y.dim() >= 1, "NoNoise::data_fidelity: expected a batch [B, ...], got a scalar");
-    return (y - predicted).reshape({y.size(0), -1}).norm(2, 1);
+    return detail::l2_residual(y, predicted, "NoNoise::data_fidelity");
   }
 };
 
