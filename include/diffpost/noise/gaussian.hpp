@@ -34,6 +34,6 @@ class GaussianLikelihood {
   double sigma_;
 };
 
-static_assert(NoiseModel<GaussianLikelihood>);
+static_assert(GaussianNoiseModel<GaussianLikelihood>);
 
 }  // namespace diffpost
