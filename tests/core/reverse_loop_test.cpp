@@ -39,7 +39,10 @@ TEST_CASE("step reports hold their tensors by value: a callback may keep them") 
 TEST_CASE("every method's network_cost() is the work a run does on the network") {
   auto problem = make_problem(0.05, 61);
   const auto y = problem.y;
+  const InpaintingOperator mask(testing::even_column_mask());
+  const auto y_image = mask.forward(problem.x_true);
   const auto ddpm = DDPMSampler(DiffusionSchedule::linear().respaced("12"));
+  const auto schedule = DiffusionSchedule::linear().respaced("ddim10");
   // Runs `method` with a model that counts its evaluations and the backpropagations through them.
   auto check = [&](const auto& method, const torch::Tensor& measurement, NetworkCost expected) {
     CHECK(method.network_cost() == expected);
@@ -63,5 +66,18 @@ TEST_CASE("every method's network_cost() is the work a run does on the network")
     const SDEdit<SubsampleOperator> sdedit(SubsampleOperator{}, ddpm, SDEditOptions{}.t_star(500));
     check(sdedit, y, {sdedit.start_index() + 1, 0});
     CHECK(unconditional_network_cost(ddpm) == NetworkCost{12, 0});
+  }
+  SUBCASE("DDNM, DiffPIR, DDRM: forwards only; PiGDM: a backward per step") {
+    check(
+        DDNM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), schedule),
+        y, {10, 0});
+    check(DiffPIR<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05),
+                                                         schedule),
+          y, {10, 0});
+    check(DDRM<GaussianLikelihood, InpaintingOperator>(mask, GaussianLikelihood(0.05), schedule), y_image,
+          {10, 0});
+    check(
+        PiGDM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), schedule),
+        y, {10, 10});
   }
 }

@@ -1,5 +1,8 @@
-// The SVDs the decomposable operators expose, against the dense matrices of the operators.
+// The SVDs the decomposable operators expose, and the closed-form data steps built on them, against the dense
+// matrices of the operators.
 #include <doctest/doctest.h>
+#include <diffpost/methods/diffpir.hpp>
+#include <diffpost/methods/pigdm.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
 
@@ -61,6 +64,51 @@ void check_svd(const Op& op, const Shape& image_shape) {
   CHECK(worst < 1e-10);
 }
 
+/// DiffPIR's data step for `op` against (A^T A + rho I)^{-1} (A^T y + rho x0) with the dense matrix.
+template <class Op>
+void check_data_step(const Op& op, const Shape& image_shape, int64_t cg_iterations = 30) {
+  const auto options = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto schedule = DiffusionSchedule::linear().restricted_to(diffpir_timesteps(100));
+  const DiffPIR<GaussianLikelihood, Op> diffpir(op, GaussianLikelihood(0.05), schedule,
+                                                DiffPIROptions{}.lambda(7.0).cg_iterations(cg_iterations));
+  auto generator = make_generator(4);
+  const torch::Tensor x0 = at::randn(image_shape, generator, options);
+  const torch::Tensor y = at::randn(op.measurement_shape(image_shape), generator, options);
+  const Matrix a = dense([&](const torch::Tensor& x) { return op.forward(x); }, image_shape);
+  for (int64_t index : {80, 20}) {
+    CAPTURE(index);
+    const double rho = diffpir.rho(index);
+    const Matrix normal = a.transpose() * a + rho * Matrix::Identity(a.cols(), a.cols());
+    const Vector expected = normal.ldlt().solve(a.transpose() * testing::to_eigen(y.reshape({-1})) +
+                                                rho * testing::to_eigen(x0.reshape({-1})));
+    const Vector got = testing::to_eigen(diffpir.data_step(x0, y, index).reshape({-1}));
+    INFO("rho ", rho);
+    CHECK((got - expected).cwiseAbs().maxCoeff() < 1e-8 * std::max(1.0, expected.cwiseAbs().maxCoeff()));
+  }
+}
+
+/// PiGDM's vector h = r^2 A^T (r^2 A A^T + sigma^2 I)^{-1} (y - A x0) against the dense matrix.
+template <class Op>
+void check_guidance_vector(const Op& op, const Shape& image_shape) {
+  const auto options = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto schedule = DiffusionSchedule::linear().respaced("ddim100");
+  const double sigma = 0.05;
+  const PiGDM<GaussianLikelihood, Op> pigdm(op, GaussianLikelihood(sigma), schedule,
+                                            PiGDMOptions{}.cg_iterations(200));
+  auto generator = make_generator(5);
+  const torch::Tensor x0 = at::randn(image_shape, generator, options);
+  const torch::Tensor y = at::randn(op.measurement_shape(image_shape), generator, options);
+  const Matrix a = dense([&](const torch::Tensor& x) { return op.forward(x); }, image_shape);
+  const int64_t index = 30;
+  const double r2 = 1.0 - schedule.alphas_cumprod()[index];
+  const Matrix inner = r2 * a * a.transpose() + sigma * sigma * Matrix::Identity(a.rows(), a.rows());
+  const Vector expected =
+      r2 * a.transpose() *
+      inner.ldlt().solve(testing::to_eigen(y.reshape({-1})) - a * testing::to_eigen(x0.reshape({-1})));
+  const Vector got = testing::to_eigen(pigdm.guidance_vector(pigdm.prepare(y, x0), x0, index).reshape({-1}));
+  CHECK((got - expected).cwiseAbs().maxCoeff() < 1e-8 * std::max(1.0, expected.cwiseAbs().maxCoeff()));
+}
+
 }  // namespace
 
 static_assert(DecomposableOperator<InpaintingOperator> && DecomposableOperator<SuperResolutionOperator> &&
@@ -94,4 +142,25 @@ TEST_CASE("operator SVDs reproduce the dense matrices") {
   SUBCASE("identity") {
     check_svd(IdentityOperator{}, {1, 2, 3, 4});
   }
+}
+
+TEST_CASE("DiffPIR's data step is (A^T A + rho I)^{-1} (A^T y + rho x0) for every linear operator") {
+  SUBCASE("closed form through the SVD") {
+    check_data_step(InpaintingOperator(torch::eye(6, torch::kFloat64)), {1, 2, 6, 6});
+    check_data_step(SuperResolutionOperator(2), {1, 1, 8, 6});
+    check_data_step(ColorizationOperator{}, {1, 3, 4, 5});
+    check_data_step(BlurOperator<Gaussian>(Gaussian{}.size(7).sigma(1.5)), {1, 1, 8, 7});
+  }
+  SUBCASE("conjugate gradients for a motion blur") {
+    auto generator = make_generator(2);
+    check_data_step(BlurOperator<Motion>(Motion{}.size(5).intensity(0.5), generator), {1, 1, 7, 6}, 200);
+  }
+}
+
+TEST_CASE(
+    "PiGDM's guidance vector r^2 A^T (r^2 A A^T + sigma^2 I)^{-1} (y - A x0), with and without an SVD") {
+  check_guidance_vector(SuperResolutionOperator(2), {1, 1, 8, 6});
+  check_guidance_vector(ColorizationOperator{}, {1, 3, 4, 5});
+  auto generator = make_generator(6);
+  check_guidance_vector(BlurOperator<Motion>(Motion{}.size(5).intensity(0.5), generator), {1, 1, 7, 6});
 }

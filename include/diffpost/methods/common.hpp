@@ -7,10 +7,12 @@
 #include <torch/torch.h>
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
+#include <diffpost/samplers/common.hpp>
 #include <diffpost/schedule.hpp>
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 
 namespace diffpost {
 
@@ -22,7 +24,7 @@ struct StepInfo {
   int64_t step;            ///< 1-based count of steps taken so far
   int64_t num_steps;       ///< steps in this run
   torch::Tensor x;         ///< the new iterate x_{t-1}
-  torch::Tensor x0_hat;    ///< the network's estimate of x_0 at x_t (Tweedie's)
+  torch::Tensor x0_hat;    ///< the network's estimate of x_0 at x_t (Tweedie's; DAPS: its ODE's end)
   torch::Tensor residual;  ///< data-fidelity per sample [B]; undefined where a method has none
 };
 
@@ -77,6 +79,36 @@ NetworkPrediction evaluate_network(Model& model, const DiffusionSchedule& schedu
   auto output = model(x_t, model_timesteps(schedule, index, x_t));
   return {x_t, output, index};
 }
+
+/// The network's eps and Tweedie's x0 estimate (clamped to [-1, 1] when `clip`) of a prediction (Ho et al.
+/// eq. 15), for methods that correct x0 before re-noising it.
+struct Denoised {
+  torch::Tensor eps;
+  torch::Tensor x0;
+};
+
+inline Denoised denoise(const DiffusionSchedule& schedule, const NetworkPrediction& prediction, bool clip) {
+  auto eps = split_model_output(prediction.output, prediction.x_t).eps;
+  auto x0 = predict_x0_from_eps(schedule, prediction.x_t, eps, prediction.index, clip);
+  return {std::move(eps), std::move(x0)};
+}
+
+/// An operator's SVD for one run when it has one (HasSingularValueDecomposition), nothing otherwise, so that
+/// a method's per-run context can hold it either way.
+template <class Operator>
+struct OptionalSVD {
+  OptionalSVD(const Operator& /*op*/, const torch::Tensor& /*like*/) {}
+};
+
+template <class Operator>
+requires HasSingularValueDecomposition<Operator>
+struct OptionalSVD<Operator> {
+  using Type = decltype(std::declval<const Operator&>().svd(Shape{}, torch::TensorOptions{}));
+  OptionalSVD(const Operator& op, const torch::Tensor& like)
+      : value(op.svd(like.sizes().vec(), like.options())) {}
+  const Type& operator*() const noexcept { return value; }
+  Type value;
+};
 
 /// Checks that a 3-D [C, H, W] image shape was given and returns [batch, C, H, W].
 inline Shape batch_image_shape(const Shape& image_shape, int64_t batch) {
@@ -210,6 +242,34 @@ class PosteriorSamplerBase {
 
  private:
   const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
+/// What the methods that bring their own re-noising share (DiffPIR, DDNM, PiGDM, DDRM): the operator, the
+/// likelihood, the schedule they run on and their options struct (which has `num_samples`), with accessors.
+template <class Derived, class Likelihood, class Operator, class Options>
+class ScheduledMethod : public PosteriorSamplerBase<Derived> {
+ public:
+  ScheduledMethod(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
+                  Options options)
+      : operator_(std::move(measurement_operator)),
+        likelihood_(std::move(likelihood)),
+        schedule_(std::move(schedule)),
+        options_(std::move(options)) {
+    TORCH_CHECK(options_.num_samples() >= 1, Derived::method_name(),
+                "Options::num_samples must be >= 1, got ", options_.num_samples());
+  }
+
+  [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
+  [[nodiscard]] const Likelihood& likelihood() const noexcept { return likelihood_; }
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return schedule_; }
+  [[nodiscard]] const Options& options() const noexcept { return options_; }
+  [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
+
+ protected:
+  Operator operator_;
+  Likelihood likelihood_;
+  DiffusionSchedule schedule_;
+  Options options_;
 };
 
 }  // namespace detail
