@@ -1,6 +1,7 @@
 // Umbrella header: every posterior sampling method.
 #pragma once
 
+#include <diffpost/methods/daps.hpp>
 #include <diffpost/methods/ddnm.hpp>
 #include <diffpost/methods/ddrm.hpp>
 #include <diffpost/methods/diffpir.hpp>

@@ -80,4 +80,14 @@ TEST_CASE("every method's network_cost() is the work a run does on the network")
         PiGDM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), schedule),
         y, {10, 10});
   }
+  SUBCASE("DAPS: the ODE's evaluations at every level") {
+    const DAPS<GaussianLikelihood, SubsampleOperator> daps(
+        SubsampleOperator{}, GaussianLikelihood(0.05), DiffusionSchedule::linear(),
+        DAPSOptions{}.annealing_steps(8).ode_steps(3).langevin_steps(2));
+    int64_t expected = 0;
+    for (int64_t i = 0; i < daps.schedule().num_steps(); ++i)
+      expected += std::max<int64_t>(1, static_cast<int64_t>(daps.ode_path(i).size()) - 1);
+    CHECK(expected > daps.schedule().num_steps());
+    check(daps, y, {expected, 0});
+  }
 }
