@@ -51,7 +51,7 @@ TEST_CASE("DAPS's annealing levels and ODE paths follow EDM's spacing on the mod
     CHECK(path.size() <= 6);
     evaluations += static_cast<int64_t>(path.size()) - 1;
   }
-  CHECK(daps.network_cost() == NetworkCost{evaluations, 0});
+  CHECK((daps.network_cost() == NetworkCost{evaluations, 0}));
   CHECK(evaluations > 900);  // about 5 per level
   // The Langevin step decays linearly over the levels, from step_size at the first (noisiest).
   const int64_t n = levels.num_steps();

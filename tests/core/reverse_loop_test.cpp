@@ -65,7 +65,7 @@ TEST_CASE("every method's network_cost() is the work a run does on the network")
         y, {12, 0});
     const SDEdit<SubsampleOperator> sdedit(SubsampleOperator{}, ddpm, SDEditOptions{}.t_star(500));
     check(sdedit, y, {sdedit.start_index() + 1, 0});
-    CHECK(unconditional_network_cost(ddpm) == NetworkCost{12, 0});
+    CHECK((unconditional_network_cost(ddpm) == NetworkCost{12, 0}));
   }
   SUBCASE("DDNM, DiffPIR, DDRM: forwards only; PiGDM: a backward per step") {
     check(
