@@ -73,9 +73,44 @@ concept HasPseudoInverse = requires(const Op& op, const torch::Tensor& y) {
   { op.pseudo_inverse(y) } -> std::same_as<torch::Tensor>;
 };
 
-/// A linear operator whose Moore-Penrose pseudo-inverse is cheap (masks, colorization).
+/// A linear operator whose Moore-Penrose pseudo-inverse is cheap (masks, colorization, super-resolution).
+/// DDNM needs it.
 template <class Op>
 concept PseudoInvertibleOperator = LinearOperator<Op> && HasPseudoInverse<Op>;
+
+/// A singular value decomposition A = U diag(s) V^T of a linear operator for one image shape, in spectral
+/// coordinates shaped like the image batch [B, C, H, W]. Requirements:
+///   1. `svd.singular_values()` -> torch::Tensor broadcastable against [B, C, H, W]: s >= 0, zero on the
+///      components A does not measure (its null space);
+///   2. `svd.v_transpose(x)` = V^T x and `svd.v(c)` = V c, image batch <-> spectral coordinates (V
+///   orthogonal);
+///   3. `svd.u_transpose(y)` = U^T y, a measurement batch in spectral coordinates (zero on the components
+///      beyond the measurement), and `svd.u(c)` = U c, which reads only the measured components.
+/// Then A x = u(s * v_transpose(x)) and A^T y = v(s * u_transpose(y)). Not required: any ordering of the
+/// singular values. DDRM works in these coordinates; DDNM+, DiffPIR and PiGDM use them for exact
+/// per-component updates.
+template <class D>
+concept SingularValueDecomposition = requires(const D& svd, const torch::Tensor& t) {
+  { svd.singular_values() } -> std::convertible_to<torch::Tensor>;
+  { svd.v_transpose(t) } -> std::same_as<torch::Tensor>;
+  { svd.v(t) } -> std::same_as<torch::Tensor>;
+  { svd.u_transpose(t) } -> std::same_as<torch::Tensor>;
+  { svd.u(t) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement of DecomposableOperator: `op.svd(image_shape, options)` returns the SingularValueDecomposition
+/// of A for image batches of `image_shape` [B, C, H, W], its tensors in `options`' dtype and device (computed
+/// once per run, not per step).
+template <class Op>
+concept HasSingularValueDecomposition = requires(const Op& op, const Shape& image_shape,
+                                                 const torch::TensorOptions& options) {
+  { op.svd(image_shape, options) } -> SingularValueDecomposition;
+};
+
+/// A linear operator that exposes its SVD: masks, colorization, super-resolution, separable (Gaussian) blur,
+/// the identity. DDRM needs it. Refines LinearOperator.
+template <class Op>
+concept DecomposableOperator = LinearOperator<Op> && HasSingularValueDecomposition<Op>;
 
 /// `op.naive_inverse(y)`: the image a user would get without a prior (zero-filled inpainting, bicubic
 /// upsampling, the blurred image itself). Baselines and SDEdit start from it.
@@ -107,8 +142,22 @@ concept HasDataFidelity = requires(const N& noise, const torch::Tensor& y, const
 ///   1. `noise.sample(clean, generator) -> torch::Tensor` (HasNoiseSample);
 ///   2. `noise.data_fidelity(y, predicted) -> torch::Tensor` of shape [B] (HasDataFidelity).
 /// Not required: a closed-form likelihood or a noise level; the residual is what the sampler differentiates.
+/// Refined by GaussianNoiseModel.
 template <class N>
 concept NoiseModel = HasNoiseSample<N> && HasDataFidelity<N>;
+
+/// Requirement of GaussianNoiseModel: `noise.sigma()` gives the standard deviation of additive white Gaussian
+/// noise on the [-1, 1] image scale (0 for noise-free measurements).
+template <class N>
+concept HasNoiseLevel = requires(const N& noise) {
+  { noise.sigma() } -> std::convertible_to<double>;
+};
+
+/// Additive white Gaussian noise of known level: a NoiseModel with `sigma()` (HasNoiseLevel). The methods
+/// whose updates are closed forms in sigma_y (DiffPIR, DDNM+, PiGDM, DDRM) need it; Poisson noise does not
+/// satisfy it. GaussianLikelihood and NoNoise (sigma 0) do.
+template <class N>
+concept GaussianNoiseModel = NoiseModel<N> && HasNoiseLevel<N>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // ScoreModel

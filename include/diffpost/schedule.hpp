@@ -133,17 +133,26 @@ class DiffusionSchedule {
   /// This schedule restricted to the steps `spaced_timesteps(num_steps(), spec)` keeps, with betas recomputed
   /// so that abar at each kept step is unchanged. Respacing a respaced schedule composes the timestep maps.
   [[nodiscard]] DiffusionSchedule respaced(std::string_view spec) const {
-    const auto kept = spaced_timesteps(num_steps(), spec);
+    return restricted_to(spaced_timesteps(num_steps(), spec));
+  }
+
+  /// This schedule restricted to the given steps (indices of this schedule, strictly increasing), with betas
+  /// recomputed as `1 - abar_i / abar_prev` so that abar at each kept step is unchanged (Nichol & Dhariwal
+  /// 2021, section 4). For step sequences no respacing spec describes, such as DiffPIR's quadratic spacing
+  /// or DAPS's annealing levels.
+  [[nodiscard]] DiffusionSchedule restricted_to(const std::vector<int64_t>& kept) const {
+    TORCH_CHECK(!kept.empty(), "DiffusionSchedule::restricted_to: keep at least one step, got none");
     std::vector<double> new_betas;
     std::vector<int64_t> new_map;
     double last_alpha_cumprod = 1.0;
-    size_t next = 0;
-    for (int64_t i = 0; i < num_steps() && next < kept.size(); ++i) {
-      if (kept[next] != i) continue;
-      ++next;
-      new_betas.push_back(1.0 - alphas_cumprod_[i] / last_alpha_cumprod);
-      last_alpha_cumprod = alphas_cumprod_[i];
-      new_map.push_back(timestep_map_[i]);
+    for (size_t k = 0; k < kept.size(); ++k) {
+      check_index(kept[k]);
+      TORCH_CHECK(k == 0 || kept[k] > kept[k - 1],
+                  "DiffusionSchedule::restricted_to: steps must be strictly increasing, got ", kept[k - 1],
+                  " then ", kept[k]);
+      new_betas.push_back(1.0 - alphas_cumprod_[kept[k]] / last_alpha_cumprod);
+      last_alpha_cumprod = alphas_cumprod_[kept[k]];
+      new_map.push_back(timestep_map_[kept[k]]);
     }
     return DiffusionSchedule(std::move(new_betas), std::move(new_map));
   }

@@ -58,6 +58,7 @@ class DPS : public detail::PosteriorSamplerBase<DPS<Likelihood, Operator, Sample
   [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
   [[nodiscard]] const Likelihood& likelihood() const noexcept { return likelihood_; }
   [[nodiscard]] const SamplerType& sampler() const noexcept { return sampler_; }
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return sampler_.schedule(); }
   [[nodiscard]] const DPSOptions& options() const noexcept { return options_; }
 
   /// zeta at schedule step `index` under the chosen StepSizeSchedule.
@@ -77,36 +78,50 @@ class DPS : public detail::PosteriorSamplerBase<DPS<Likelihood, Operator, Sample
     TORCH_CHECK(false, "unknown StepSizeSchedule");
   }
 
-  /// One DPS step at schedule step `index` from x_t, with an explicit standard-normal `noise` for the
-  /// ancestral part, so that a step can be compared number for number with the reference. `y` has x_t's batch
-  /// size.
-  template <ScoreModel Model>
-  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
-                  const torch::Tensor& noise) const {
-    auto x = x_t.detach().requires_grad_(true);
-    torch::Tensor model_output;
-    {
-      torch::AutoGradMode enable_grad(true);
-      model_output = model(x, detail::model_timesteps(sampler_.schedule(), index, x));
-    }
-    auto reverse_step = sampler_.step(model_output, x, index, noise);
+  /// The DPS correction (Algorithm 1, eq. 16) of a network prediction taken with its graph: the sampler's
+  /// reverse step with the given standard-normal `noise`, then the gradient step on the residual of
+  /// A(x0_hat(x_t)). `y` has x_t's batch size.
+  [[nodiscard]] MethodStep gradient_step(const NetworkPrediction& prediction, const torch::Tensor& y,
+                                         const torch::Tensor& noise) const {
+    const auto& x = prediction.x_t;
+    torch::AutoGradMode enable_grad(true);
+    auto reverse_step = sampler_.step(prediction.output, x, prediction.index, noise);
     auto residual = likelihood_.data_fidelity(y, operator_.forward(reverse_step.x0_hat));
     TORCH_CHECK(residual.dim() == 1 && residual.size(0) == x.size(0),
                 "data_fidelity must return one value per ", "sample, shape [", x.size(0), "], got ",
                 residual.sizes());
     // Samples are independent, so the gradient of the sum is each sample's own gradient.
     auto gradient = torch::autograd::grad({residual.sum()}, {x})[0];
-    auto x_prev = reverse_step.x_prev.detach() - step_size(index) * gradient;
+    auto x_prev = reverse_step.x_prev.detach() - step_size(prediction.index) * gradient;
     return {x_prev, reverse_step.x0_hat.detach(), residual.detach()};
   }
 
-  /// One DPS step drawing the ancestral noise from `generator` (what `sample` calls).
+  /// One DPS step at schedule step `index` from x_t, with an explicit standard-normal `noise` for the
+  /// ancestral part, so that a step can be compared number for number with the reference. `y` has x_t's batch
+  /// size.
+  template <ScoreModel Model>
+  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
+                  const torch::Tensor& noise) const {
+    return gradient_step(detail::evaluate_network(model, schedule(), x_t, index, differentiates_network), y,
+                         noise);
+  }
+
+  /// One DPS step drawing the ancestral noise from `generator` (what `sample` does).
   template <ScoreModel Model>
   MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
                   at::Generator& generator) const {
     return step(model, x_t, y, index, detail::randn_like(x_t, generator));
   }
 
+  /// The reverse loop's hook: the gradient step on the loop's prediction.
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const torch::Tensor& y, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
+    return gradient_step(prediction, y, noise);
+  }
+
+  /// DPS backpropagates through the network at every step.
+  static constexpr bool differentiates_network = true;
   [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
   [[nodiscard]] static const char* method_name() noexcept { return "DPS"; }
   [[nodiscard]] static const char* divergence_remedy() noexcept {

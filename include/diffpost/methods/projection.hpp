@@ -50,20 +50,39 @@ class ScoreSDEProjection : public detail::PosteriorSamplerBase<ScoreSDEProjectio
                 options_.num_samples());
   }
 
-  /// One step: x'_{t-1} from the sampler, then the projection with the measurement noised to step `index`.
+  /// The correction of a prediction taken without graph: x'_{t-1} from the sampler with the given `noise`,
+  /// then the projection with the measurement diffused to step `index` with `measurement_noise`.
+  [[nodiscard]] MethodStep projected_step(const NetworkPrediction& prediction, const torch::Tensor& y,
+                                          const torch::Tensor& noise,
+                                          const torch::Tensor& measurement_noise) const {
+    torch::NoGradGuard no_grad;
+    auto result = sampler_.step(prediction.output, prediction.x_t, prediction.index, noise);
+    auto y_t = noisy_measurement(sampler_.schedule(), y, prediction.index, measurement_noise);
+    return {project_onto_measurements(operator_, result.x_prev, y_t), result.x0_hat, {}};
+  }
+
+  /// One step: x'_{t-1} from the sampler, then the projection with the measurement noised to step `index`;
+  /// both noises are drawn from `generator`.
   template <ScoreModel Model>
   MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
                   at::Generator& generator) const {
-    torch::NoGradGuard no_grad;
     auto noise = detail::randn_like(x_t, generator);
-    auto result = sampler_.step(model(x_t, detail::model_timesteps(sampler_.schedule(), index, x_t)), x_t,
-                                index, noise);
-    auto y_t = noisy_measurement(sampler_.schedule(), y, index, detail::randn_like(y, generator));
-    return {project_onto_measurements(operator_, result.x_prev, y_t), result.x0_hat, {}};
+    auto prediction = detail::evaluate_network(model, schedule(), x_t, index, differentiates_network);
+    return projected_step(prediction, y, noise, detail::randn_like(y, generator));
+  }
+
+  /// The reverse loop's hook: the measurement noise is drawn after the loop's ancestral noise.
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const torch::Tensor& y, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& generator) const {
+    return projected_step(prediction, y, noise, detail::randn_like(y, generator));
   }
 
   [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
   [[nodiscard]] const SamplerType& sampler() const noexcept { return sampler_; }
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return sampler_.schedule(); }
+  /// No gradient passes through the network.
+  static constexpr bool differentiates_network = false;
   [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
   [[nodiscard]] static const char* method_name() noexcept { return "ScoreSDEProjection"; }
   [[nodiscard]] static const char* divergence_remedy() noexcept {

@@ -54,25 +54,44 @@ class ScoreALD : public detail::PosteriorSamplerBase<ScoreALD<Likelihood, Operat
     return options_.scale() * schedule.betas()[index] / (options_.sigma() * options_.sigma() + gamma_squared);
   }
 
-  template <ScoreModel Model>
-  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
-                  at::Generator& generator) const {
+  /// The ScoreALD correction of a prediction taken without graph: the sampler's reverse step with the given
+  /// `noise`, then the Langevin-style gradient step on the residual of A(x_t).
+  [[nodiscard]] MethodStep guided_step(const NetworkPrediction& prediction, const torch::Tensor& y,
+                                       const torch::Tensor& noise) const {
     SamplerStep reverse_step;
     {
       torch::NoGradGuard no_grad;
-      auto noise = detail::randn_like(x_t, generator);
-      reverse_step = sampler_.step(model(x_t, detail::model_timesteps(sampler_.schedule(), index, x_t)), x_t,
-                                   index, noise);
+      reverse_step = sampler_.step(prediction.output, prediction.x_t, prediction.index, noise);
     }
-    auto x = x_t.detach().requires_grad_(true);
+    auto x = prediction.x_t.detach().requires_grad_(true);
     torch::AutoGradMode enable_grad(true);
     auto residual = likelihood_.data_fidelity(y, operator_.forward(x));
     auto gradient = torch::autograd::grad({residual.square().sum()}, {x})[0];
-    return {reverse_step.x_prev - step_size(index) * gradient, reverse_step.x0_hat, residual.detach()};
+    return {reverse_step.x_prev - step_size(prediction.index) * gradient, reverse_step.x0_hat,
+            residual.detach()};
+  }
+
+  /// One ScoreALD step drawing the ancestral noise from `generator`.
+  template <ScoreModel Model>
+  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
+                  at::Generator& generator) const {
+    auto noise = detail::randn_like(x_t, generator);
+    return guided_step(detail::evaluate_network(model, schedule(), x_t, index, differentiates_network), y,
+                       noise);
+  }
+
+  /// The reverse loop's hook.
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const torch::Tensor& y, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
+    return guided_step(prediction, y, noise);
   }
 
   [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
   [[nodiscard]] const SamplerType& sampler() const noexcept { return sampler_; }
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return sampler_.schedule(); }
+  /// The residual is of x_t itself: no gradient passes through the network.
+  static constexpr bool differentiates_network = false;
   [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
   [[nodiscard]] static const char* method_name() noexcept { return "ScoreALD"; }
   [[nodiscard]] static const char* divergence_remedy() noexcept { return "Lower ScoreALDOptions::scale."; }

@@ -63,6 +63,9 @@ class SDEdit {
     return reverse_process(model, sampler_, x, start, generator, callback);
   }
 
+  /// The network work of one run: one evaluation per step from the start step down to 0, no gradient.
+  [[nodiscard]] NetworkCost network_cost() const { return {start_index() + 1, 0}; }
+
   [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
   [[nodiscard]] const SamplerType& sampler() const noexcept { return sampler_; }
 

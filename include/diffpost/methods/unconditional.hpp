@@ -11,26 +11,44 @@
 
 namespace diffpost {
 
+namespace detail {
+
+/// The unconditional correction: the sampler's own reverse step, nothing else.
+template <Sampler SamplerType>
+struct PlainReverseStep {
+  const SamplerType& sampler;
+
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return sampler.schedule(); }
+  static constexpr bool differentiates_network = false;
+  [[nodiscard]] static const char* method_name() noexcept { return "sampling"; }
+  [[nodiscard]] static const char* divergence_remedy() noexcept {
+    return "Check the model output and the schedule.";
+  }
+
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const torch::Tensor& /*context*/, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
+    torch::NoGradGuard no_grad;
+    auto result = sampler.step(prediction.output, prediction.x_t, prediction.index, noise);
+    return {result.x_prev, result.x0_hat, {}};
+  }
+};
+
+}  // namespace detail
+
 /// Runs the sampler's reverse process from x at schedule step `start_index` down to 0 with no conditioning
 /// (SDEdit's second half, and plain sampling when x = x_T and start_index = N - 1).
 template <ScoreModel Model, Sampler SamplerType>
 torch::Tensor reverse_process(Model& model, const SamplerType& sampler, torch::Tensor x, int64_t start_index,
                               at::Generator& generator, const StepCallback& callback = {}) {
-  sampler.schedule().check_index(start_index);
-  torch::NoGradGuard no_grad;
-  detail::DivergenceMonitor monitor(x);
-  const int64_t steps = start_index + 1;
-  const torch::Tensor no_residual;
-  for (int64_t index = start_index; index >= 0; --index) {
-    auto noise = detail::randn_like(x, generator);
-    auto result =
-        sampler.step(model(x, detail::model_timesteps(sampler.schedule(), index, x)), x, index, noise);
-    x = result.x_prev;
-    monitor.observe(x, start_index + 1 - index);
-    if (callback) callback(StepInfo{index, start_index + 1 - index, steps, x, result.x0_hat, no_residual});
-  }
-  monitor.check("sampling", "Check the model output and the schedule.");
-  return x;
+  return detail::reverse_loop(detail::PlainReverseStep<SamplerType>{sampler}, model, torch::Tensor{},
+                              std::move(x), start_index, generator, callback);
+}
+
+/// The network work of unconditional sampling over the whole schedule: one evaluation per step.
+template <Sampler SamplerType>
+NetworkCost unconditional_network_cost(const SamplerType& sampler) {
+  return {sampler.schedule().num_steps(), 0};
 }
 
 /// Draws `shape` [B, C, H, W] samples from the prior: x_T ~ N(0, I), then the full reverse process.

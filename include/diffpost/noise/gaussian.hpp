@@ -33,6 +33,6 @@ class GaussianLikelihood {
   double sigma_;
 };
 
-static_assert(NoiseModel<GaussianLikelihood>);
+static_assert(GaussianNoiseModel<GaussianLikelihood>);
 
 }  // namespace diffpost

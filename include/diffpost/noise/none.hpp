@@ -14,6 +14,10 @@ namespace diffpost {
 /// measurement.
 class NoNoise {
  public:
+  /// The noise level: 0 (HasNoiseLevel), so methods that weigh the measurement by its noise treat it as
+  /// exact.
+  [[nodiscard]] double sigma() const noexcept { return 0.0; }
+
   /// Returns `clean` itself.
   torch::Tensor sample(const torch::Tensor& clean, at::Generator& /*generator*/) const { return clean; }
 
@@ -23,6 +27,6 @@ class NoNoise {
   }
 };
 
-static_assert(NoiseModel<NoNoise>);
+static_assert(GaussianNoiseModel<NoNoise>);
 
 }  // namespace diffpost

@@ -13,6 +13,7 @@
 #include <diffpost/detail/motion_kernel.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
+#include <diffpost/operators/svd.hpp>
 
 namespace diffpost {
 
@@ -27,11 +28,17 @@ struct Gaussian {
  public:
   /// The size x size float64 kernel.
   torch::Tensor make_kernel() const {
+    const auto [rows, cols] = make_factors();
+    return torch::outer(rows, cols);
+  }
+
+  /// The 1-D float64 factors g of the separable kernel g g^T, for rows and for columns.
+  std::pair<torch::Tensor, torch::Tensor> make_factors() const {
     TORCH_CHECK(size_ >= 1 && size_ % 2 == 1, "Gaussian: kernel size must be a positive odd number, got ",
                 size_);
     TORCH_CHECK(sigma_ > 0.0, "Gaussian: sigma must be positive, got ", sigma_);
-    const auto g = detail::gaussian_weights_1d(size_ / 2, sigma_);
-    return torch::outer(g, g);
+    auto g = detail::gaussian_weights_1d(size_ / 2, sigma_);
+    return {g, g};
   }
 };
 
@@ -81,6 +88,13 @@ class Custom {
 template <class K>
 concept DeterministicBlurKernel = requires(const K& policy) {
   { policy.make_kernel() } -> std::same_as<torch::Tensor>;
+};
+
+/// A kernel policy whose kernel is separable, the outer product of the two 1-D factors `make_factors()`
+/// returns (Gaussian); the blur then has an SVD built from two 1-D ones.
+template <class K>
+concept SeparableBlurKernel = DeterministicBlurKernel<K> && requires(const K& policy) {
+  { policy.make_factors() } -> std::same_as<std::pair<torch::Tensor, torch::Tensor>>;
 };
 
 /// A kernel policy whose kernel is drawn from a generator (Motion).
@@ -140,6 +154,34 @@ class BlurOperator {
     return y;
   }
 
+  /// The SVD of the blur for image batches of `image_shape` [B, C, H, W], in `options`' dtype and device,
+  /// when the kernel is separable (SeparableBlurKernel: Gaussian): reflect padding and correlation then act
+  /// on rows and columns separately, A x = B_h x B_w^T, and the SVD is built from those of the two 1-D
+  /// matrices (DecomposableOperator).
+  SeparableSVD svd(const Shape& image_shape,
+                   const torch::TensorOptions& options) const requires SeparableBlurKernel<Kernel> {
+    detail::check_image_shape(image_shape, "BlurOperator::svd");
+    const auto [rows, cols] = policy_.make_factors();
+    return SeparableSVD::from_factors(
+        {torch::Tensor{}, blur_matrix(rows, image_shape[2]), blur_matrix(cols, image_shape[3])}, image_shape,
+        options);
+  }
+
+  /// The [length, length] float64 matrix of one axis of a separable blur: reflect padding by half the taps,
+  /// then valid correlation with the 1-D `taps` (odd length).
+  static torch::Tensor blur_matrix(const torch::Tensor& taps, int64_t length) {
+    const auto weights = taps.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    const int64_t count = weights.size(0);
+    const auto sources = pad_indices(length, count / 2, torch::kCPU);
+    auto matrix = torch::zeros({length, length}, torch::kFloat64);
+    auto m = matrix.accessor<double, 2>();
+    const auto w = weights.accessor<double, 1>();
+    const auto source = sources.accessor<int64_t, 1>();
+    for (int64_t i = 0; i < length; ++i)
+      for (int64_t k = 0; k < count; ++k) m[i][source[i + k]] += w[k];
+    return matrix;
+  }
+
   /// Blurring keeps the shape.
   Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "BlurOperator::measurement_shape");
@@ -185,5 +227,6 @@ class BlurOperator {
 
 static_assert(LinearOperator<BlurOperator<Gaussian>> && HasNaiveInverse<BlurOperator<Gaussian>>);
 static_assert(LinearOperator<BlurOperator<Motion>> && LinearOperator<BlurOperator<Custom>>);
+static_assert(DecomposableOperator<BlurOperator<Gaussian>> && !DecomposableOperator<BlurOperator<Motion>>);
 
 }  // namespace diffpost

@@ -5,6 +5,7 @@
 
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/operator_checks.hpp>
+#include <diffpost/operators/svd.hpp>
 
 namespace diffpost {
 
@@ -39,6 +40,14 @@ class ColorizationOperator {
     return y.repeat({1, 3, 1, 1});
   }
 
+  /// The SVD of the 1 x 3 channel map w^T for image batches of `image_shape` [B, 3, H, W], in `options`'
+  /// dtype and device: one singular value |w| per pixel, V's first channel along w (DecomposableOperator).
+  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+    measurement_shape(image_shape);  // checks the shape
+    const auto w = torch::tensor({0.299, 0.587, 0.114}, torch::kFloat64).view({1, 3});
+    return SeparableSVD::from_factors({w, torch::Tensor{}, torch::Tensor{}}, image_shape, options);
+  }
+
   /// [B, 3, H, W] -> [B, 1, H, W].
   Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "ColorizationOperator::measurement_shape");
@@ -59,5 +68,6 @@ class ColorizationOperator {
 };
 
 static_assert(PseudoInvertibleOperator<ColorizationOperator> && HasNaiveInverse<ColorizationOperator>);
+static_assert(DecomposableOperator<ColorizationOperator>);
 
 }  // namespace diffpost

@@ -10,6 +10,7 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
+#include <diffpost/operators/svd.hpp>
 
 namespace diffpost {
 
@@ -139,6 +140,15 @@ class InpaintingOperator {
     return y * mask_for(y, "InpaintingOperator::naive_inverse");
   }
 
+  /// The SVD of the diagonal operator for image batches of `image_shape` [B, C, H, W], in `options`' dtype
+  /// and device: V = I, singular values |m|, U = diag(+-1) with the signs of m
+  /// (DecomposableOperator).
+  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+    detail::check_image_shape(image_shape, "InpaintingOperator::svd");
+    check_size(image_shape[2], image_shape[3], "InpaintingOperator::svd");
+    return SeparableSVD::diagonal(mask_, image_shape, options);
+  }
+
   /// The measurement keeps the image shape.
   Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "InpaintingOperator::measurement_shape");
@@ -165,5 +175,6 @@ class InpaintingOperator {
 };
 
 static_assert(PseudoInvertibleOperator<InpaintingOperator> && HasNaiveInverse<InpaintingOperator>);
+static_assert(DecomposableOperator<InpaintingOperator>);
 
 }  // namespace diffpost

@@ -8,6 +8,7 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/resampling.hpp>
+#include <diffpost/operators/svd.hpp>
 
 namespace diffpost {
 
@@ -69,6 +70,16 @@ class SuperResolutionOperator {
     return detail::apply_separable(rows, cols, y);
   }
 
+  /// The SVD of D = R_h (x) R_w for image batches of `image_shape` [B, C, H, W], in `options`' dtype and
+  /// device, from the SVDs of the two 1-D downsampling matrices (DecomposableOperator).
+  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+    detail::check_image_shape(image_shape, "SuperResolutionOperator::svd");
+    check_divisible(image_shape[2], image_shape[3]);
+    return SeparableSVD::from_factors(
+        {torch::Tensor{}, downsampling_matrix(image_shape[2]), downsampling_matrix(image_shape[3])},
+        image_shape, options);
+  }
+
   /// [B, C, H, W] -> [B, C, H / factor, W / factor].
   Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "SuperResolutionOperator::measurement_shape");
@@ -103,5 +114,6 @@ class SuperResolutionOperator {
 };
 
 static_assert(PseudoInvertibleOperator<SuperResolutionOperator> && HasNaiveInverse<SuperResolutionOperator>);
+static_assert(DecomposableOperator<SuperResolutionOperator>);
 
 }  // namespace diffpost
