@@ -32,6 +32,7 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "cli/files.hpp"
+#include "cli/methods.hpp"
 #include "cli/model.hpp"
 #include "cli/options.hpp"
 #include "cli/tasks.hpp"
@@ -51,7 +52,7 @@ struct TaskResult {
   std::string task;
   double scale = 0.0;
   int64_t images = 0;
-  Scores dps;
+  Scores restored_scores;
   Scores naive;
   double seconds = 0.0;
   std::vector<torch::Tensor> pictures;  // measurement picture per image
@@ -62,8 +63,8 @@ struct TaskResult {
 struct RestoreOptions {
   TaskOptions task;
   NoiseOptions noise;
-  ScaleSpec scale;
-  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
+  std::string method = "dps";
+  MethodSettings settings;
   int64_t num_samples = 1;
   SamplingOptions sampling = restoration_sampling_defaults();
   InputOptions input;
@@ -75,14 +76,21 @@ std::vector<FlagGroup<RestoreOptions>> restore_flags() {
   using O = RestoreOptions;
   auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
                                [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  groups.push_back(
-      {"DPS",
-       {{"scale", "X|TASK=X,...", scale_help("step size: one number for all tasks, or task=value,..."), "",
-         [](O& o, const std::string& v) { o.scale = ScaleSpec::parse(v); }},
-        {"scale-schedule", "NAME", "step size over the steps: constant, linear or exponential decay",
-         "constant", [](O& o, const std::string& v) { o.scale_schedule = parse_step_size_schedule(v); }},
-        {"num-samples", "N", "posterior samples per image", "1",
-         [](O& o, const std::string& v) { o.num_samples = parse_int(v, "--num-samples", 1, 1000); }}}});
+  std::string method_help = "restoration method:";
+  for (const auto& method : all_methods())
+    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
+  std::vector<Flag<O>> flags{{"method", "NAME", method_help, "dps",
+                              [](O& o, const std::string& v) { o.method = find_method(v).name; }}};
+  for (auto& flag : step_size_flags<O>(settings,
+                                       "DPS and MCG step size: one number for all tasks, or "
+                                       "task=value,..."))
+    flags.push_back(std::move(flag));
+  flags.push_back({"num-samples", "N", "posterior samples per image", "1", [](O& o, const std::string& v) {
+                     o.num_samples = parse_int(v, "--num-samples", 1, 1000);
+                   }});
+  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
+  groups.push_back({"Method", std::move(flags)});
   const auto rest = restoration_groups<O>();
   groups.insert(groups.end(), rest.begin(), rest.end());
   return groups;
@@ -91,12 +99,13 @@ std::vector<FlagGroup<RestoreOptions>> restore_flags() {
 int run_restore(int argc, char** argv) {
   auto app = make_app(
       "diffpost restore",
-      "Restores images with Diffusion Posterior Sampling (Chung et al., ICLR 2023). Each input image is\n"
-      "degraded (operator + noise) to make the measurement, then restored with the diffusion prior.\n"
-      "Writes, per task folder: <name>_truth.png, <name>_measurement.png, <name>_naive.png (the naive\n"
-      "inverse), <name>_dps.png (or _dps_<k>.png per posterior sample), grid.png (rows = images; columns =\n"
-      "truth, naive inverse, DPS) and metrics.csv (PSNR/SSIM of DPS and of the naive inverse); and\n"
-      "summary.md with mean ± std per task (and grid.png across tasks when several are run).");
+      "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
+      "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
+      "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
+      "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
+      "sample), grid.png (rows = images; columns = truth, naive inverse, method) and metrics.csv (PSNR/SSIM\n"
+      "of the method and of the naive inverse); and summary.md with mean ± std per task (and grid.png\n"
+      "across tasks when several are run).");
   RestoreOptions options;
   declare(*app, options, restore_flags());
   declare_inputs(*app, options.input);
@@ -112,8 +121,9 @@ int run_restore(int argc, char** argv) {
   const bool force = options.output.force;
   const auto out = output_folder(options.output, app->get_name());
   set_threads(options.model);
-  const auto sampler = make_sampler(options.model, options.sampling);
-  const auto steps = num_steps(sampler);
+  const RunSchedules schedules(options.model, options.sampling);
+  const auto& method = options.method;
+  const auto& title = find_method(method).title;
 
   auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
   const auto shape = prior.image_shape();
@@ -121,7 +131,11 @@ int run_restore(int argc, char** argv) {
       gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
   const auto count = static_cast<int64_t>(inputs.size());
   // Operators are built once up front so that bad task parameters fail before any output.
-  for (const auto& task : tasks) make_operator(task, parameters, shape, seed, 0, 1, 1);
+  for (const auto& task : tasks) {
+    const auto reason =
+        missing_capability(method, make_operator(task, parameters, shape, seed, 0, 1, 1), noise);
+    if (!reason.empty()) throw cannot_run(method, task, reason);
+  }
 
   std::vector<fs::path> planned{out / "summary.md"};
   if (tasks.size() > 1) planned.push_back(out / "grid.png");
@@ -130,10 +144,11 @@ int run_restore(int argc, char** argv) {
     planned.push_back(folder / "grid.png");
     planned.push_back(folder / "metrics.csv");
     for (const auto& input : inputs) {
-      for (const char* suffix : {"_truth.png", "_measurement.png", "_naive.png", "_dps.png"})
+      for (const char* suffix : {"_truth.png", "_measurement.png", "_naive.png"})
         planned.push_back(folder / (input.name + suffix));
+      planned.push_back(folder / fmt::format("{}_{}.png", input.name, method));
       for (int64_t k = 0; k < num_samples && num_samples > 1; ++k)
-        planned.push_back(folder / fmt::format("{}_dps_{}.png", input.name, k));
+        planned.push_back(folder / fmt::format("{}_{}_{}.png", input.name, method, k));
     }
   }
   prepare_output_folder(out);
@@ -141,22 +156,25 @@ int run_restore(int argc, char** argv) {
   check_no_overwrite(planned, force);
 
   fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads\n",
-             prior.files.checkpoint.string(), prior.files.config.string(), count, steps,
+             prior.files.checkpoint.string(), prior.files.config.string(), count, schedules.steps,
              options.sampling.sampler, noise_description(options.noise), torch::get_num_threads());
   std::fflush(stdout);
   std::vector<TaskResult> results;
   for (const auto& task : tasks) {
     TaskResult result;
     result.task = task;
-    result.scale = options.scale.of(task);
+    result.scale = options.settings.scale.of(task);
     result.images = count;
     const auto folder = out / task;
-    const auto dps_options =
-        DPSOptions{}.scale(result.scale).step_size_schedule(options.scale_schedule).num_samples(num_samples);
+    const MethodRun run{method, task, options.settings, schedules, options.noise.sigma, num_samples};
     std::string csv = "image,method,sample,psnr,ssim\n";
     std::vector<std::vector<torch::Tensor>> grid_rows;
     const int64_t batches = (count + batch_size - 1) / batch_size;
-    ProgressBar progress(batches * steps, fmt::format("{} (scale {})", task, result.scale));
+    const auto steps = with_method(run, make_operator(task, parameters, shape, seed, 0, 1, num_samples),
+                                   noise, [](const auto& m) { return reported_steps(m); });
+    const bool uses_scale = method == "dps" || method == "mcg";
+    ProgressBar progress(batches * steps, uses_scale ? fmt::format("{} (scale {})", task, result.scale)
+                                                     : fmt::format("{} ({})", task, method));
     const auto start = std::chrono::steady_clock::now();
     for (int64_t first = 0; first < count; first += batch_size) {
       const int64_t n = std::min(batch_size, count - first);
@@ -171,15 +189,14 @@ int run_restore(int argc, char** argv) {
       const int64_t done_before = (first / batch_size) * steps;
       const StepCallback callback = [&](const StepInfo& info) {
         progress.update(done_before + info.step,
-                        fmt::format("batch {}/{} residual {:.3f}", first / batch_size + 1, batches,
-                                    info.residual.mean().item<double>()));
+                        info.residual.defined()
+                            ? fmt::format("batch {}/{} residual {:.3f}", first / batch_size + 1, batches,
+                                          info.residual.mean().item<double>())
+                            : fmt::format("batch {}/{}", first / batch_size + 1, batches));
       };
-      const auto samples = std::visit(
-          [&](const auto& o, const auto& likelihood, const auto& s) {
-            DPS dps(o, likelihood, s, dps_options);
-            return dps.sample(prior.model, y, shape, generator, callback);
-          },
-          repeated, noise, sampler);
+      const auto samples = with_method(run, repeated, noise, [&](const auto& m) {
+        return m.sample(prior.model, y, shape, generator, callback);
+      });
       const auto restored = samples.detach().clamp(-1.0, 1.0);
       const auto naive = naive_inverse(op, y);
       const auto naive_shown = naive.defined() ? naive.clamp(-1.0, 1.0) : torch::Tensor{};
@@ -201,13 +218,13 @@ int run_restore(int argc, char** argv) {
         const auto sample_block = restored.narrow(0, i * num_samples, num_samples);
         for (int64_t k = 0; k < num_samples; ++k) {
           const auto sample = sample_block.narrow(0, k, 1);
-          save_image(sample,
-                     (folder / (num_samples == 1 ? name + "_dps.png" : fmt::format("{}_dps_{}.png", name, k)))
-                         .string(),
-                     force);
-          result.dps.add(sample, truth_i);
-          csv += fmt::format("{},dps,{},{},{}\n", name, k, csv_number(result.dps.psnr.back()),
-                             csv_number(result.dps.ssim.back()));
+          const auto file = num_samples == 1 ? fmt::format("{}_{}.png", name, method)
+                                             : fmt::format("{}_{}_{}.png", name, method, k);
+          save_image(sample, (folder / file).string(), force);
+          result.restored_scores.add(sample, truth_i);
+          csv +=
+              fmt::format("{},{},{},{},{}\n", name, method, k, csv_number(result.restored_scores.psnr.back()),
+                          csv_number(result.restored_scores.ssim.back()));
           row.push_back(sample);
         }
         grid_rows.push_back(row);
@@ -217,17 +234,17 @@ int run_restore(int argc, char** argv) {
     }
     progress.finish();
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    for (const auto* method : {"dps", "naive"}) {
-      const auto& scores = std::string(method) == "dps" ? result.dps : result.naive;
-      if (scores.psnr.empty()) continue;
-      const auto [pm, ps] = mean_std(scores.psnr);
-      const auto [sm, ss] = mean_std(scores.ssim);
-      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", method, csv_number(pm), csv_number(sm), method,
+    for (const auto& [name, scores] :
+         {std::pair{method, &result.restored_scores}, std::pair{std::string("naive"), &result.naive}}) {
+      if (scores->psnr.empty()) continue;
+      const auto [pm, ps] = mean_std(scores->psnr);
+      const auto [sm, ss] = mean_std(scores->ssim);
+      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", name, csv_number(pm), csv_number(sm), name,
                          csv_number(ps), csv_number(ss));
     }
     save_grid(grid_rows, (folder / "grid.png").string(), GridOptions{}.overwrite(force));
     write_text(folder / "metrics.csv", csv, force);
-    fmt::print("{}: DPS {}", task, result.dps.summary());
+    fmt::print("{}: {} {}", task, title, result.restored_scores.summary());
     if (!result.naive.psnr.empty()) fmt::print(" | naive inverse {}", result.naive.summary());
     fmt::print(" | {:.1f} s\n", result.seconds);
     std::fflush(stdout);  // one line per finished task, also when stdout is a file
@@ -252,19 +269,23 @@ int run_restore(int argc, char** argv) {
       "Mean ± sample standard deviation over the images; the naive inverse is zero-filling (inpainting), "
       "bicubic\n"
       "upsampling (sr), the blurred image (deblurring), the gray image (colorize) or the noisy image "
-      "(denoise).\n\n"
-      "| task | scale | DPS PSNR (dB) | DPS SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
+      "(denoise).\n\n",
+      command_line(argc, argv), count, schedules.steps, options.sampling.sampler,
+      noise_description(options.noise), seed, prior.files.checkpoint.filename().string());
+  summary += fmt::format(
+      "| task | scale | {0} PSNR (dB) | {0} SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
       "|---|---|---|---|---|---|---|\n",
-      command_line(argc, argv), count, steps, options.sampling.sampler, noise_description(options.noise),
-      seed, prior.files.checkpoint.filename().string());
+      title);
   for (const auto& r : results) {
     const auto cell = [](const std::vector<double>& v, int digits) {
       if (v.empty()) return std::string("-");
       const auto [m, s] = mean_std(v);
       return fmt::format("{:.{}f} ± {:.{}f}", m, digits, s, digits);
     };
-    summary += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.scale, cell(r.dps.psnr, 2),
-                           cell(r.dps.ssim, 3), cell(r.naive.psnr, 2), cell(r.naive.ssim, 3), r.seconds);
+    const auto scale = method == "dps" || method == "mcg" ? default_text(r.scale) : std::string("-");
+    summary += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, scale,
+                           cell(r.restored_scores.psnr, 2), cell(r.restored_scores.ssim, 3),
+                           cell(r.naive.psnr, 2), cell(r.naive.ssim, 3), r.seconds);
   }
   write_text(out / "summary.md", summary, force);
   fmt::print("\n{}\nwrote {}\n", summary.substr(summary.find("| task")), (out / "summary.md").string());
@@ -612,7 +633,7 @@ struct Command {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> list{
-      {"restore", "degrade images and restore them with DPS; PSNR/SSIM against the naive inverse",
+      {"restore", "degrade images and restore them (DPS or --method); PSNR/SSIM against the naive inverse",
        run_restore},
       {"degrade", "make measurements (operator + noise) from clean images", run_degrade},
       {"sample", "unconditional samples from the prior", run_sample},

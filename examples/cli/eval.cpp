@@ -21,6 +21,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "files.hpp"
+#include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
 #include "tasks.hpp"
@@ -28,28 +29,20 @@
 namespace diffpost::cli {
 namespace {
 
-/// The methods `eval` knows, in table order.
-struct MethodInfo {
-  std::string name;
-  std::string description;
-};
-
-const std::vector<MethodInfo>& all_methods() {
-  static const std::vector<MethodInfo> methods{
-      {"dps", "Diffusion Posterior Sampling (--scale, --scale-schedule)"},
-      {"mcg", "Manifold Constrained Gradients: the DPS step, then projection (--scale; linear tasks)"},
-      {"score-sde", "Score-SDE / ILVR projection onto the diffused measurement (linear tasks)"},
-      {"score-ald", "annealed Langevin guidance on x_t (--ald-scale, --ald-gamma)"},
-      {"sdedit", "noise the naive inverse to t*, then the plain reverse process (--t-star)"},
-  };
-  return methods;
-}
-
 /// The flags a sweep may vary, one at a time.
 const std::vector<std::string>& sweepable_flags() {
-  static const std::vector<std::string> flags{
-      "scale", "scale-schedule", "sigma",     "noise",     "poisson-rate", "steps",         "sampler",
-      "eta",   "t-star",         "ald-scale", "ald-gamma", "box-size",     "drop-fraction", "factor"};
+  static const std::vector<std::string> flags{"scale",          "scale-schedule",
+                                              "sigma",          "noise",
+                                              "poisson-rate",   "steps",
+                                              "sampler",        "eta",
+                                              "t-star",         "ald-scale",
+                                              "ald-gamma",      "box-size",
+                                              "drop-fraction",  "factor",
+                                              "diffpir-lambda", "diffpir-zeta",
+                                              "ddnm-eta",       "pigdm-eta",
+                                              "ddrm-eta",       "ddrm-eta-b",
+                                              "daps-ode-steps", "daps-langevin-steps",
+                                              "daps-step-size", "daps-tau"};
   return flags;
 }
 
@@ -72,38 +65,18 @@ struct SweepSpec {
   }
 };
 
-/// Everything one method needs besides the operator, noise and sampler.
-struct MethodSettings {
-  double scale = 1.0;
-  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
-  double ald_scale = 1.0;
-  double ald_gamma = 1.0;
-  double ald_sigma = 0.05;
-  int64_t t_star = 250;
-};
-
 /// The options of `diffpost eval`.
 struct EvalOptions {
   TaskOptions task;
   NoiseOptions noise;
   std::vector<std::string> methods{"dps", "mcg", "score-sde", "score-ald", "sdedit"};
-  ScaleSpec scale;
-  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
-  double ald_scale = 1.0;
-  double ald_gamma = 1.0;
-  std::optional<double> ald_sigma;  ///< default: the noise's sigma
-  int64_t t_star = 250;
+  MethodSettings settings;
   std::optional<SweepSpec> sweep;
   std::string classifier;
   SamplingOptions sampling = restoration_sampling_defaults();
   InputOptions input;
   ModelOptions model;
   OutputOptions output;
-
-  /// The method settings for `task` (the step size is per task).
-  [[nodiscard]] MethodSettings method_settings(const std::string& task) const {
-    return {scale.of(task), scale_schedule, ald_scale, ald_gamma, ald_sigma.value_or(noise.sigma), t_star};
-  }
 };
 
 std::vector<FlagGroup<EvalOptions>> eval_flags() {
@@ -113,42 +86,26 @@ std::vector<FlagGroup<EvalOptions>> eval_flags() {
   std::string method_help = "comma-separated methods:";
   for (const auto& method : all_methods())
     method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
-  groups.push_back(
-      {"Methods",
-       {{"methods", "NAME[,NAME...]", method_help, fmt::format("{}", fmt::join(O{}.methods, ",")),
-         [](O& o, const std::string& v) {
-           auto methods = unique_list(v, "--methods");
-           for (const auto& method : methods) {
-             if (std::none_of(all_methods().begin(), all_methods().end(),
-                              [&](const auto& m) { return m.name == method; })) {
-               std::vector<std::string> names;
-               for (const auto& m : all_methods()) names.push_back(m.name);
-               throw UsageError(
-                   fmt::format("unknown method '{}'; methods: {}", method, fmt::join(names, ", ")));
-             }
-           }
-           o.methods = std::move(methods);
-         }},
-        {"scale", "X|TASK=X,...", scale_help("DPS and MCG step size: one number, or task=value,..."), "",
-         [](O& o, const std::string& v) { o.scale = ScaleSpec::parse(v); }},
-        {"scale-schedule", "NAME", "DPS/MCG step size over the steps: constant, linear or exponential decay",
-         "constant", [](O& o, const std::string& v) { o.scale_schedule = parse_step_size_schedule(v); }},
-        {"ald-scale", "X", "score-ald: guidance scale", "1",
-         [](O& o, const std::string& v) { o.ald_scale = parse_double(v, "--ald-scale", 0.0, 1e6); }},
-        {"ald-gamma", "X", "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))", "1",
-         [](O& o, const std::string& v) { o.ald_gamma = parse_double(v, "--ald-gamma", 0.0, 1e6); }},
-        {"ald-sigma", "X", "score-ald: measurement noise level in its weighting; default: --sigma", "",
-         [](O& o, const std::string& v) { o.ald_sigma = parse_double(v, "--ald-sigma", 0.0, 10.0); }},
-        {"t-star", "N", "sdedit: noise level to start from, in original timesteps of 1000", "250",
-         [](O& o, const std::string& v) { o.t_star = parse_int(v, "--t-star", 0, 1000); }},
-        {"sweep", "FLAG=V1,V2,...",
-         fmt::format("repeat the comparison for each value of one flag ({})",
-                     fmt::join(sweepable_flags(), ", ")),
-         "", [](O& o, const std::string& v) { o.sweep = SweepSpec::parse(v); }},
-        {"classifier", "FILE|none",
-         "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
-         "1x28x28 models, none otherwise",
-         "", [](O& o, const std::string& v) { o.classifier = v; }}}});
+  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
+  std::vector<Flag<O>> flags{{"methods", "NAME[,NAME...]", method_help,
+                              fmt::format("{}", fmt::join(O{}.methods, ",")), [](O& o, const std::string& v) {
+                                auto methods = unique_list(v, "--methods");
+                                for (const auto& method : methods) find_method(method);
+                                o.methods = std::move(methods);
+                              }}};
+  for (auto& flag : step_size_flags<O>(settings, "DPS and MCG step size: one number, or task=value,..."))
+    flags.push_back(std::move(flag));
+  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
+  flags.push_back({"sweep", "FLAG=V1,V2,...",
+                   fmt::format("repeat the comparison for each value of one flag ({})",
+                               fmt::join(sweepable_flags(), ", ")),
+                   "", [](O& o, const std::string& v) { o.sweep = SweepSpec::parse(v); }});
+  flags.push_back(
+      {"classifier", "FILE|none",
+       "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier "
+       "for 1x28x28 models, none otherwise",
+       "", [](O& o, const std::string& v) { o.classifier = v; }});
+  groups.push_back({"Methods", std::move(flags)});
   const auto rest = restoration_groups<O>();
   groups.insert(groups.end(), rest.begin(), rest.end());
   return groups;
@@ -175,64 +132,6 @@ std::vector<SweepPoint> sweep_points(const EvalOptions& options) {
   return points;
 }
 
-/// Why `method` cannot run with operators of type Op, or empty when it can: projection (MCG, Score-SDE) needs
-/// a LinearOperator, SDEdit an operator with a naive inverse.
-template <class Op>
-std::string missing_capability(const std::string& method) {
-  if ((method == "mcg" || method == "score-sde") && !LinearOperator<Op>)
-    return "it projects onto the measurements and needs a linear operator";
-  if (method == "sdedit" && !HasNaiveInverse<Op>)
-    return "it starts from the naive inverse, which the task lacks";
-  return {};
-}
-
-/// The error for a method that cannot run on a task.
-UsageError cannot_run(const std::string& method, const std::string& task, const std::string& reason) {
-  return UsageError(
-      fmt::format("method {} cannot run task {}: {} (drop the task or the method)", method, task, reason));
-}
-
-/// Restores measurements y with `method`; the methods that need a capability the task's operator lacks
-/// (projection needs a linear operator, SDEdit a naive inverse) are rejected with the reason.
-torch::Tensor run_method(const std::string& method, const std::string& task, const AnyOperator& op,
-                         const AnyNoise& noise, const AnySampler& sampler, const MethodSettings& m,
-                         AdmUNet& model, const torch::Tensor& y, const Shape& shape, at::Generator& generator,
-                         const StepCallback& callback) {
-  return std::visit(
-      [&](const auto& o, const auto& likelihood, const auto& s) -> torch::Tensor {
-        using Op = std::decay_t<decltype(o)>;
-        if (method == "dps") {
-          const auto options = DPSOptions{}.scale(m.scale).step_size_schedule(m.scale_schedule);
-          return DPS(o, likelihood, s, options).sample(model, y, shape, generator, callback);
-        }
-        if (method == "score-ald") {
-          const auto options = ScoreALDOptions{}.scale(m.ald_scale).gamma(m.ald_gamma).sigma(m.ald_sigma);
-          return ScoreALD(o, likelihood, s, options).sample(model, y, shape, generator, callback);
-        }
-        if (method == "mcg" || method == "score-sde") {
-          if constexpr (LinearOperator<Op>) {
-            if (method == "mcg") {
-              const auto options = DPSOptions{}.scale(m.scale).step_size_schedule(m.scale_schedule);
-              return MCG(o, likelihood, s, options).sample(model, y, shape, generator, callback);
-            }
-            return ScoreSDEProjection(o, s).sample(model, y, shape, generator, callback);
-          } else {
-            throw cannot_run(method, task, missing_capability<Op>(method));
-          }
-        }
-        if (method == "sdedit") {
-          if constexpr (HasNaiveInverse<Op>) {
-            return SDEdit(o, s, SDEditOptions{}.t_star(m.t_star))
-                .sample(model, y, shape, generator, callback);
-          } else {
-            throw cannot_run(method, task, missing_capability<Op>(method));
-          }
-        }
-        throw UsageError(fmt::format("unknown method '{}'", method));
-      },
-      op, noise, sampler);
-}
-
 /// Scores of one method on one task at one sweep point.
 struct Row {
   std::string value;  // sweep value
@@ -241,6 +140,7 @@ struct Row {
   Scores scores;
   double frechet = NAN;
   double seconds = 0.0;
+  NetworkCost cost;  ///< network forwards and backwards per image (none for the naive inverse)
 };
 
 /// Features for the Frechet distance: a classifier's penultimate layer, or none.
@@ -308,12 +208,13 @@ std::string cell(const std::vector<double>& values, int digits) {
 /// The Markdown table: one row per sweep value x task x method; the best mean of each metric within a task
 /// (and sweep value) in bold.
 std::string markdown_table(const std::vector<Row>& rows, const std::string& swept) {
-  std::string text = swept.empty()
-                         ? "| task | method | PSNR (dB) | SSIM | FD | time (s) |\n|---|---|---|---|---|---|\n"
-                         : fmt::format(
-                               "| {} | task | method | PSNR (dB) | SSIM | FD | time (s) |\n"
-                               "|---|---|---|---|---|---|---|\n",
-                               swept);
+  std::string text =
+      swept.empty() ? "| task | method | PSNR (dB) | SSIM | FD | network fwd / bwd | time (s) "
+                      "|\n|---|---|---|---|---|---|---|\n"
+                    : fmt::format(
+                          "| {} | task | method | PSNR (dB) | SSIM | FD | network fwd / bwd | time (s) |\n"
+                          "|---|---|---|---|---|---|---|---|\n",
+                          swept);
   for (size_t i = 0; i < rows.size();) {
     size_t end = i;
     while (end < rows.size() && rows[end].task == rows[i].task && rows[end].value == rows[i].value) ++end;
@@ -331,8 +232,10 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
       const auto fd = std::isfinite(r.frechet) ? bold(r.frechet == best_fd, fmt::format("{:.2f}", r.frechet))
                                                : std::string("-");
       if (!swept.empty()) text += fmt::format("| {} ", r.value);
-      text +=
-          fmt::format("| {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.method, psnr, ssim, fd, r.seconds);
+      const auto cost =
+          r.method == "naive" ? std::string("-") : fmt::format("{} / {}", r.cost.forwards, r.cost.backwards);
+      text += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.method, psnr, ssim, fd,
+                          cost, r.seconds);
     }
     i = end;
   }
@@ -380,11 +283,11 @@ int run_eval(int argc, char** argv) {
   if (extractor.classifier && count < 2)
     throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
   for (const auto& point : points) {
+    const auto noise = noise_model(point.options.noise);
     for (const auto& task : tasks) {
       const auto op = make_operator(task, point.options.task.parameters, shape, seed, 0, 1, 1);
       for (const auto& method : methods) {
-        const auto reason = std::visit(
-            [&](const auto& o) { return missing_capability<std::decay_t<decltype(o)>>(method); }, op);
+        const auto reason = missing_capability(method, op, noise);
         if (!reason.empty()) throw cannot_run(method, task, reason);
       }
     }
@@ -415,10 +318,8 @@ int run_eval(int argc, char** argv) {
   for (const auto& point : points) {
     const auto& parameters = point.options.task.parameters;
     const auto noise = noise_model(point.options.noise);
-    const auto sampler = make_sampler(point.options.model, point.options.sampling);
-    const auto steps = num_steps(sampler);
+    const RunSchedules schedules(point.options.model, point.options.sampling);
     for (const auto& task : tasks) {
-      const auto settings = point.options.method_settings(task);
       // The measurements, shared by all methods.
       struct Batch {
         int64_t first;
@@ -474,6 +375,9 @@ int run_eval(int argc, char** argv) {
 
       for (const auto& method : methods) {
         Row row{point.value, task, method};
+        const MethodRun run{method, task, point.options.settings, schedules, point.options.noise.sigma};
+        const auto steps =
+            with_method(run, batches.front().op, noise, [](const auto& m) { return reported_steps(m); });
         std::vector<torch::Tensor> outputs;
         ProgressBar progress(static_cast<int64_t>(batches.size()) * steps,
                              fmt::format("{}{} {}", task, suffix(point), method));
@@ -485,10 +389,14 @@ int run_eval(int argc, char** argv) {
             progress.update(static_cast<int64_t>(b) * steps + info.step,
                             fmt::format("batch {}/{}", b + 1, batches.size()));
           };
-          const auto restored = run_method(method, task, batch.op, noise, sampler, settings, prior.model,
-                                           batch.y, shape, generator, callback)
-                                    .detach()
-                                    .clamp(-1.0, 1.0);
+          const auto restored =
+              with_method(run, batch.op, noise,
+                          [&](const auto& m) {
+                            row.cost = m.network_cost();
+                            return m.sample(prior.model, batch.y, shape, generator, callback);
+                          })
+                  .detach()
+                  .clamp(-1.0, 1.0);
           for (int64_t i = 0; i < restored.size(0); ++i) outputs.push_back(restored.narrow(0, i, 1));
         }
         progress.finish();
@@ -500,19 +408,22 @@ int run_eval(int argc, char** argv) {
     }
   }
 
-  std::string csv = "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,frechet,seconds\n";
+  std::string csv =
+      "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,frechet,forwards,backwards,"
+      "seconds\n";
   for (const auto& r : rows) {
     const auto [pm, ps] = mean_std(r.scores.psnr);
     const auto [sm, ss] = mean_std(r.scores.ssim);
-    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{:.1f}\n", swept, r.value, r.task, r.method, count,
-                       csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
-                       std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "", r.seconds);
+    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{:.1f}\n", swept, r.value, r.task, r.method,
+                       count, csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
+                       std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "", r.cost.forwards,
+                       r.cost.backwards, r.seconds);
   }
   const auto table = markdown_table(rows, swept);
   const auto markdown = fmt::format(
       "# diffpost eval\n\n`{}`\n\n{} images, seed {}, model `{}`; mean ± sample standard deviation over the "
-      "images; FD = Frechet distance of classifier features to the ground truth ({}); best per task in "
-      "bold.\n\n{}",
+      "images; FD = Frechet distance of classifier features to the ground truth ({}); network fwd / bwd = "
+      "network evaluations and backpropagations per image; best per task in bold.\n\n{}",
       command_line(argc, argv), count, seed, prior.files.checkpoint.filename().string(),
       extractor.classifier ? extractor.path.filename().string() : "not computed", table);
   write_text(out / "results.csv", csv, force);

@@ -68,11 +68,57 @@ struct TaskParameters {
   std::string mask_file;
 };
 
+/// The SVD of a PerImageOperator: each image's operator's own SVD applied to that image's rows, so that
+/// methods working in the spectral domain (DDRM, and the exact data steps of DiffPIR, DDNM and PiGDM) see
+/// every image's own mask or kernel.
+template <class SVD>
+class PerImageSVD {
+ public:
+  PerImageSVD(std::vector<SVD> parts, int64_t repeats) : parts_(std::move(parts)), repeats_(repeats) {
+    std::vector<torch::Tensor> values;
+    for (const auto& part : parts_) {
+      auto s = part.singular_values();
+      std::vector<int64_t> shape(4 - static_cast<size_t>(s.dim()), 1);
+      shape.insert(shape.end(), s.sizes().begin(), s.sizes().end());
+      s = s.reshape(shape);
+      values.push_back(s.expand({repeats_, s.size(1), s.size(2), s.size(3)}));
+    }
+    singular_values_ = torch::cat(values, 0);
+  }
+
+  [[nodiscard]] const torch::Tensor& singular_values() const noexcept { return singular_values_; }
+  [[nodiscard]] torch::Tensor v_transpose(const torch::Tensor& x) const {
+    return apply(x, [](const SVD& svd, const torch::Tensor& part) { return svd.v_transpose(part); });
+  }
+  [[nodiscard]] torch::Tensor v(const torch::Tensor& c) const {
+    return apply(c, [](const SVD& svd, const torch::Tensor& part) { return svd.v(part); });
+  }
+  [[nodiscard]] torch::Tensor u_transpose(const torch::Tensor& y) const {
+    return apply(y, [](const SVD& svd, const torch::Tensor& part) { return svd.u_transpose(part); });
+  }
+  [[nodiscard]] torch::Tensor u(const torch::Tensor& c) const {
+    return apply(c, [](const SVD& svd, const torch::Tensor& part) { return svd.u(part); });
+  }
+
+ private:
+  template <class F>
+  torch::Tensor apply(const torch::Tensor& batch, F&& f) const {
+    std::vector<torch::Tensor> parts;
+    for (size_t i = 0; i < parts_.size(); ++i)
+      parts.push_back(f(parts_[i], batch.narrow(0, static_cast<int64_t>(i) * repeats_, repeats_)));
+    return torch::cat(parts, 0);
+  }
+
+  std::vector<SVD> parts_;
+  int64_t repeats_;
+  torch::Tensor singular_values_;
+};
+
 /// A different operator for every image of a batch (each image gets its own mask or motion kernel, drawn
 /// from a generator seeded by the image's index, so results do not depend on how images are batched), each
 /// applied to `repeats` consecutive rows (the posterior samples of one measurement, as DPS lays them out).
-/// Satisfies ForwardOperator, and has the naive inverse, adjoint and pseudo-inverse that the wrapped operator
-/// has (so it is a LinearOperator when Op is one).
+/// Satisfies ForwardOperator, and has the naive inverse, adjoint, pseudo-inverse and SVD that the wrapped
+/// operator has (so it is a LinearOperator, PseudoInvertibleOperator or DecomposableOperator when Op is one).
 template <ForwardOperator Op>
 class PerImageOperator {
  public:
@@ -93,6 +139,17 @@ class PerImageOperator {
 
   [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const requires HasPseudoInverse<Op> {
     return apply(y, [](const Op& op, const torch::Tensor& part) { return op.pseudo_inverse(part); });
+  }
+
+  /// Each image's SVD, for image batches of `image_shape` [rows, C, H, W].
+  [[nodiscard]] auto svd(const Shape& image_shape, const torch::TensorOptions& options) const requires
+      HasSingularValueDecomposition<Op> {
+    Shape part_shape = image_shape;
+    part_shape[0] = repeats_;
+    using SVD = decltype(operators_.front().svd(part_shape, options));
+    std::vector<SVD> parts;
+    for (const auto& op : operators_) parts.push_back(op.svd(part_shape, options));
+    return PerImageSVD<SVD>(std::move(parts), repeats_);
   }
 
   [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
