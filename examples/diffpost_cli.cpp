@@ -47,251 +47,6 @@ namespace {
 // restore
 // ---------------------------------------------------------------------------------------------------------------
 
-/// What one task produced for the summary.
-struct TaskResult {
-  std::string task;
-  double scale = 0.0;
-  int64_t images = 0;
-  Scores restored_scores;
-  Scores naive;
-  double seconds = 0.0;
-  std::vector<torch::Tensor> pictures;  // measurement picture per image
-  std::vector<torch::Tensor> restored;  // first posterior sample per image
-};
-
-/// The options of `diffpost restore`.
-struct RestoreOptions {
-  TaskOptions task;
-  NoiseOptions noise;
-  std::string method = "dps";
-  MethodSettings settings;
-  int64_t num_samples = 1;
-  SamplingOptions sampling = restoration_sampling_defaults();
-  InputOptions input;
-  ModelOptions model;
-  OutputOptions output;
-};
-
-std::vector<FlagGroup<RestoreOptions>> restore_flags() {
-  using O = RestoreOptions;
-  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
-                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  std::string method_help = "restoration method:";
-  for (const auto& method : all_methods())
-    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
-  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
-  std::vector<Flag<O>> flags{{"method", "NAME", method_help, "dps",
-                              [](O& o, const std::string& v) { o.method = find_method(v).name; }}};
-  for (auto& flag : step_size_flags<O>(settings,
-                                       "DPS and MCG step size: one number for all tasks, or "
-                                       "task=value,..."))
-    flags.push_back(std::move(flag));
-  flags.push_back({"num-samples", "N", "posterior samples per image", "1", [](O& o, const std::string& v) {
-                     o.num_samples = parse_int(v, "--num-samples", 1, 1000);
-                   }});
-  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
-  groups.push_back({"Method", std::move(flags)});
-  const auto rest = restoration_groups<O>();
-  groups.insert(groups.end(), rest.begin(), rest.end());
-  return groups;
-}
-
-int run_restore(int argc, char** argv) {
-  auto app = make_app(
-      "diffpost restore",
-      "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
-      "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
-      "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
-      "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
-      "sample), grid.png (rows = images; columns = truth, naive inverse, method) and metrics.csv (PSNR/SSIM\n"
-      "of the method and of the naive inverse); and summary.md with mean ± std per task (and grid.png\n"
-      "across tasks when several are run).");
-  RestoreOptions options;
-  declare(*app, options, restore_flags());
-  declare_inputs(*app, options.input);
-  if (!parse(*app, argc, argv)) return 0;
-
-  // Everything is checked before the first file is written.
-  const auto& tasks = required_tasks(options.task, app->get_name());
-  const auto& parameters = options.task.parameters;
-  const auto noise = noise_model(options.noise);
-  const auto num_samples = options.num_samples;
-  const auto seed = options.sampling.seed;
-  const auto batch_size = options.sampling.batch;
-  const bool force = options.output.force;
-  const auto out = output_folder(options.output, app->get_name());
-  set_threads(options.model);
-  const RunSchedules schedules(options.model, options.sampling);
-  const auto& method = options.method;
-  const auto& title = find_method(method).title;
-
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
-  const auto shape = prior.image_shape();
-  const auto inputs =
-      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
-  const auto count = static_cast<int64_t>(inputs.size());
-  // Operators are built once up front so that bad task parameters fail before any output.
-  for (const auto& task : tasks) {
-    const auto reason =
-        missing_capability(method, make_operator(task, parameters, shape, seed, 0, 1, 1), noise);
-    if (!reason.empty()) throw cannot_run(method, task, reason);
-  }
-
-  std::vector<fs::path> planned{out / "summary.md"};
-  if (tasks.size() > 1) planned.push_back(out / "grid.png");
-  for (const auto& task : tasks) {
-    const auto folder = out / task;
-    planned.push_back(folder / "grid.png");
-    planned.push_back(folder / "metrics.csv");
-    for (const auto& input : inputs) {
-      for (const char* suffix : {"_truth.png", "_measurement.png", "_naive.png"})
-        planned.push_back(folder / (input.name + suffix));
-      planned.push_back(folder / fmt::format("{}_{}.png", input.name, method));
-      for (int64_t k = 0; k < num_samples && num_samples > 1; ++k)
-        planned.push_back(folder / fmt::format("{}_{}_{}.png", input.name, method, k));
-    }
-  }
-  prepare_output_folder(out);
-  for (const auto& task : tasks) prepare_output_folder(out / task);
-  check_no_overwrite(planned, force);
-
-  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads\n",
-             prior.files.checkpoint.string(), prior.files.config.string(), count, schedules.steps,
-             options.sampling.sampler, noise_description(options.noise), torch::get_num_threads());
-  std::fflush(stdout);
-  std::vector<TaskResult> results;
-  for (const auto& task : tasks) {
-    TaskResult result;
-    result.task = task;
-    result.scale = options.settings.scale.of(task);
-    result.images = count;
-    const auto folder = out / task;
-    const MethodRun run{method, task, options.settings, schedules, options.noise.sigma, num_samples};
-    std::string csv = "image,method,sample,psnr,ssim\n";
-    std::vector<std::vector<torch::Tensor>> grid_rows;
-    const int64_t batches = (count + batch_size - 1) / batch_size;
-    const auto steps = with_method(run, make_operator(task, parameters, shape, seed, 0, 1, num_samples),
-                                   noise, [](const auto& m) { return reported_steps(m); });
-    const bool uses_scale = method == "dps" || method == "mcg";
-    ProgressBar progress(batches * steps, uses_scale ? fmt::format("{} (scale {})", task, result.scale)
-                                                     : fmt::format("{} ({})", task, method));
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t first = 0; first < count; first += batch_size) {
-      const int64_t n = std::min(batch_size, count - first);
-      std::vector<torch::Tensor> batch_images;
-      for (int64_t i = first; i < first + n; ++i) batch_images.push_back(inputs[i].image);
-      const auto truth = torch::cat(batch_images, 0);
-      const auto op = make_operator(task, parameters, shape, seed, first, n, 1);
-      const auto y = measure(op, noise, truth, seed, first);
-      const auto repeated =
-          std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
-      auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
-      const int64_t done_before = (first / batch_size) * steps;
-      const StepCallback callback = [&](const StepInfo& info) {
-        progress.update(done_before + info.step,
-                        info.residual.defined()
-                            ? fmt::format("batch {}/{} residual {:.3f}", first / batch_size + 1, batches,
-                                          info.residual.mean().item<double>())
-                            : fmt::format("batch {}/{}", first / batch_size + 1, batches));
-      };
-      const auto samples = with_method(run, repeated, noise, [&](const auto& m) {
-        return m.sample(prior.model, y, shape, generator, callback);
-      });
-      const auto restored = samples.detach().clamp(-1.0, 1.0);
-      const auto naive = naive_inverse(op, y);
-      const auto naive_shown = naive.defined() ? naive.clamp(-1.0, 1.0) : torch::Tensor{};
-      const auto picture = measurement_picture(op, y);
-      for (int64_t i = 0; i < n; ++i) {
-        const auto& name = inputs[first + i].name;
-        const auto truth_i = truth.narrow(0, i, 1);
-        save_image(truth_i, (folder / (name + "_truth.png")).string(), force);
-        save_image(measurement_to_save(task, op, y.narrow(0, i, 1)),
-                   (folder / (name + "_measurement.png")).string(), force);
-        std::vector<torch::Tensor> row{truth_i, picture.narrow(0, i, 1)};
-        if (naive_shown.defined()) {
-          const auto naive_i = naive_shown.narrow(0, i, 1);
-          save_image(naive_i, (folder / (name + "_naive.png")).string(), force);
-          result.naive.add(naive_i, truth_i);
-          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(result.naive.psnr.back()),
-                             csv_number(result.naive.ssim.back()));
-        }
-        const auto sample_block = restored.narrow(0, i * num_samples, num_samples);
-        for (int64_t k = 0; k < num_samples; ++k) {
-          const auto sample = sample_block.narrow(0, k, 1);
-          const auto file = num_samples == 1 ? fmt::format("{}_{}.png", name, method)
-                                             : fmt::format("{}_{}_{}.png", name, method, k);
-          save_image(sample, (folder / file).string(), force);
-          result.restored_scores.add(sample, truth_i);
-          csv +=
-              fmt::format("{},{},{},{},{}\n", name, method, k, csv_number(result.restored_scores.psnr.back()),
-                          csv_number(result.restored_scores.ssim.back()));
-          row.push_back(sample);
-        }
-        grid_rows.push_back(row);
-        result.pictures.push_back(picture.narrow(0, i, 1));
-        result.restored.push_back(sample_block.narrow(0, 0, 1));
-      }
-    }
-    progress.finish();
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    for (const auto& [name, scores] :
-         {std::pair{method, &result.restored_scores}, std::pair{std::string("naive"), &result.naive}}) {
-      if (scores->psnr.empty()) continue;
-      const auto [pm, ps] = mean_std(scores->psnr);
-      const auto [sm, ss] = mean_std(scores->ssim);
-      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", name, csv_number(pm), csv_number(sm), name,
-                         csv_number(ps), csv_number(ss));
-    }
-    save_grid(grid_rows, (folder / "grid.png").string(), GridOptions{}.overwrite(force));
-    write_text(folder / "metrics.csv", csv, force);
-    fmt::print("{}: {} {}", task, title, result.restored_scores.summary());
-    if (!result.naive.psnr.empty()) fmt::print(" | naive inverse {}", result.naive.summary());
-    fmt::print(" | {:.1f} s\n", result.seconds);
-    std::fflush(stdout);  // one line per finished task, also when stdout is a file
-    results.push_back(std::move(result));
-  }
-
-  if (tasks.size() > 1) {
-    std::vector<std::vector<torch::Tensor>> rows;
-    for (int64_t i = 0; i < count; ++i) {
-      std::vector<torch::Tensor> row{inputs[i].image};
-      for (const auto& r : results) {
-        row.push_back(r.pictures[i]);
-        row.push_back(r.restored[i]);
-      }
-      rows.push_back(row);
-    }
-    save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
-  }
-  std::string summary = fmt::format(
-      "# diffpost restore summary\n\n`{}`\n\n{} images, {} steps ({} sampler), noise {}, seed {}, model "
-      "`{}`.\n"
-      "Mean ± sample standard deviation over the images; the naive inverse is zero-filling (inpainting), "
-      "bicubic\n"
-      "upsampling (sr), the blurred image (deblurring), the gray image (colorize) or the noisy image "
-      "(denoise).\n\n",
-      command_line(argc, argv), count, schedules.steps, options.sampling.sampler,
-      noise_description(options.noise), seed, prior.files.checkpoint.filename().string());
-  summary += fmt::format(
-      "| task | scale | {0} PSNR (dB) | {0} SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
-      "|---|---|---|---|---|---|---|\n",
-      title);
-  for (const auto& r : results) {
-    const auto cell = [](const std::vector<double>& v, int digits) {
-      if (v.empty()) return std::string("-");
-      const auto [m, s] = mean_std(v);
-      return fmt::format("{:.{}f} ± {:.{}f}", m, digits, s, digits);
-    };
-    const auto scale = method == "dps" || method == "mcg" ? default_text(r.scale) : std::string("-");
-    summary += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, scale,
-                           cell(r.restored_scores.psnr, 2), cell(r.restored_scores.ssim, 3),
-                           cell(r.naive.psnr, 2), cell(r.naive.ssim, 3), r.seconds);
-  }
-  write_text(out / "summary.md", summary, force);
-  fmt::print("\n{}\nwrote {}\n", summary.substr(summary.find("| task")), (out / "summary.md").string());
-  return 0;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // degrade
 // ---------------------------------------------------------------------------------------------------------------
@@ -624,6 +379,33 @@ int run_init(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// merge
+// ---------------------------------------------------------------------------------------------------------------
+
+int run_merge(int argc, char** argv) {
+  auto app = make_app(
+      "diffpost merge",
+      "Combines the shards of a sharded restore or eval run (--shard) in DIR into the files a single\n"
+      "run writes (summary.md, metrics.csv and grids; or results.csv, per_image.csv, results.md and\n"
+      "grids), from the shards' records. Refuses missing or overlapping shards, naming them.");
+  std::string dir;
+  bool verbose = false;
+  app->add_option("dir", dir, "the --out folder of the shards")->type_name("DIR")->required();
+  app->add_flag("--verbose", verbose, "print full error messages");
+  if (!parse(*app, argc, argv)) return 0;
+  const auto folder = RunFolder::existing(dir);
+  const auto& settings = folder.settings();
+  std::vector<std::string> words{"diffpost", settings.command};
+  words.insert(words.end(), settings.arguments.begin(), settings.arguments.end());
+  std::vector<char*> arguments;
+  for (auto& word : words) arguments.push_back(word.data());
+  const auto count = static_cast<int>(arguments.size());
+  if (settings.command == "restore") return merge_restore(folder, count, arguments.data());
+  if (settings.command == "eval") return merge_eval(folder, count, arguments.data());
+  throw UsageError(fmt::format("'{}' holds a run of '{}', which has no shards", dir, settings.command));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 
 struct Command {
   const char* name;
@@ -640,6 +422,7 @@ const std::vector<Command>& commands() {
       {"denoise", "one-step Tweedie denoising of noisy images", run_denoise},
       {"eval", "rank restoration methods on tasks x noise: PSNR, SSIM, Frechet distance; sweeps", run_eval},
       {"init", "write a randomly initialised checkpoint for a config (for testing)", run_init},
+      {"merge", "combine the shards of a sharded restore or eval run into its summary files", run_merge},
   };
   return list;
 }
@@ -670,10 +453,10 @@ int main(int argc, char** argv) {
   for (const auto& c : commands())
     if (name == c.name) command = &c;
   if (!command) {
-    std::fprintf(
-        stderr,
-        "diffpost: error: unknown command '%s' (commands: restore, degrade, sample, denoise, eval, init)\n",
-        name.c_str());
+    std::fprintf(stderr,
+                 "diffpost: error: unknown command '%s' (commands: restore, degrade, sample, denoise, eval, "
+                 "init, merge)\n",
+                 name.c_str());
     return 2;
   }
   bool verbose = false;
@@ -686,6 +469,9 @@ int main(int argc, char** argv) {
   };
   try {
     return command->run(argc, argv);
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "diffpost %s: %s\n", command->name, e.what());
+    return 130;
   } catch (const UsageError& e) {
     return fail(e.what());
   } catch (const c10::Error& e) {

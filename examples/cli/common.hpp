@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "options.hpp"
+#include "run_folder.hpp"
 #include "tasks.hpp"
 
 namespace diffpost::cli {
@@ -229,11 +231,13 @@ inline int64_t num_steps(const AnySampler& sampler) {
   return std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
 }
 
-/// The output folder and whether files in it may be replaced.
+/// The output folder, whether files in it may be replaced, and the part of the run this process does.
 struct OutputOptions {
   std::string out;
   bool force = false;
   bool verbose = false;
+  bool resume = false;
+  std::string shard;  ///< --shard K/N or auto; empty: the whole run
 };
 
 template <class O, class Part>
@@ -248,6 +252,24 @@ std::vector<Flag<O>> output_flags(Part part) {
        [part](O& o, const std::string&) { part(o).force = true; }},
       {"verbose", "", "print full error messages", "",
        [part](O& o, const std::string&) { part(o).verbose = true; }},
+  };
+}
+
+/// --resume and --shard, of the commands whose runs can be split and resumed (restore, eval).
+template <class O, class Part>
+std::vector<Flag<O>> run_part_flags(Part part) {
+  return {
+      {"resume", "",
+       "finish the run in --out: skip the batches whose outputs are complete and intact, redo the others", "",
+       [part](O& o, const std::string&) { part(o).resume = true; }},
+      {"shard", "K/N|auto",
+       "do shard K of N (K from 0) of the batches; auto reads torchrun, Slurm or MPI variables; then "
+       "'diffpost merge DIR' combines the shards",
+       "",
+       [part](O& o, const std::string& v) {
+         parse_shard(v);  // checked now, read again when the run starts
+         part(o).shard = v;
+       }},
   };
 }
 
@@ -297,6 +319,7 @@ std::vector<FlagGroup<O>> restoration_groups() {
       {"Input", {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; })}},
       {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
       {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
+      {"Sharding and resuming", run_part_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
   };
 }
 
@@ -401,6 +424,26 @@ inline torch::Tensor measurement_to_save(const std::string& task, const AnyOpera
 inline std::string command_line(int argc, char** argv) {
   std::string text = "diffpost";
   for (int i = 1; i < argc; ++i) text += std::string(" ") + argv[i];
+  return text;
+}
+
+/// The command line of a restore or eval run for its summary, without the flags that do not change its
+/// outputs (--out, --threads, --device, --shard, --resume, --force, --verbose), so that a sharded run merged
+/// and a single run name the same command.
+inline std::string canonical_command(const std::string& command, int argc, char** argv) {
+  static const std::set<std::string> with_value{"--out", "--threads", "--device", "--shard"};
+  static const std::set<std::string> switches{"--resume", "--force", "--verbose"};
+  std::string text = "diffpost " + command;
+  for (int i = 2; i < argc; ++i) {
+    const std::string argument = argv[i];
+    const auto name = argument.substr(0, argument.find('='));
+    if (switches.count(argument) > 0) continue;
+    if (with_value.count(name) > 0) {
+      if (name == argument) ++i;  // "--flag value": skip the value too
+      continue;
+    }
+    text += " " + argument;
+  }
   return text;
 }
 

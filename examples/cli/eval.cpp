@@ -24,6 +24,7 @@
 #include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "run_folder.hpp"
 #include "tasks.hpp"
 
 namespace diffpost::cli {
@@ -242,195 +243,338 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
   return text;
 }
 
-}  // namespace
+/// A parsed eval command line.
+struct ParsedEval {
+  std::unique_ptr<CLI::App> app;
+  EvalOptions options;
+};
 
-int run_eval(int argc, char** argv) {
-  auto app = make_app(
+std::unique_ptr<ParsedEval> parse_eval(int argc, char** argv) {
+  auto parsed = std::make_unique<ParsedEval>();
+  parsed->app = make_app(
       "diffpost eval",
       "Compares restoration methods on the same measurements: every method restores the same degraded\n"
       "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
       "Frechet distance (FD) between features of a classifier (by default the bundled Fashion-MNIST one),\n"
-      "like FID with Inception features. The naive inverse of each task is scored as a row too. With\n"
-      "--sweep FLAG=V1,V2,... the whole comparison is repeated for each value of one flag.\n"
-      "Writes results.csv (mean/std per sweep value x task x method), per_image.csv, results.md (Markdown\n"
-      "table, best per task in bold) and one grid PNG per task and sweep value (first 8 images; columns:\n"
-      "truth, measurement, naive inverse, then the methods in order).");
-  EvalOptions options;
-  declare(*app, options, eval_flags());
-  declare_inputs(*app, options.input);
-  if (!parse(*app, argc, argv)) return 0;
+      "like FID with Inception features, next to its network evaluations per image. The naive inverse of\n"
+      "each task is scored as a row too. With --sweep FLAG=V1,V2,... the whole comparison is repeated for\n"
+      "each value of one flag. Writes results.csv (mean/std per sweep value x task x method), "
+      "per_image.csv,\n"
+      "results.md (Markdown table, best per task in bold) and one grid PNG per task and sweep value (first "
+      "8\n"
+      "images; columns: truth, measurement, naive inverse, then the methods in order). Runs can be split "
+      "over\n"
+      "processes (--shard), resumed (--resume) and merged (diffpost merge).");
+  declare(*parsed->app, parsed->options, eval_flags());
+  declare_inputs(*parsed->app, parsed->options.input);
+  if (!parse(*parsed->app, argc, argv)) return nullptr;
+  return parsed;
+}
 
-  // Everything is checked before the first file is written.
-  const auto& tasks = required_tasks(options.task, app->get_name());
-  const auto& methods = options.methods;
-  const auto swept = options.sweep ? options.sweep->flag : std::string{};
-  if (!swept.empty() && given(*app, swept))
-    throw UsageError(fmt::format("--{} is given and also swept; drop one of them", swept));
-  const auto points = sweep_points(options);
-  const auto seed = options.sampling.seed;
-  const auto batch_size = options.sampling.batch;
-  const bool force = options.output.force;
-  const auto out = output_folder(options.output, app->get_name());
-  set_threads(options.model);
+/// Images shown per task in the grids.
+constexpr int64_t kGridImages = 8;
 
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
+/// What eval's outputs are made from besides the records.
+struct EvalPlan {
+  const EvalOptions& options;
+  std::vector<std::string> tasks;
+  std::vector<SweepPoint> points;
+  std::string swept;
+  std::vector<InputImage> inputs;
+  Shape shape;
+  PriorFiles prior_files;
+  std::string classifier_name;  ///< the FD classifier's file name, or empty without FD
+  int64_t batches = 0;
+  std::string command;
 
-  const auto shape = prior.image_shape();
-  const auto extractor = load_feature_extractor(options.classifier, shape);
-  const auto inputs =
-      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
-  const auto count = static_cast<int64_t>(inputs.size());
-  if (extractor.classifier && count < 2)
-    throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
-  for (const auto& point : points) {
-    const auto noise = noise_model(point.options.noise);
-    for (const auto& task : tasks) {
-      const auto op = make_operator(task, point.options.task.parameters, shape, seed, 0, 1, 1);
-      for (const auto& method : methods) {
-        const auto reason = missing_capability(method, op, noise);
-        if (!reason.empty()) throw cannot_run(method, task, reason);
-      }
-    }
+  [[nodiscard]] int64_t count() const { return static_cast<int64_t>(inputs.size()); }
+  [[nodiscard]] int64_t first(int64_t batch) const { return batch * options.sampling.batch; }
+  [[nodiscard]] int64_t size(int64_t batch) const {
+    return std::min(options.sampling.batch, count() - first(batch));
   }
-
-  const auto suffix = [&](const SweepPoint& point) {
+  [[nodiscard]] std::string suffix(const SweepPoint& point) const {
     return swept.empty() ? std::string{} : fmt::format("_{}={}", swept, point.value);
+  }
+  /// The record folder of one task at one sweep point.
+  [[nodiscard]] std::string unit(const SweepPoint& point, const std::string& task) const {
+    return task + suffix(point);
+  }
+  [[nodiscard]] std::vector<std::string> units() const {
+    std::vector<std::string> names;
+    for (const auto& point : points)
+      for (const auto& task : tasks) names.push_back(unit(point, task));
+    return names;
+  }
+};
+
+EvalPlan plan_eval(const EvalOptions& options, const CLI::App& app, const std::string& command) {
+  EvalPlan plan{options, required_tasks(options.task, app.get_name())};
+  plan.swept = options.sweep ? options.sweep->flag : std::string{};
+  if (!plan.swept.empty() && given(app, plan.swept))
+    throw UsageError(fmt::format("--{} is given and also swept; drop one of them", plan.swept));
+  plan.points = sweep_points(options);
+  plan.prior_files = resolve_prior(options.model.model, options.model.config);
+  plan.shape = prior_image_shape(plan.prior_files);
+  plan.inputs = gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(plan.shape[0]),
+                              plan.shape[1]);
+  plan.batches = (plan.count() + options.sampling.batch - 1) / options.sampling.batch;
+  plan.command = command;
+  return plan;
+}
+
+/// The row names of a task: the naive inverse (when the task has one), then the methods.
+std::vector<std::string> row_methods(const EvalPlan& plan, const std::string& task) {
+  std::vector<std::string> names;
+  if (task != "phase-retrieval") names.push_back("naive");
+  names.insert(names.end(), plan.options.methods.begin(), plan.options.methods.end());
+  return names;
+}
+
+/// Runs every method on batch `batch` of `task` at `point` and writes the batch's record: per method the
+/// scores, features, seconds and network cost; the truth's features; the grid cells of its first images.
+void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::string& task, int64_t batch,
+                    Prior& prior, const FeatureExtractor& extractor, const RunFolder& folder,
+                    ProgressBar& progress, int64_t& done) {
+  const auto& options = point.options;
+  const auto seed = options.sampling.seed;
+  const int64_t first = plan.first(batch), n = plan.size(batch);
+  std::vector<torch::Tensor> images;
+  for (int64_t i = first; i < first + n; ++i) images.push_back(plan.inputs[static_cast<size_t>(i)].image);
+  const auto truth = torch::cat(images, 0);
+  const auto noise = noise_model(options.noise);
+  const auto op = make_operator(task, options.task.parameters, plan.shape, seed, first, n, 1);
+  const auto y = measure(op, noise, truth, seed, first);
+  const RunSchedules schedules(options.model, options.sampling);
+  StateDict record;
+  const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
+  if (extractor.classifier) record.insert("truth/features", extractor.features({truth}));
+  const int64_t shown = std::max<int64_t>(0, std::min(first + n, kGridImages) - first);
+  std::vector<std::vector<torch::Tensor>> cells(static_cast<size_t>(shown));
+  const auto picture = measurement_picture(op, y);
+  for (int64_t i = 0; i < shown; ++i)
+    cells[static_cast<size_t>(i)] = {truth.narrow(0, i, 1), picture.narrow(0, i, 1)};
+  const auto add = [&](const std::string& method, const torch::Tensor& outputs, double seconds,
+                       const NetworkCost& cost) {
+    Scores scores;
+    scores.add(outputs, truth);
+    record.insert(method + "/psnr", values(scores.psnr));
+    record.insert(method + "/ssim", values(scores.ssim));
+    if (extractor.classifier) record.insert(method + "/features", extractor.features({outputs}));
+    record.insert(method + "/seconds", torch::tensor(seconds, torch::kFloat64));
+    record.insert(method + "/cost", torch::tensor({cost.forwards, cost.backwards}, torch::kLong));
+    for (int64_t i = 0; i < shown; ++i) cells[static_cast<size_t>(i)].push_back(outputs.narrow(0, i, 1));
   };
-  std::vector<fs::path> planned{out / "results.csv", out / "per_image.csv", out / "results.md"};
-  for (const auto& point : points)
-    for (const auto& task : tasks) planned.push_back(out / fmt::format("{}{}_grid.png", task, suffix(point)));
-  prepare_output_folder(out);
-  check_no_overwrite(planned, force);
+  if (const auto naive = naive_inverse(op, y); naive.defined()) add("naive", naive.clamp(-1.0, 1.0), 0.0, {});
+  for (const auto& method : plan.options.methods) {
+    const MethodRun run{method, task, options.settings, schedules, options.noise.sigma};
+    auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
+    const int64_t before = done;
+    NetworkCost cost;
+    int64_t steps = 0;
+    const StepCallback callback = [&](const StepInfo& info) {
+      InterruptGuard::check();
+      progress.update(before + info.step, fmt::format("{} batch {}/{}", method, batch + 1, plan.batches));
+    };
+    const auto start = std::chrono::steady_clock::now();
+    const auto restored = with_method(run, op, noise, [&](const auto& m) {
+      cost = m.network_cost();
+      steps = reported_steps(m);
+      return m.sample(prior.model, y, plan.shape, generator, callback);
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    add(method, restored.detach().clamp(-1.0, 1.0), seconds, cost);
+    done = before + steps;
+  }
+  for (int64_t i = 0; i < shown; ++i)
+    for (size_t c = 0; c < cells[static_cast<size_t>(i)].size(); ++c)
+      record.insert(fmt::format("grid/{}/{}", first + i, c), cells[static_cast<size_t>(i)][c]);
+  folder.finish(plan.unit(point, task), batch, std::move(record), {});
+}
 
-  fmt::print("model {}, {} images, methods {}, tasks {}, {} threads{}\n", prior.files.checkpoint.string(),
-             count, fmt::join(methods, ","), fmt::join(tasks, ","), torch::get_num_threads(),
-             extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD");
-  std::fflush(stdout);
-
-  std::vector<torch::Tensor> truth_images;
-  for (const auto& input : inputs) truth_images.push_back(input.image);
-  // The ground truth's feature statistics, fitted once for every row's Frechet distance.
-  const auto truth_statistics =
-      extractor.classifier ? GaussianStatistics::of(extractor.features(truth_images)) : GaussianStatistics{};
-
+/// Makes results.csv, per_image.csv, results.md and the grids from the records in `folder`.
+void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
+  const auto dir = folder.dir();
   std::vector<Row> rows;
   std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
-  for (const auto& point : points) {
-    const auto& parameters = point.options.task.parameters;
-    const auto noise = noise_model(point.options.noise);
-    const RunSchedules schedules(point.options.model, point.options.sampling);
-    for (const auto& task : tasks) {
-      // The measurements, shared by all methods.
-      struct Batch {
-        int64_t first;
-        AnyOperator op;
-        torch::Tensor y;
-      };
-      std::vector<Batch> batches;
-      for (int64_t first = 0; first < count; first += batch_size) {
-        const int64_t n = std::min(batch_size, count - first);
-        const auto truth = torch::cat(
-            std::vector<torch::Tensor>(truth_images.begin() + first, truth_images.begin() + first + n), 0);
-        auto op = make_operator(task, parameters, shape, seed, first, n, 1);
-        auto y = measure(op, noise, truth, seed, first);
-        batches.push_back({first, std::move(op), std::move(y)});
+  for (const auto& point : plan.points) {
+    for (const auto& task : plan.tasks) {
+      std::vector<StateDict> records;
+      for (int64_t batch = 0; batch < plan.batches; ++batch) {
+        auto record = folder.finished(plan.unit(point, task), batch);
+        TORCH_CHECK(record.has_value(), "the record of ", plan.unit(point, task), " batch ", batch,
+                    " vanished");
+        records.push_back(std::move(*record));
       }
-      std::vector<std::vector<torch::Tensor>> grid(static_cast<size_t>(std::min<int64_t>(count, 8)));
-      const auto add_row = [&](Row row, const std::vector<torch::Tensor>& outputs) {
-        for (int64_t i = 0; i < count; ++i) {
-          row.scores.add(outputs[static_cast<size_t>(i)], truth_images[static_cast<size_t>(i)]);
-          per_image += fmt::format("{},{},{},{},{},{},{}\n", swept, point.value, task, row.method,
-                                   inputs[static_cast<size_t>(i)].name, csv_number(row.scores.psnr.back()),
-                                   csv_number(row.scores.ssim.back()));
-          if (i < static_cast<int64_t>(grid.size())) grid[static_cast<size_t>(i)].push_back(outputs[i]);
-        }
-        if (extractor.classifier)
-          row.frechet =
-              frechet_distance(GaussianStatistics::of(extractor.features(outputs)), truth_statistics);
-        fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, suffix(point), row.method,
-                   row.scores.summary(), row.frechet, row.seconds);
-        std::fflush(stdout);
-        rows.push_back(std::move(row));
+      const auto gather = [&](const std::string& key) {
+        std::vector<torch::Tensor> parts;
+        for (const auto& record : records) parts.push_back(record.at(key));
+        return torch::cat(parts, 0);
       };
-
-      std::vector<torch::Tensor> naive_outputs;
-      bool has_naive = true;
-      for (const auto& batch : batches) {
-        const auto grid_end =
-            std::min<int64_t>(batch.first + batch.y.size(0), static_cast<int64_t>(grid.size()));
-        if (batch.first < grid_end) {
-          const auto picture = measurement_picture(batch.op, batch.y);
-          for (int64_t i = batch.first; i < grid_end; ++i) {
-            grid[static_cast<size_t>(i)].push_back(truth_images[static_cast<size_t>(i)]);
-            grid[static_cast<size_t>(i)].push_back(picture.narrow(0, i - batch.first, 1));
-          }
-        }
-        const auto naive = naive_inverse(batch.op, batch.y);
-        has_naive = has_naive && naive.defined();
-        if (has_naive)
-          for (int64_t i = 0; i < naive.size(0); ++i)
-            naive_outputs.push_back(naive.narrow(0, i, 1).clamp(-1.0, 1.0));
-      }
-      if (has_naive) add_row({point.value, task, "naive"}, naive_outputs);
-
-      for (const auto& method : methods) {
+      const bool with_fd = records.front().contains("truth/features");
+      const auto truth_statistics =
+          with_fd ? GaussianStatistics::of(gather("truth/features")) : GaussianStatistics{};
+      for (const auto& method : row_methods(plan, task)) {
         Row row{point.value, task, method};
-        const MethodRun run{method, task, point.options.settings, schedules, point.options.noise.sigma};
-        const auto steps =
-            with_method(run, batches.front().op, noise, [](const auto& m) { return reported_steps(m); });
-        std::vector<torch::Tensor> outputs;
-        ProgressBar progress(static_cast<int64_t>(batches.size()) * steps,
-                             fmt::format("{}{} {}", task, suffix(point), method));
-        const auto start = std::chrono::steady_clock::now();
-        for (size_t b = 0; b < batches.size(); ++b) {
-          const auto& batch = batches[b];
-          auto generator = make_generator(image_seed(seed, batch.first, SeedStream::sampling));
-          const StepCallback callback = [&](const StepInfo& info) {
-            progress.update(static_cast<int64_t>(b) * steps + info.step,
-                            fmt::format("batch {}/{}", b + 1, batches.size()));
-          };
-          const auto restored =
-              with_method(run, batch.op, noise,
-                          [&](const auto& m) {
-                            row.cost = m.network_cost();
-                            return m.sample(prior.model, batch.y, shape, generator, callback);
-                          })
-                  .detach()
-                  .clamp(-1.0, 1.0);
-          for (int64_t i = 0; i < restored.size(0); ++i) outputs.push_back(restored.narrow(0, i, 1));
+        const auto psnr = gather(method + "/psnr"), ssim = gather(method + "/ssim");
+        for (int64_t i = 0; i < plan.count(); ++i) {
+          row.scores.psnr.push_back(psnr[i].item<double>());
+          row.scores.ssim.push_back(ssim[i].item<double>());
+          per_image += fmt::format("{},{},{},{},{},{},{}\n", plan.swept, point.value, task, method,
+                                   plan.inputs[static_cast<size_t>(i)].name,
+                                   csv_number(row.scores.psnr.back()), csv_number(row.scores.ssim.back()));
         }
-        progress.finish();
-        row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        add_row(std::move(row), outputs);
+        if (with_fd)
+          row.frechet =
+              frechet_distance(GaussianStatistics::of(gather(method + "/features")), truth_statistics);
+        for (const auto& record : records) row.seconds += record.at(method + "/seconds").item<double>();
+        const auto cost = records.front().at(method + "/cost");
+        row.cost = {cost[0].item<int64_t>(), cost[1].item<int64_t>()};
+        fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, plan.suffix(point), method,
+                   row.scores.summary(), row.frechet, row.seconds);
+        rows.push_back(std::move(row));
       }
-      save_grid(grid, (out / fmt::format("{}{}_grid.png", task, suffix(point))).string(),
-                GridOptions{}.overwrite(force));
+      std::vector<std::vector<torch::Tensor>> grid;
+      for (int64_t i = 0; i < std::min(plan.count(), kGridImages); ++i) {
+        const auto& record = records[static_cast<size_t>(i / plan.options.sampling.batch)];
+        std::vector<torch::Tensor> row;
+        for (size_t c = 0; record.contains(fmt::format("grid/{}/{}", i, c)); ++c)
+          row.push_back(record.at(fmt::format("grid/{}/{}", i, c)));
+        grid.push_back(std::move(row));
+      }
+      save_grid(grid, (dir / fmt::format("{}{}_grid.png", task, plan.suffix(point))).string(),
+                GridOptions{}.overwrite(true));
     }
   }
-
   std::string csv =
       "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,frechet,forwards,backwards,"
       "seconds\n";
   for (const auto& r : rows) {
     const auto [pm, ps] = mean_std(r.scores.psnr);
     const auto [sm, ss] = mean_std(r.scores.ssim);
-    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{:.1f}\n", swept, r.value, r.task, r.method,
-                       count, csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
+    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{:.1f}\n", plan.swept, r.value, r.task, r.method,
+                       plan.count(), csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
                        std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "", r.cost.forwards,
                        r.cost.backwards, r.seconds);
   }
-  const auto table = markdown_table(rows, swept);
+  const auto table = markdown_table(rows, plan.swept);
   const auto markdown = fmt::format(
       "# diffpost eval\n\n`{}`\n\n{} images, seed {}, model `{}`; mean ± sample standard deviation over the "
       "images; FD = Frechet distance of classifier features to the ground truth ({}); network fwd / bwd = "
       "network evaluations and backpropagations per image; best per task in bold.\n\n{}",
-      command_line(argc, argv), count, seed, prior.files.checkpoint.filename().string(),
-      extractor.classifier ? extractor.path.filename().string() : "not computed", table);
-  write_text(out / "results.csv", csv, force);
-  write_text(out / "per_image.csv", per_image, force);
-  write_text(out / "results.md", markdown, force);
-  fmt::print("\n{}\nwrote {}, {}, {}\n", table, (out / "results.md").string(), (out / "results.csv").string(),
-             (out / "per_image.csv").string());
+      plan.command, plan.count(), plan.options.sampling.seed, plan.prior_files.checkpoint.filename().string(),
+      plan.classifier_name.empty() ? "not computed" : plan.classifier_name, table);
+  write_text(dir / "results.csv", csv, true);
+  write_text(dir / "per_image.csv", per_image, true);
+  write_text(dir / "results.md", markdown, true);
+  fmt::print("\n{}\nwrote {}, {}, {}\n", table, (folder.out() / "results.md").string(),
+             (folder.out() / "results.csv").string(), (folder.out() / "per_image.csv").string());
+}
+
+}  // namespace
+
+int run_eval(int argc, char** argv) {
+  const auto parsed = parse_eval(argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto& app = *parsed->app;
+
+  // Everything is checked before the first file is written.
+  auto plan = plan_eval(options, app, canonical_command("eval", argc, argv));
+  const auto out = output_folder(options.output, app.get_name());
+  const auto shard = options.output.shard.empty() ? Shard{} : parse_shard(options.output.shard);
+  set_threads(options.model);
+  const auto extractor = load_feature_extractor(options.classifier, plan.shape);
+  if (extractor.classifier) plan.classifier_name = extractor.path.filename().string();
+  if (extractor.classifier && plan.count() < 2)
+    throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
+  for (const auto& point : plan.points) {
+    const auto noise = noise_model(point.options.noise);
+    for (const auto& task : plan.tasks) {
+      const auto op =
+          make_operator(task, point.options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1);
+      for (const auto& method : options.methods) {
+        const auto reason = missing_capability(method, op, noise);
+        if (!reason.empty()) throw cannot_run(method, task, reason);
+      }
+    }
+  }
+  if (!options.output.force && !options.output.resume && shard.count == 1) {
+    std::vector<fs::path> planned{out / "results.csv", out / "per_image.csv", out / "results.md"};
+    for (const auto& point : plan.points)
+      for (const auto& task : plan.tasks)
+        planned.push_back(out / fmt::format("{}{}_grid.png", task, plan.suffix(point)));
+    check_no_overwrite(planned, false, true);
+  }
+  auto prior = load_prior(plan.prior_files);
+  RunFolder folder(out, run_settings(app, "eval", argc, argv, plan.batches, plan.units()), shard,
+                   options.output.force, options.output.resume);
+
+  fmt::print("model {}, {} images, methods {}, tasks {}, {} threads{}{}\n",
+             plan.prior_files.checkpoint.string(), plan.count(), fmt::join(options.methods, ","),
+             fmt::join(plan.tasks, ","), torch::get_num_threads(),
+             extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD",
+             shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
+  std::fflush(stdout);
+  InterruptGuard interrupts;
+  try {
+    int64_t skipped = 0;
+    for (const auto& point : plan.points) {
+      const RunSchedules schedules(point.options.model, point.options.sampling);
+      const auto noise = noise_model(point.options.noise);
+      for (const auto& task : plan.tasks) {
+        const auto probe =
+            make_operator(task, point.options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1);
+        int64_t steps = 0;
+        for (const auto& method : options.methods)
+          steps += with_method(
+              MethodRun{method, task, point.options.settings, schedules, point.options.noise.sigma}, probe,
+              noise, [](const auto& m) { return reported_steps(m); });
+        int64_t mine = 0;
+        for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
+        ProgressBar progress(mine * steps, fmt::format("{}{}", task, plan.suffix(point)));
+        int64_t done = 0;
+        for (int64_t batch = 0; batch < plan.batches; ++batch) {
+          if (!shard.owns(batch)) continue;
+          InterruptGuard::check();
+          if (folder.resuming() && folder.finished(plan.unit(point, task), batch)) {
+            ++skipped;
+            done += steps;
+          } else {
+            evaluate_batch(plan, point, task, batch, prior, extractor, folder, progress, done);
+          }
+          progress.update(done);
+        }
+        progress.finish();
+      }
+    }
+    if (skipped > 0) fmt::print("resumed: {} finished batch(es) kept\n", skipped);
+    if (shard.count > 1) {
+      fmt::print("shard {} done ({}); when every shard is done: diffpost merge {}\n", shard.text(),
+                 shard.origin, out.string());
+      return 0;
+    }
+    finalize_eval(plan, folder);
+    folder.commit();
+  } catch (const Interrupted& e) {
+    folder.abandon();
+    throw Interrupted(fmt::format(
+        "{}: {}", e.what(),
+        options.output.force ? fmt::format("'{}' is as it was", out.string())
+                             : std::string("the finished batches are kept; rerun with --resume to finish")));
+  }
+  return 0;
+}
+
+int merge_eval(const RunFolder& folder, int argc, char** argv) {
+  const auto parsed = parse_eval(argc, argv);
+  TORCH_CHECK(parsed != nullptr, "the stored eval command asks for --help");
+  auto plan = plan_eval(parsed->options, *parsed->app, canonical_command("eval", argc, argv));
+  if (parsed->options.classifier != "none") {
+    const auto extractor = load_feature_extractor(parsed->options.classifier, plan.shape);
+    if (extractor.classifier) plan.classifier_name = extractor.path.filename().string();
+  }
+  folder.check_complete();
+  finalize_eval(plan, folder);
   return 0;
 }
 

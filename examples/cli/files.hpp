@@ -130,14 +130,16 @@ inline void prepare_output_folder(const fs::path& folder) {
   fs::remove(probe, error);
 }
 
-/// Throws when one of `paths` exists and `force` is false, naming the first such file.
-inline void check_no_overwrite(const std::vector<fs::path>& paths, bool force) {
+/// Throws when one of `paths` exists and `force` is false, naming the first such file; `resumable` adds the
+/// hint that --resume finishes an interrupted run (restore, eval).
+inline void check_no_overwrite(const std::vector<fs::path>& paths, bool force, bool resumable = false) {
   if (force) return;
   std::error_code error;
   for (const auto& path : paths)
     if (fs::exists(path, error))
-      throw UsageError(fmt::format("'{}' already exists; pass --force to overwrite, or choose another --out",
-                                   path.string()));
+      throw UsageError(
+          fmt::format("'{}' already exists; pass --force to overwrite{}, or choose another --out",
+                      path.string(), resumable ? ", --resume to finish the run there" : ""));
 }
 
 /// Writes `text` to `path` through a temporary file and a rename (never half-written).

@@ -106,6 +106,15 @@ struct Prior {
   }
 };
 
+/// [C, H, W] of the images the model of `files` works on, read from its configuration alone.
+inline Shape prior_image_shape(const PriorFiles& files) {
+  std::error_code error;
+  if (!fs::is_regular_file(files.config, error))
+    throw UsageError(fmt::format("cannot read model config '{}': no such file", files.config.string()));
+  const auto options = read_adm_model_config(files.config).options;
+  return {options.in_channels(), options.image_size(), options.image_size()};
+}
+
 /// Builds the network described by the config and loads the checkpoint into it; a checkpoint that does not
 /// match the config is an error naming both files and the first mismatching tensor.
 inline Prior load_prior(const PriorFiles& files) {
@@ -118,13 +127,21 @@ inline Prior load_prior(const PriorFiles& files) {
   prior.files = files;
   prior.options = read_adm_model_config(files.config).options;
   prior.model = AdmUNet(prior.options);
+  const auto first_line = [](const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    return message.substr(0, message.find('\n'));
+  };
+  StateDict state;
   try {
-    load_checkpoint(prior.model, files.checkpoint);
+    state = read_state_dict(files.checkpoint);  // errors name the file and the problem
   } catch (const c10::Error& e) {
-    std::string message = e.what_without_backtrace();
-    message = message.substr(0, message.find('\n'));
+    throw UsageError(first_line(e));
+  }
+  try {
+    load_state_dict(prior.model, state);
+  } catch (const c10::Error& e) {
     throw UsageError(fmt::format("checkpoint '{}' does not match config '{}': {}", files.checkpoint.string(),
-                                 files.config.string(), message));
+                                 files.config.string(), first_line(e)));
   }
   prior.model->eval();
   // DPS needs the gradient with respect to the image only; frozen weights skip the weight gradients.

@@ -37,7 +37,10 @@ endforeach()
 # The same DPS run through `restore`: identical per-image PSNR.
 execute_process(COMMAND "${DIFFPOST}" restore --task sr ${common} --out "${OUT}/restore"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(NOT rc EQUAL 0)
+# The untrained tiny model's restorations explain little of the measurement: exit status 1, reported.
+string(REGEX MATCHALL "diffpost restore: [^\n]*" reports "${err}")
+list(FILTER reports EXCLUDE REGEX "explain less than half of the measurement")
+if(NOT (rc EQUAL 0 OR (rc EQUAL 1 AND reports STREQUAL "")))
   message(FATAL_ERROR "diffpost restore failed (${rc}):\n${out}\n${err}")
 endif()
 file(STRINGS "${OUT}/restore/sr/metrics.csv" restore_rows REGEX "^fmnist_test_[0-9]+,dps,0,")

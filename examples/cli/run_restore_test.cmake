@@ -6,7 +6,11 @@ file(REMOVE_RECURSE "${OUT}")
 set(common --task box-inpaint,sr --test-set 2 --steps 4 --batch 2 --threads 2 --seed 3 --model "${MODEL}"
            --config "${CONFIG}" --out "${OUT}")
 execute_process(COMMAND "${DIFFPOST}" restore ${common} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-if(NOT rc EQUAL 0)
+# The tiny model is untrained: its restorations explain little of the measurement, which the run reports
+# with exit status 1 after writing everything; any other failure fails the test.
+string(REGEX MATCHALL "diffpost restore: [^\n]*" reports "${err}")
+list(FILTER reports EXCLUDE REGEX "explain less than half of the measurement")
+if(NOT (rc EQUAL 0 OR (rc EQUAL 1 AND reports STREQUAL "")))
   message(FATAL_ERROR "diffpost restore failed (${rc}):\n${out}\n${err}")
 endif()
 foreach(task box-inpaint sr)

@@ -303,6 +303,24 @@ inline torch::Tensor measure(const AnyOperator& op, const AnyNoise& noise, const
   return torch::cat(noisy, 0);
 }
 
+/// Per restored image x_j [B * k, C, H, W] of measurement y_(j / k) [B, ...] made from `truth` [B, C, H, W]:
+/// the part of the measurement it leaves unexplained, beyond the noise, relative to a blank (mid-gray)
+/// image: (||y - A(x)||^2 - ||y - A(truth)||^2) / (||y - A(0)||^2 - ||y - A(truth)||^2). Near 0 for a good
+/// restoration; 0.5 or more means it explains less than half of what the truth explains, which a step size
+/// far too large or too small gives.
+inline torch::Tensor unexplained_fraction(const AnyOperator& repeated, const torch::Tensor& y,
+                                          const torch::Tensor& truth, const torch::Tensor& restored) {
+  torch::NoGradGuard no_grad;
+  const int64_t samples = restored.size(0) / y.size(0);
+  const auto measurements = y.repeat_interleave(samples, 0);
+  const auto energy = [&](const torch::Tensor& x) {
+    const auto predicted = std::visit([&](const auto& o) { return o.forward(x); }, repeated);
+    return (measurements - predicted).reshape({x.size(0), -1}).to(torch::kFloat64).square().sum(1);
+  };
+  const auto noise = energy(truth.repeat_interleave(samples, 0));
+  return (energy(restored) - noise) / (energy(torch::zeros_like(restored)) - noise).clamp_min(1e-12);
+}
+
 /// A picture of the operator's random part for image `i` (the mask, or the blur kernel scaled to its
 /// maximum), or undefined when the task has none.
 inline torch::Tensor operator_picture(const AnyOperator& op, size_t i) {

@@ -199,22 +199,28 @@ inline std::string describe_adm_state_dict(const StateDict& state) {
   return text.str();
 }
 
-/// Loads the checkpoint at `path` into `model` like `load_checkpoint(torch::nn::Module&, ...)`, and on a
-/// mismatch appends to the error the configuration read off the file (describe_adm_state_dict) and the one
-/// the model was built with, e.g. "'input_blocks.0.0.weight' has shape [256, 3, 3, 3] in the file but [128,
-/// 3, 3, 3] in the model ... The file looks like an ADM UNet with num_channels=256 ...; it matches the preset
+/// Loads `state` into `model` like `load_state_dict(torch::nn::Module&, ...)`, and on a mismatch appends to
+/// the error the configuration read off the weights (describe_adm_state_dict) and the one the model was built
+/// with, e.g. "'input_blocks.0.0.weight' has shape [256, 3, 3, 3] in the file but [128, 3, 3, 3] in the
+/// model ... The file looks like an ADM UNet with num_channels=256 ...; it matches the preset
 /// AdmUNetOptions::imagenet256_uncond(). The model was built with AdmUNetOptions(image_size=256, ...)".
-inline LoadReport load_checkpoint(AdmUNet& model, const std::filesystem::path& path, LoadOptions options = {},
-                                  const ReadOptions& read_options = {}) {
+inline LoadReport load_state_dict(AdmUNet& model, const StateDict& state, LoadOptions options = {}) {
   const auto user_describer = options.describe_file();
   const AdmUNetOptions built_with = model->options();
-  options.describe_file([user_describer, built_with](const StateDict& state) {
+  options.describe_file([user_describer, built_with](const StateDict& file_state) {
     std::ostringstream text;
-    text << describe_adm_state_dict(state) << "\nThe model was built with " << built_with << ".";
-    if (user_describer) text << "\n" << user_describer(state);
+    text << describe_adm_state_dict(file_state) << "\nThe model was built with " << built_with << ".";
+    if (user_describer) text << "\n" << user_describer(file_state);
     return text.str();
   });
-  return load_checkpoint(*model, path, options, read_options);
+  return load_state_dict(*model, state, options);
+}
+
+/// Reads the checkpoint at `path` and loads it into `model`: `load_state_dict(model, read_state_dict(path,
+/// read_options), options)`, with the ADM description of a mismatch.
+inline LoadReport load_checkpoint(AdmUNet& model, const std::filesystem::path& path, LoadOptions options = {},
+                                  const ReadOptions& read_options = {}) {
+  return load_state_dict(model, read_state_dict(path, read_options), std::move(options));
 }
 
 }  // namespace diffpost

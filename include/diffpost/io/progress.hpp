@@ -46,9 +46,14 @@ class ProgressBar {
   void update(int64_t done, std::string text = {}) {
     done_ = done;
     if (!text.empty()) text_ = std::move(text);
-    const auto now = Clock::now();
-    const double since = seconds_between(last_draw_, now);
-    if (interactive_ ? since >= kRedrawInterval : since >= log_interval_) draw(now, false);
+    if (due()) draw(Clock::now(), false);
+  }
+
+  /// Whether the next `update` will redraw: a caller whose trailing text needs a device sync (a loss, a
+  /// residual) computes it only then.
+  [[nodiscard]] bool due() const {
+    const double since = seconds_between(last_draw_, Clock::now());
+    return interactive_ ? since >= kRedrawInterval : since >= log_interval_;
   }
 
   /// Draws the final state and ends the line; later calls do nothing.

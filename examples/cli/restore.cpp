@@ -1,0 +1,448 @@
+// diffpost restore: degrades images and restores them with one method. The work is done batch by batch; each
+// finished batch leaves its images and a record (run_folder.hpp), and the summary files are made from the
+// records, so that a run can be sharded over processes, resumed after an interruption and merged.
+#include <diffpost/dps.hpp>
+#include <diffpost/io/progress.hpp>
+#include <diffpost/metrics.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "files.hpp"
+#include "methods.hpp"
+#include "model.hpp"
+#include "options.hpp"
+#include "run_folder.hpp"
+#include "tasks.hpp"
+
+namespace diffpost::cli {
+namespace {
+
+/// The options of `diffpost restore`.
+struct RestoreOptions {
+  TaskOptions task;
+  NoiseOptions noise;
+  std::string method = "dps";
+  MethodSettings settings;
+  int64_t num_samples = 1;
+  SamplingOptions sampling = restoration_sampling_defaults();
+  InputOptions input;
+  ModelOptions model;
+  OutputOptions output;
+};
+
+std::vector<FlagGroup<RestoreOptions>> restore_flags() {
+  using O = RestoreOptions;
+  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
+                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
+  std::string method_help = "restoration method:";
+  for (const auto& method : all_methods())
+    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
+  std::vector<Flag<O>> flags{{"method", "NAME", method_help, "dps",
+                              [](O& o, const std::string& v) { o.method = find_method(v).name; }}};
+  for (auto& flag :
+       step_size_flags<O>(settings, "DPS and MCG step size: one number for all tasks, or task=value,..."))
+    flags.push_back(std::move(flag));
+  flags.push_back({"num-samples", "N", "posterior samples per image", "1", [](O& o, const std::string& v) {
+                     o.num_samples = parse_int(v, "--num-samples", 1, 1000);
+                   }});
+  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
+  groups.push_back({"Method", std::move(flags)});
+  const auto rest = restoration_groups<O>();
+  groups.insert(groups.end(), rest.begin(), rest.end());
+  return groups;
+}
+
+/// A parsed restore command line.
+struct ParsedRestore {
+  std::unique_ptr<CLI::App> app;
+  RestoreOptions options;
+};
+
+/// Parses `diffpost restore` arguments (argv[2...]); nullopt when --help was printed.
+std::unique_ptr<ParsedRestore> parse_restore(int argc, char** argv) {
+  auto parsed = std::make_unique<ParsedRestore>();
+  parsed->app = make_app(
+      "diffpost restore",
+      "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
+      "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
+      "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
+      "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
+      "sample), grid.png (rows = images; columns = truth, naive inverse, method) and metrics.csv (PSNR/SSIM\n"
+      "of the method and of the naive inverse); and summary.md with mean ± std per task (and grid.png\n"
+      "across tasks when several are run). Runs can be split over processes (--shard), resumed (--resume)\n"
+      "and merged (diffpost merge).");
+  declare(*parsed->app, parsed->options, restore_flags());
+  declare_inputs(*parsed->app, parsed->options.input);
+  if (!parse(*parsed->app, argc, argv)) return nullptr;
+  return parsed;
+}
+
+/// What the summary files are made from besides the records.
+struct RestorePlan {
+  const RestoreOptions& options;
+  std::vector<std::string> tasks;
+  std::vector<InputImage> inputs;
+  Shape shape;
+  PriorFiles prior_files;
+  int64_t batches = 0;
+  int64_t steps = 0;
+  std::string command;  ///< the command line, without the flags that do not change the outputs
+
+  [[nodiscard]] int64_t count() const { return static_cast<int64_t>(inputs.size()); }
+  [[nodiscard]] int64_t first(int64_t batch) const { return batch * options.sampling.batch; }
+  [[nodiscard]] int64_t size(int64_t batch) const {
+    return std::min(options.sampling.batch, count() - first(batch));
+  }
+  /// The output files of image `i` of `task`, relative to the run folder, in the order of the grid row.
+  [[nodiscard]] std::vector<std::string> image_files(const std::string& task, int64_t i,
+                                                     bool has_naive) const {
+    const auto& name = inputs[static_cast<size_t>(i)].name;
+    const auto& method = options.method;
+    std::vector<std::string> files{task + "/" + name + "_truth.png", task + "/" + name + "_measurement.png"};
+    if (has_naive) files.push_back(task + "/" + name + "_naive.png");
+    if (options.num_samples == 1) {
+      files.push_back(fmt::format("{}/{}_{}.png", task, name, method));
+    } else {
+      for (int64_t k = 0; k < options.num_samples; ++k)
+        files.push_back(fmt::format("{}/{}_{}_{}.png", task, name, method, k));
+    }
+    return files;
+  }
+};
+
+RestorePlan plan_restore(const RestoreOptions& options, const std::string& command_name,
+                         const std::string& command) {
+  RestorePlan plan{options, required_tasks(options.task, command_name), {}, {}, {}, 0, 0, command};
+  plan.prior_files = resolve_prior(options.model.model, options.model.config);
+  plan.shape = prior_image_shape(plan.prior_files);
+  plan.inputs = gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(plan.shape[0]),
+                              plan.shape[1]);
+  plan.batches = (plan.count() + options.sampling.batch - 1) / options.sampling.batch;
+  plan.steps = RunSchedules(options.model, options.sampling).steps;
+  return plan;
+}
+
+/// Whether `task` has a naive inverse (every task but phase retrieval).
+bool has_naive_inverse(const std::string& task) {
+  return task != "phase-retrieval";
+}
+
+/// Restores batch `batch` of `task` and writes its images and its record.
+void restore_batch(const RestorePlan& plan, const std::string& task, int64_t batch, Prior& prior,
+                   const RunFolder& folder, ProgressBar& progress, int64_t done_before) {
+  const auto& options = plan.options;
+  const auto seed = options.sampling.seed;
+  const auto num_samples = options.num_samples;
+  const int64_t first = plan.first(batch), n = plan.size(batch);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<torch::Tensor> batch_images;
+  for (int64_t i = first; i < first + n; ++i)
+    batch_images.push_back(plan.inputs[static_cast<size_t>(i)].image);
+  const auto truth = torch::cat(batch_images, 0);
+  const auto noise = noise_model(options.noise);
+  const auto op = make_operator(task, options.task.parameters, plan.shape, seed, first, n, 1);
+  const auto y = measure(op, noise, truth, seed, first);
+  const auto repeated = std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
+  const RunSchedules schedules(options.model, options.sampling);
+  const MethodRun run{options.method, task, options.settings, schedules, options.noise.sigma, num_samples};
+  auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
+  const StepCallback callback = [&](const StepInfo& info) {
+    InterruptGuard::check();
+    // The residual needs a device sync: only when the bar redraws.
+    if (!progress.due()) return progress.update(done_before + info.step);
+    progress.update(done_before + info.step,
+                    info.residual.defined() ? fmt::format("batch {}/{} residual {:.3f}", batch + 1,
+                                                          plan.batches, info.residual.mean().item<double>())
+                                            : fmt::format("batch {}/{}", batch + 1, plan.batches));
+  };
+  const auto samples = with_method(run, repeated, noise, [&](const auto& m) {
+    return m.sample(prior.model, y, plan.shape, generator, callback);
+  });
+  const auto restored = samples.detach().clamp(-1.0, 1.0);
+  const auto naive = naive_inverse(op, y);
+  const auto dir = folder.dir();
+  Scores naive_scores, method_scores;
+  std::vector<std::string> files;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto image_files = plan.image_files(task, first + i, naive.defined());
+    size_t next = 0;
+    const auto write = [&](const torch::Tensor& image) {
+      save_image(image, (dir / image_files[next]).string(), true);
+      files.push_back(image_files[next++]);
+    };
+    const auto truth_i = truth.narrow(0, i, 1);
+    write(truth_i);
+    write(measurement_to_save(task, op, y.narrow(0, i, 1)));
+    if (naive.defined()) {
+      const auto naive_i = naive.narrow(0, i, 1).clamp(-1.0, 1.0);
+      write(naive_i);
+      naive_scores.add(naive_i, truth_i);
+    }
+    for (int64_t k = 0; k < num_samples; ++k) {
+      const auto sample = restored.narrow(0, i * num_samples + k, 1);
+      write(sample);
+      method_scores.add(sample, truth_i);
+    }
+  }
+  StateDict record;
+  const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
+  record.insert("psnr", values(method_scores.psnr));
+  record.insert("ssim", values(method_scores.ssim));
+  record.insert("unexplained", unexplained_fraction(repeated, y, truth, restored));
+  if (naive.defined()) {
+    record.insert("naive_psnr", values(naive_scores.psnr));
+    record.insert("naive_ssim", values(naive_scores.ssim));
+  }
+  record.insert("seconds",
+                torch::tensor(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                              torch::kFloat64));
+  folder.finish(task, batch, std::move(record), files);
+}
+
+/// A restoration that leaves this fraction of its measurement unexplained (see unexplained_fraction) is
+/// unusable; docs/cli.md gives the values of good restorations.
+constexpr double kUnusable = 0.5;
+
+/// A task with unusable restorations: a warning, or an error (exit status 1) when half or more are.
+struct Unusable {
+  bool fails_run;
+  std::string text;
+};
+
+/// Makes metrics.csv and grid.png of every task, the grid across tasks and summary.md from the records and
+/// images in `folder` (what a single run does at its end, and `diffpost merge` after sharded runs).
+/// Returns one line per task whose restorations leave kUnusable or more of their measurement unexplained.
+std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder& folder) {
+  const auto& options = plan.options;
+  const auto& method = options.method;
+  const auto& title = find_method(method).title;
+  const auto dir = folder.dir();
+  const auto channels = static_cast<int>(plan.shape[0]);
+  struct TaskSummary {
+    std::string task;
+    Scores restored;
+    Scores naive;
+    double seconds = 0.0;
+    int64_t unusable = 0;  // restorations that leave kUnusable or more of the measurement unexplained
+  };
+  std::vector<TaskSummary> summaries;
+  std::vector<std::vector<torch::Tensor>> across(static_cast<size_t>(plan.count()));
+  for (const auto& task : plan.tasks) {
+    TaskSummary summary{task};
+    const bool has_naive = has_naive_inverse(task);
+    std::string csv = "image,method,sample,psnr,ssim\n";
+    std::vector<std::vector<torch::Tensor>> grid_rows;
+    for (int64_t batch = 0; batch < plan.batches; ++batch) {
+      const auto record = folder.finished(task, batch);
+      TORCH_CHECK(record.has_value(), "the record of ", task, " batch ", batch, " vanished");
+      summary.seconds += record->at("seconds").item<double>();
+      const auto psnr = record->at("psnr"), ssim = record->at("ssim");
+      summary.unusable += record->at("unexplained").ge(kUnusable).sum().item<int64_t>();
+      for (int64_t i = 0; i < plan.size(batch); ++i) {
+        const auto image = plan.first(batch) + i;
+        const auto& name = plan.inputs[static_cast<size_t>(image)].name;
+        std::vector<torch::Tensor> row;
+        for (const auto& file : plan.image_files(task, image, has_naive))
+          row.push_back(load_image((dir / file).string(), channels));
+        // The grid shows the measurement as the naive inverse where there is one (column 3 of the files).
+        if (has_naive) row.erase(row.begin() + 1);
+        if (has_naive) {
+          summary.naive.psnr.push_back(record->at("naive_psnr")[i].item<double>());
+          summary.naive.ssim.push_back(record->at("naive_ssim")[i].item<double>());
+          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(summary.naive.psnr.back()),
+                             csv_number(summary.naive.ssim.back()));
+        }
+        for (int64_t k = 0; k < options.num_samples; ++k) {
+          summary.restored.psnr.push_back(psnr[i * options.num_samples + k].item<double>());
+          summary.restored.ssim.push_back(ssim[i * options.num_samples + k].item<double>());
+          csv += fmt::format("{},{},{},{},{}\n", name, method, k, csv_number(summary.restored.psnr.back()),
+                             csv_number(summary.restored.ssim.back()));
+        }
+        if (across[static_cast<size_t>(image)].empty()) across[static_cast<size_t>(image)].push_back(row[0]);
+        across[static_cast<size_t>(image)].push_back(row[1]);
+        across[static_cast<size_t>(image)].push_back(row[2]);
+        grid_rows.push_back(std::move(row));
+      }
+    }
+    for (const auto& [name, scores] :
+         {std::pair{method, &summary.restored}, std::pair{std::string("naive"), &summary.naive}}) {
+      if (scores->psnr.empty()) continue;
+      const auto [pm, ps] = mean_std(scores->psnr);
+      const auto [sm, ss] = mean_std(scores->ssim);
+      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", name, csv_number(pm), csv_number(sm), name,
+                         csv_number(ps), csv_number(ss));
+    }
+    save_grid(grid_rows, (dir / task / "grid.png").string(), GridOptions{}.overwrite(true));
+    write_text(dir / task / "metrics.csv", csv, true);
+    summaries.push_back(std::move(summary));
+  }
+  if (plan.tasks.size() > 1) save_grid(across, (dir / "grid.png").string(), GridOptions{}.overwrite(true));
+
+  std::string text = fmt::format(
+      "# diffpost restore summary\n\n`{}`\n\n{} images, {} steps ({} sampler), noise {}, seed {}, model "
+      "`{}`.\n"
+      "Mean ± sample standard deviation over the images; the naive inverse is zero-filling (inpainting), "
+      "bicubic\nupsampling (sr), the blurred image (deblurring), the gray image (colorize) or the noisy "
+      "image "
+      "(denoise).\n\n",
+      plan.command, plan.count(), plan.steps, options.sampling.sampler, noise_description(options.noise),
+      options.sampling.seed, plan.prior_files.checkpoint.filename().string());
+  text += fmt::format(
+      "| task | scale | {0} PSNR (dB) | {0} SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
+      "|---|---|---|---|---|---|---|\n",
+      title);
+  for (const auto& s : summaries) {
+    const auto cell = [](const std::vector<double>& v, int digits) {
+      if (v.empty()) return std::string("-");
+      const auto [m, sd] = mean_std(v);
+      return fmt::format("{:.{}f} ± {:.{}f}", m, digits, sd, digits);
+    };
+    const auto scale = method == "dps" || method == "mcg" ? default_text(options.settings.scale.of(s.task))
+                                                          : std::string("-");
+    text += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", s.task, scale, cell(s.restored.psnr, 2),
+                        cell(s.restored.ssim, 3), cell(s.naive.psnr, 2), cell(s.naive.ssim, 3), s.seconds);
+    fmt::print("{}: {} {}", s.task, title, s.restored.summary());
+    if (!s.naive.psnr.empty()) fmt::print(" | naive inverse {}", s.naive.summary());
+    fmt::print(" | {:.1f} s\n", s.seconds);
+  }
+  std::vector<Unusable> unusable;
+  for (const auto& s : summaries) {
+    if (s.unusable == 0) continue;
+    const auto total = static_cast<int64_t>(s.restored.psnr.size());
+    unusable.push_back(
+        {2 * s.unusable >= total,
+         fmt::format("{} of {} {} restorations explain less than half of the measurement: {}", s.unusable,
+                     total, s.task,
+                     method == "dps" || method == "mcg"
+                         ? fmt::format("the step size --scale {} does not suit this task (the default is {})",
+                                       default_text(options.settings.scale.of(s.task)),
+                                       default_text(find_task(s.task).default_scale))
+                         : fmt::format("the {} settings do not suit this task", title))});
+  }
+  for (const auto& u : unusable) text += "\n**Unusable results:** " + u.text + ".\n";
+  write_text(dir / "summary.md", text, true);
+  fmt::print("\n{}\nwrote {}\n", text.substr(text.find("| task")), (folder.out() / "summary.md").string());
+  return unusable;
+}
+
+/// Prints each line of `unusable`; exit status 1 when half or more of a task's restorations are unusable
+/// (the outputs stay in `out` for inspection).
+int report_unusable(const std::vector<Unusable>& unusable, const fs::path& out) {
+  bool failed = false;
+  for (const auto& u : unusable) {
+    fmt::print(stderr, "diffpost restore: {}: {} (the images are in '{}')\n",
+               u.fails_run ? "error" : "warning", u.text, out.string());
+    failed = failed || u.fails_run;
+  }
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+int run_restore(int argc, char** argv) {
+  const auto parsed = parse_restore(argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto& app = *parsed->app;
+
+  // Everything is checked before the first file is written.
+  const auto plan = plan_restore(options, app.get_name(), canonical_command("restore", argc, argv));
+  const auto noise = noise_model(options.noise);
+  const auto out = output_folder(options.output, app.get_name());
+  const auto shard = options.output.shard.empty() ? Shard{} : parse_shard(options.output.shard);
+  set_threads(options.model);
+  const RunSchedules schedules(options.model, options.sampling);
+  for (const auto& task : plan.tasks) {
+    const auto reason = missing_capability(
+        options.method,
+        make_operator(task, options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1), noise);
+    if (!reason.empty()) throw cannot_run(options.method, task, reason);
+  }
+  if (!options.output.force && !options.output.resume) {
+    std::vector<fs::path> planned;
+    if (shard.count == 1) planned = {out / "summary.md", out / "grid.png"};
+    for (const auto& task : plan.tasks)
+      for (int64_t batch = 0; batch < plan.batches; ++batch)
+        for (int64_t i = 0; shard.owns(batch) && i < plan.size(batch); ++i)
+          for (const auto& file : plan.image_files(task, plan.first(batch) + i, has_naive_inverse(task)))
+            planned.push_back(out / file);
+    check_no_overwrite(planned, false, true);
+  }
+  auto prior = load_prior(plan.prior_files);
+  RunFolder folder(out, run_settings(app, "restore", argc, argv, plan.batches, plan.tasks), shard,
+                   options.output.force, options.output.resume);
+  for (const auto& task : plan.tasks) fs::create_directories(folder.dir() / task);
+
+  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads{}\n",
+             plan.prior_files.checkpoint.string(), plan.prior_files.config.string(), plan.count(), plan.steps,
+             options.sampling.sampler, noise_description(options.noise), torch::get_num_threads(),
+             shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
+  std::fflush(stdout);
+  InterruptGuard interrupts;
+  try {
+    int64_t skipped = 0;
+    for (const auto& task : plan.tasks) {
+      const auto steps = with_method(MethodRun{options.method, task, options.settings, schedules,
+                                               options.noise.sigma, options.num_samples},
+                                     make_operator(task, options.task.parameters, plan.shape,
+                                                   options.sampling.seed, 0, 1, options.num_samples),
+                                     noise, [](const auto& m) { return reported_steps(m); });
+      const bool uses_scale = options.method == "dps" || options.method == "mcg";
+      int64_t mine = 0;
+      for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
+      ProgressBar progress(mine * steps,
+                           uses_scale ? fmt::format("{} (scale {})", task, options.settings.scale.of(task))
+                                      : fmt::format("{} ({})", task, options.method));
+      int64_t done = 0;
+      for (int64_t batch = 0; batch < plan.batches; ++batch) {
+        if (!shard.owns(batch)) continue;
+        InterruptGuard::check();
+        if (folder.resuming() && folder.finished(task, batch)) {
+          ++skipped;
+        } else {
+          restore_batch(plan, task, batch, prior, folder, progress, done * steps);
+        }
+        progress.update(++done * steps);
+      }
+      progress.finish();
+    }
+    if (skipped > 0) fmt::print("resumed: {} finished batch(es) kept\n", skipped);
+    if (shard.count > 1) {
+      fmt::print("shard {} done ({}); when every shard is done: diffpost merge {}\n", shard.text(),
+                 shard.origin, out.string());
+      return 0;
+    }
+    const auto unusable = finalize_restore(plan, folder);
+    folder.commit();
+    return report_unusable(unusable, out);
+  } catch (const Interrupted& e) {
+    folder.abandon();
+    throw Interrupted(fmt::format(
+        "{}: {}", e.what(),
+        options.output.force ? fmt::format("'{}' is as it was", out.string())
+                             : fmt::format("the finished batches are kept; rerun with --resume to finish")));
+  }
+  return 0;
+}
+
+int merge_restore(const RunFolder& folder, int argc, char** argv) {
+  const auto parsed = parse_restore(argc, argv);
+  TORCH_CHECK(parsed != nullptr, "the stored restore command asks for --help");
+  const auto plan =
+      plan_restore(parsed->options, parsed->app->get_name(), canonical_command("restore", argc, argv));
+  folder.check_complete();
+  return report_unusable(finalize_restore(plan, folder), folder.out());
+}
+
+}  // namespace diffpost::cli
