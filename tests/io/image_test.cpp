@@ -10,7 +10,10 @@
 #include "support/error_of.hpp"
 #include "support/temp_dir.hpp"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -364,6 +367,48 @@ TEST_CASE("a JPEG Huffman table of more than 256 codes is refused before stb see
   for (size_t i = 0; i < 16; ++i) bad_second[second + 1 + i] = i == 15 ? '\x02' : '\x11';  // 15 x 17 + 2
   CHECK(error_of([&] { decode_image(bad_second); }).find("Huffman table 1 (AC 0)") != std::string::npos);
   CHECK(error_of([&] { decode_image(bad_second); }).find("declares 257 codes") != std::string::npos);
+}
+
+TEST_CASE("a JPEG whose scan needs a table it never defines is refused; stb's memory starts zeroed") {
+  const auto good = small_jpeg();
+  auto be16 = [&](size_t at) {
+    return static_cast<size_t>((static_cast<uint8_t>(good[at]) << 8) | static_cast<uint8_t>(good[at + 1]));
+  };
+  // The APP0 segment (bytes 2..) grown to swallow the DQT segment after it: no quantization table remains.
+  // stb 2.27 decoded this with whatever its table memory held (tests/fuzz found the same file decoding
+  // differently twice).
+  REQUIRE(good.substr(2, 2) == "\xff\xe0");
+  const auto dqt = good.find("\xff\xdb");
+  REQUIRE(dqt != std::string::npos);
+  auto no_quant = good;
+  const size_t swallowed = dqt + 2 + be16(dqt + 2) - 4;
+  no_quant[4] = static_cast<char>(swallowed >> 8);
+  no_quant[5] = static_cast<char>(swallowed & 0xFF);
+  const auto sos = good.find("\xff\xda");
+  CHECK(error_of([&] { decode_image(no_quant); }) ==
+        "decode_image: cannot read the image in memory: corrupt JPEG: component 0 uses quantization table 0, "
+        "which the file does not define before the scan at byte " +
+            std::to_string(sos) + "; refused before decoding");
+  // The first Huffman table (DC 0, which the luma component uses) relabelled DC 1.
+  auto no_huffman = good;
+  const auto dht = good.find("\xff\xc4");
+  REQUIRE(no_huffman[dht + 4] == '\x00');
+  no_huffman[dht + 4] = '\x01';
+  CHECK(error_of([&] { decode_image(no_huffman); })
+            .find("corrupt JPEG: the scan at byte " + std::to_string(sos) +
+                  " decodes component 0 with Huffman table DC 0, which the file does not define before it") !=
+        std::string::npos);
+  // Whatever a decoder leaves unwritten reads as zeros, not as the heap's previous contents.
+  void* scrubbed = std::malloc(4096);
+  std::memset(scrubbed, 0x5a, 4096);
+  std::free(scrubbed);
+  auto* fresh = static_cast<unsigned char*>(diffpost::detail::stb_malloc(4096));
+  REQUIRE(fresh != nullptr);
+  CHECK(std::all_of(fresh, fresh + 4096, [](unsigned char b) { return b == 0; }));
+  fresh = static_cast<unsigned char*>(diffpost::detail::stb_realloc(fresh, 8192));
+  CHECK(std::all_of(fresh, fresh + 8192, [](unsigned char b) { return b == 0; }));
+  diffpost::detail::stb_free(fresh);
+  CHECK(diffpost::detail::stb_allocations().live == 0);
 }
 
 TEST_CASE("stb allocates no more than the header justifies: a 2 GiB chunk, a zlib bomb") {

@@ -65,7 +65,9 @@ inline void* stb_malloc(std::size_t size) {
     ++stb_allocations().refused;
     return nullptr;
   }
-  auto* block = static_cast<unsigned char*>(std::malloc(kStbBlockHeader + size));
+  // Zeroed: stb 2.27 leaves parts of some corrupt JPEGs' planes unwritten and would otherwise hand out
+  // leftover heap memory as pixels (found by tests/fuzz: the same file decoded differently twice).
+  auto* block = static_cast<unsigned char*>(std::calloc(1, kStbBlockHeader + size));
   if (block == nullptr) return nullptr;
   std::memcpy(block, &size, sizeof(size));
   stb_account(0, size);
@@ -92,6 +94,7 @@ inline void* stb_realloc(void* pointer, std::size_t size) {
   }
   auto* grown = static_cast<unsigned char*>(std::realloc(block, kStbBlockHeader + size));
   if (grown == nullptr) return nullptr;
+  if (size > old_size) std::memset(grown + kStbBlockHeader + old_size, 0, size - old_size);  // as stb_malloc
   std::memcpy(grown, &size, sizeof(size));
   stb_account(old_size, size);
   return grown + kStbBlockHeader;

@@ -101,15 +101,32 @@ inline constexpr const char* kImageFormatsRead =
     "PNG (8 and 16 bits), JPEG (baseline and progressive), BMP, GIF (first frame), TGA "
     "and binary PGM/PPM (P5/P6, 8 and 16 bits)";
 
-/// stb_image 2.27 writes past its Huffman tables when a JPEG DHT segment declares more than 256 codes in one
-/// table. This walks the JPEG the way stb does (marker segments by their lengths, DHT tables as stb consumes
-/// them, entropy-coded data up to the next marker that is not a restart) and describes the first such table,
-/// or returns "" when there is none. Where stb would stop at a malformed segment the walk stops too, since
-/// nothing after it is ever decoded. stb reads zeros past the end of the data, and so does the walk.
-inline std::string find_oversized_jpeg_huffman_table(std::string_view data) {
+/// The problem stb_image 2.27 would meet in a JPEG, described, or "" when there is none:
+///   * a DHT table declaring more than 256 codes (stb writes past its tables);
+///   * a scan using a quantization or Huffman table the file never defines (stb would dequantize or decode
+///     with whatever its table memory held; libjpeg refuses such files the same way).
+/// The walk follows stb's parser: marker segments by their lengths, DHT and DQT tables as stb consumes them,
+/// entropy-coded data up to the next marker that is not a restart. Where stb would stop at a malformed
+/// segment the walk stops too, since nothing after it is ever decoded; like stb it reads zeros past the end.
+inline std::string find_jpeg_table_problem(std::string_view data) {
   const size_t size = data.size();
   auto byte_at = [&](size_t i) -> unsigned { return i < size ? static_cast<uint8_t>(data[i]) : 0u; };
   auto length_at = [&](size_t i) -> size_t { return (byte_at(i) << 8) | byte_at(i + 1); };
+  bool quant_defined[4] = {}, dc_defined[4] = {}, ac_defined[4] = {};
+  struct Component {
+    unsigned id, quant;
+  };
+  std::vector<Component> frame;  // empty until the SOF
+  bool progressive = false;
+  auto undefined_quant = [&](size_t at) -> std::string {
+    for (size_t c = 0; c < frame.size(); ++c) {
+      if (!quant_defined[frame[c].quant])
+        return "component " + std::to_string(c) + " uses quantization table " +
+               std::to_string(frame[c].quant) + ", which the file does not define before " +
+               (at < size ? "the scan at byte " + std::to_string(at) : std::string("its end"));
+    }
+    return "";
+  };
   size_t position = 0;
   while (position < size) {
     if (byte_at(position) != 0xFF) {  // stb skips bytes between segments (or fails on them)
@@ -122,12 +139,21 @@ inline std::string find_oversized_jpeg_huffman_table(std::string_view data) {
     const unsigned marker = byte_at(position++);
     if (marker == 0xD8 && marker_at == 0) continue;  // SOI
     if (marker == 0xD9) break;                       // EOI: stb decodes nothing after it
-    if (marker == 0xC4) {                            // DHT: stbi__process_marker, table by table
-      long remaining = static_cast<long>(length_at(position)) - 2;
+    const size_t length = length_at(position);
+    if (marker == 0xC4 || marker == 0xDB) {  // DHT, DQT: stbi__process_marker, table by table
+      long remaining = static_cast<long>(length) - 2;
       size_t p = position + 2;
       int table = 0;
       while (remaining > 0) {
         const unsigned q = byte_at(p++);
+        if (marker == 0xDB) {
+          if ((q >> 4) > 1 || (q & 15) > 3) return "";  // stb rejects the segment: "bad DQT type/table"
+          quant_defined[q & 15] = true;
+          const size_t bytes = (q >> 4) ? 128 : 64;
+          p += bytes;
+          remaining -= 1 + static_cast<long>(bytes);
+          continue;
+        }
         if ((q >> 4) > 1 || (q & 15) > 3) return "";  // stb rejects the segment: "bad DHT header"
         size_t codes = 0;
         for (int i = 0; i < 16; ++i) codes += byte_at(p++);
@@ -135,6 +161,7 @@ inline std::string find_oversized_jpeg_huffman_table(std::string_view data) {
           return "Huffman table " + std::to_string(table) + " (" + ((q >> 4) ? "AC" : "DC") + " " +
                  std::to_string(q & 15) + ") of the DHT segment at byte " + std::to_string(marker_at) +
                  " declares " + std::to_string(codes) + " codes; a table holds at most 256";
+        ((q >> 4) ? ac_defined : dc_defined)[q & 15] = true;
         remaining -= 17 + static_cast<long>(codes);
         p += codes;
         ++table;
@@ -143,10 +170,46 @@ inline std::string find_oversized_jpeg_huffman_table(std::string_view data) {
       position = p;
       continue;
     }
-    const size_t length = length_at(position);
     if (length < 2) return "";  // stb rejects a segment shorter than its length field
+    if (marker == 0xC0 || marker == 0xC1 || marker == 0xC2) {  // SOF: the components and their tables
+      if (!frame.empty()) return "";                           // stb rejects a second frame header
+      progressive = marker == 0xC2;
+      const unsigned count = byte_at(position + 7);
+      if (count == 0 || count > 4 || length != 8 + 3 * count)
+        return "";  // stb: "bad component count/SOF len"
+      for (unsigned c = 0; c < count; ++c) {
+        const unsigned quant = byte_at(position + 8 + 3 * c + 2);
+        if (quant > 3) return "";  // stb: "bad TQ"
+        frame.push_back({byte_at(position + 8 + 3 * c), quant});
+      }
+    }
+    if (marker == 0xDA) {            // SOS: every table its components need must be defined by now
+      if (frame.empty()) return "";  // stb rejects a scan before the frame header
+      const unsigned count = byte_at(position + 2);
+      if (count == 0 || count > frame.size() || length != 6 + 2 * count) return "";  // stb: "bad SOS"
+      const unsigned spectral_start = byte_at(position + 3 + 2 * count);
+      const unsigned high_bit = byte_at(position + 5 + 2 * count) >> 4;
+      if (!progressive) {
+        if (auto problem = undefined_quant(marker_at); !problem.empty()) return problem;
+      }
+      for (unsigned c = 0; c < count; ++c) {
+        const unsigned id = byte_at(position + 3 + 2 * c), tables = byte_at(position + 4 + 2 * c);
+        size_t which = 0;
+        while (which < frame.size() && frame[which].id != id) ++which;  // stb takes the first match
+        if (which == frame.size() || (tables >> 4) > 3 || (tables & 15) > 3) return "";  // stb: "bad SOS"
+        // Baseline scans decode both; progressive ones DC (first pass) or AC coefficients.
+        const bool needs_dc = !progressive || (spectral_start == 0 && high_bit == 0);
+        const bool needs_ac = !progressive || spectral_start > 0;
+        if ((needs_dc && !dc_defined[tables >> 4]) || (needs_ac && !ac_defined[tables & 15]))
+          return "the scan at byte " + std::to_string(marker_at) + " decodes component " +
+                 std::to_string(which) + " with Huffman table " +
+                 (needs_dc && !dc_defined[tables >> 4] ? "DC " : "AC ") +
+                 std::to_string(needs_dc && !dc_defined[tables >> 4] ? tables >> 4 : tables & 15) +
+                 ", which the file does not define before it";
+      }
+    }
     position += length;
-    if (marker == 0xDA) {  // SOS: the entropy-coded data runs to the next marker other than RST0-7
+    if (marker == 0xDA) {  // the entropy-coded data runs to the next marker other than RST0-7
       while (position < size) {
         if (byte_at(position) != 0xFF) {
           ++position;
@@ -163,7 +226,8 @@ inline std::string find_oversized_jpeg_huffman_table(std::string_view data) {
       }
     }
   }
-  return "";
+  // A progressive image is dequantized once all its scans are read.
+  return progressive ? undefined_quant(size) : "";
 }
 
 /// What an image header declares.
@@ -276,7 +340,7 @@ inline ImageHeader read_image_header(std::string_view data, const ImageReadOptio
   TORCH_CHECK(data.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), caller, ": cannot read ",
               name, ": ", data.size(), " bytes are more than the decoder takes (2 GiB)");
   if (format == ImageFormat::jpeg) {
-    const auto problem = find_oversized_jpeg_huffman_table(data);
+    const auto problem = find_jpeg_table_problem(data);
     TORCH_CHECK(problem.empty(), caller, ": cannot read ", name, ": corrupt JPEG: ", problem,
                 "; refused before decoding");
   }
