@@ -11,6 +11,7 @@
 #include "support/temp_dir.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -280,6 +281,100 @@ TEST_CASE("PGM/PPM are read by diffpost itself: 8 and 16 bits, any maxval, comme
         std::string::npos);
 }
 
+namespace {
+
+/// A BITMAPINFOHEADER BMP: `bits` per pixel, `palette` (B, G, R, 0 per entry), then `rows` as stored (bottom
+/// row first unless `height` is negative), each padded to 4 bytes here.
+std::string bmp_file(int32_t width, int32_t height, int bits, const std::string& palette,
+                     const std::vector<std::string>& rows, uint32_t compression = 0) {
+  std::string pixels;
+  for (const auto& row : rows) {
+    pixels += row;
+    pixels += std::string((4 - row.size() % 4) % 4, '\0');
+  }
+  const uint32_t offset = 14 + 40 + static_cast<uint32_t>(palette.size());
+  return "BM" + little_endian(offset + pixels.size(), 4) + std::string(4, '\0') + little_endian(offset, 4) +
+         little_endian(40, 4) + little_endian(static_cast<uint32_t>(width), 4) +
+         little_endian(static_cast<uint32_t>(height), 4) + little_endian(1, 2) + little_endian(bits, 2) +
+         little_endian(compression, 4) + std::string(20, '\0') + palette + pixels;
+}
+
+/// The pixel (x, y) of a decoded image as 8-bit levels.
+std::vector<int> rgb_at(const torch::Tensor& image, int y, int x) {
+  std::vector<int> levels;
+  for (int c = 0; c < image.size(1); ++c)
+    levels.push_back(static_cast<int>(std::lround((image[0][c][y][x].item<double>() + 1) / 2 * 255)));
+  return levels;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "BMP is read by diffpost itself: palettes of 1, 4 and 8 bits, 16, 24 and 32 bits, either row order") {
+  using Levels = std::vector<int>;
+  // 24 and 32 bits (BI_BITFIELDS, V4 header) as stb_image_write writes them, against the pixels written.
+  for (int channels : {3, 4}) {
+    CAPTURE(channels);
+    std::vector<unsigned char> pixels(5 * 3 * channels);
+    for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<unsigned char>(i * 53 + 7);
+    std::string bytes;
+    auto append = [](void* context, void* data, int size) {
+      static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+    };
+    REQUIRE(stbi_write_bmp_to_func(append, &bytes, 5, 3, channels, pixels.data()) != 0);
+    const auto image = decode_image(bytes);
+    REQUIRE(image.sizes() == torch::IntArrayRef({1, 3, 3, 5}));
+    for (int y = 0; y < 3; ++y)
+      for (int x = 0; x < 5; ++x) {
+        const auto* p = &pixels[static_cast<size_t>((y * 5 + x) * channels)];
+        CHECK(rgb_at(image, y, x) == Levels{p[0], p[1], p[2]});
+      }
+  }
+  // 8 bits, a 3-entry palette, stored bottom row first.
+  const std::string palette3 = std::string("\x00\x00\xff\x00", 4) + std::string("\x00\xff\x00\x00", 4) +
+                               std::string("\xff\x00\x00\x00", 4);  // red, green, blue
+  const auto eight = decode_image(
+      bmp_file(3, 2, 8, palette3, {std::string("\x02\x02\x02", 3), std::string("\x00\x01\x02", 3)}));
+  CHECK(rgb_at(eight, 0, 0) == Levels{255, 0, 0});
+  CHECK(rgb_at(eight, 0, 1) == Levels{0, 255, 0});
+  CHECK(rgb_at(eight, 1, 0) == Levels{0, 0, 255});
+  // The same rows top-down (negative height).
+  const auto top_down = decode_image(
+      bmp_file(3, -2, 8, palette3, {std::string("\x00\x01\x02", 3), std::string("\x02\x02\x02", 3)}));
+  CHECK(torch::equal(top_down, eight));
+  // 4 and 1 bits: two pixels a byte, eight pixels a byte, high bits first.
+  const auto four = decode_image(bmp_file(3, 1, 4, palette3, {std::string("\x21\x00", 2)}));
+  CHECK(rgb_at(four, 0, 0) == Levels{0, 0, 255});
+  CHECK(rgb_at(four, 0, 1) == Levels{0, 255, 0});
+  CHECK(rgb_at(four, 0, 2) == Levels{255, 0, 0});
+  const auto one = decode_image(bmp_file(9, 1, 1, palette3.substr(0, 8), {std::string("\xa0\x80", 2)}));
+  CHECK(rgb_at(one, 0, 0) == Levels{0, 255, 0});
+  CHECK(rgb_at(one, 0, 1) == Levels{255, 0, 0});
+  CHECK(rgb_at(one, 0, 2) == Levels{0, 255, 0});
+  CHECK(rgb_at(one, 0, 8) == Levels{0, 255, 0});
+  // 16 bits, 5-5-5: each 5-bit level x becomes (x << 3) | (x >> 2).
+  const auto sixteen = decode_image(
+      bmp_file(2, 1, 16, "", {little_endian((31u << 10) | (1u << 5) | 16u, 2) + little_endian(1, 2)}));
+  CHECK(rgb_at(sixteen, 0, 0) == Levels{255, 8, (16 << 3) | (16 >> 2)});
+  CHECK(rgb_at(sixteen, 0, 1) == Levels{0, 0, 8});
+
+  // What stb 2.27 filled from uninitialised stack memory is an error now: an index beyond the palette.
+  CHECK(error_of([&] { decode_image(bmp_file(3, 1, 8, palette3, {std::string("\x00\x07\x00", 3)})); }) ==
+        "decode_image: cannot read the image in memory: corrupt BMP: pixel (1, 0) uses palette entry 7 of 3");
+  CHECK(error_of([&] {
+          decode_image(bmp_file(3, 1, 8, "", {std::string("\x00\x00\x00", 3)}));
+        }).find("corrupt or unsupported BMP: no palette for 8 bits per pixel") != std::string::npos);
+  CHECK(error_of([&] {
+          decode_image(bmp_file(3, 1, 8, palette3, {}, 1));
+        }).find("RLE compression is not supported; save it uncompressed or as PNG") != std::string::npos);
+  auto cut = bmp_file(3, 2, 24, "", {std::string(9, '\x10'), std::string(9, '\x20')});
+  cut.resize(cut.size() - 2);
+  CHECK(
+      error_of([&] { decode_image(cut); })
+          .find("its BMP header declares 3x2 pixels of 24 bits (24 bytes from byte 54) but the file holds 22 "
+                "(truncated?)") != std::string::npos);
+}
+
 TEST_CASE("sizes beyond the limit are refused from the header, before the decoder allocates anything") {
   const TempDir dir("image-huge");
   struct Case {
@@ -424,6 +519,17 @@ TEST_CASE("stb allocates no more than the header justifies: a 2 GiB chunk, a zli
               "PNG needs (") != std::string::npos);
   CHECK(diffpost::detail::stb_allocations().peak < (size_t{1} << 20));
   CHECK(diffpost::detail::stb_allocations().live == 0);
+  // An empty IDAT chunk before the data: stb 2.27 copies it to a null buffer (undefined behaviour).
+  const auto raw = std::string("\0\x10\x20\x30", 4);
+  const auto with_empty = std::string("\x89PNG\r\n\x1a\n", 8) + png_chunk("IHDR", header) +
+                          png_chunk("IDAT", "") + png_chunk("IDAT", zlib_compress(raw)) +
+                          png_chunk("IEND", "");
+  CHECK(
+      error_of([&] { decode_image(with_empty); }) ==
+      "decode_image: cannot read the image in memory: corrupt PNG: an empty IDAT chunk at byte 33 before the "
+      "image data; refused before decoding");
+  const auto image = decode_image(png_file(1, 1, 8, 2, raw));  // the same pixel without it
+  CHECK(torch::allclose(image.flatten(), torch::tensor({16.f, 32.f, 48.f}) / 255 * 2 - 1));
   // A 1x1 PNG whose data inflates to 64 MiB: refused once stb holds its budget (about 16 MiB), not after.
   const auto bomb = png_file(1, 1, 8, 2, std::string(size_t{64} << 20, '\0'));
   CHECK(bomb.size() < 100'000);

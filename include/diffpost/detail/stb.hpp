@@ -13,8 +13,8 @@
 //     STB_IMAGE_WRITE_IMPLEMENTATION), define DIFFPOST_EXTERNAL_STB before including diffpost: only the
 //     declarations are included then, and the allocation budget below does not apply to your copy.
 //
-// The private copy reads only the formats diffpost supports (PNG, JPEG, BMP, GIF, TGA; PGM/PPM are decoded by
-// diffpost itself, see io/image.hpp), reads no files itself (STBI_NO_STDIO: diffpost reads them, bounded),
+// The private copy reads only the formats diffpost supports (PNG, JPEG, GIF, TGA; BMP and PGM/PPM are decoded
+// by diffpost itself, see io/image.hpp), reads no files itself (STBI_NO_STDIO: diffpost reads them, bounded),
 // and allocates through stb_malloc / stb_realloc / stb_free below, which refuse any request beyond the budget
 // the loader sets from the image header, so that no file can make stb allocate more than its header
 // justifies.
@@ -133,7 +133,6 @@ or define DIFFPOST_EXTERNAL_STB and compile the stb implementation yourself"
 #define STBI_NO_STDIO
 #define STBI_ONLY_PNG
 #define STBI_ONLY_JPEG
-#define STBI_ONLY_BMP
 #define STBI_ONLY_GIF
 #define STBI_ONLY_TGA
 #define STBI_MALLOC(size) ::diffpost::detail::stb_malloc(size)
@@ -154,7 +153,6 @@ or define DIFFPOST_EXTERNAL_STB and compile the stb implementation yourself"
 #undef STB_IMAGE_WRITE_IMPLEMENTATION
 #undef STBI_ONLY_PNG
 #undef STBI_ONLY_JPEG
-#undef STBI_ONLY_BMP
 #undef STBI_ONLY_GIF
 #undef STBI_ONLY_TGA
 #endif

@@ -230,6 +230,26 @@ inline std::string find_jpeg_table_problem(std::string_view data) {
   return progressive ? undefined_quant(size) : "";
 }
 
+/// stb_image 2.27 copies an empty IDAT chunk that precedes the image data to a null buffer (memcpy(NULL, ...,
+/// 0), undefined behaviour that lets a compiler drop its later "no IDAT" check; found by tests/fuzz).
+/// Describes such a chunk, or returns "" when there is none. Encoders never write one, so the file is
+/// refused.
+inline std::string find_png_chunk_problem(std::string_view data) {
+  size_t position = 8;  // after the signature
+  while (position + 8 <= data.size()) {
+    uint32_t length = 0;
+    for (size_t i = 0; i < 4; ++i) length = (length << 8) | static_cast<uint8_t>(data[position + i]);
+    const auto type = data.substr(position + 4, 4);
+    if (type == "IDAT") {
+      if (length != 0) return "";  // the data starts: stb has its buffer from here on
+      return "an empty IDAT chunk at byte " + std::to_string(position) + " before the image data";
+    }
+    if (type == "IEND" || length > data.size() - position - 8) return "";  // stb stops there
+    position += 12 + static_cast<size_t>(length);                          // length, type, data, CRC
+  }
+  return "";
+}
+
 /// What an image header declares.
 struct ImageHeader {
   ImageFormat format = ImageFormat::other;
@@ -272,6 +292,150 @@ inline void check_image_header(const ImageHeader& header, const ImageReadOptions
   TORCH_CHECK(header.channels >= 1 && header.channels <= 4, caller, ": cannot read ", name, ": its ",
               image_format_name(header.format), " header declares ", header.channels,
               " channels (corrupt file?)");
+}
+
+/// How a BMP stores its pixels, from its headers (the layouts stb reads: BITMAPCOREHEADER, BITMAPINFOHEADER
+/// with or without bit masks, V3, V4 and V5; uncompressed or BI_BITFIELDS).
+struct BmpLayout {
+  int64_t width = 0;
+  int64_t height = 0;  ///< rows, whatever their order
+  bool top_down = false;
+  int bits_per_pixel = 0;
+  uint32_t masks[3] = {};  ///< red, green, blue; 16 and 32 bits per pixel
+  size_t palette_offset = 0;
+  size_t palette_entries = 0;  ///< 1, 4 and 8 bits per pixel
+  size_t palette_entry_size = 4;
+  size_t pixel_offset = 0;
+  size_t row_bytes = 0;  ///< padded to 4 bytes
+};
+
+/// Reads the BMP headers. BMP is decoded here, not by stb: stb 2.27 takes palette entries the file never
+/// gives from uninitialised stack memory (found by tests/fuzz: the same file decoded to different pixels
+/// twice).
+inline BmpLayout read_bmp_layout(std::string_view data, const std::string& name, const char* caller) {
+  auto fail = [&](const std::string& why) {
+    TORCH_CHECK(false, caller, ": cannot read ", name, ": corrupt or unsupported BMP: ", why);
+  };
+  auto u16 = [&](size_t at) -> uint32_t {
+    if (at + 2 > data.size()) fail("the headers end early (truncated file?)");
+    return static_cast<uint8_t>(data[at]) | (static_cast<uint8_t>(data[at + 1]) << 8);
+  };
+  auto u32 = [&](size_t at) -> uint32_t { return u16(at) | (u16(at + 2) << 16); };
+  BmpLayout layout;
+  const uint32_t header_size = u32(14);
+  if (header_size != 12 && header_size != 40 && header_size != 56 && header_size != 108 && header_size != 124)
+    fail("a header of " + std::to_string(header_size) + " bytes (12, 40, 56, 108 and 124 are read)");
+  const bool core = header_size == 12;
+  int64_t signed_height = 0;
+  if (core) {
+    layout.width = u16(18);
+    signed_height = u16(20);
+  } else {
+    layout.width = static_cast<int32_t>(u32(18));
+    signed_height = static_cast<int32_t>(u32(22));
+  }
+  layout.top_down = signed_height < 0;
+  layout.height = signed_height < 0 ? -signed_height : signed_height;
+  const size_t fields = core ? 22 : 26;  // planes, then bits per pixel
+  if (u16(fields) != 1) fail("planes is not 1");
+  layout.bits_per_pixel = static_cast<int>(u16(fields + 2));
+  const int bits = layout.bits_per_pixel;
+  if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32)
+    fail(std::to_string(bits) + " bits per pixel (1, 4, 8, 16, 24 and 32 are read)");
+  const uint32_t compression = core ? 0 : u32(30);
+  if (compression == 1 || compression == 2)
+    fail("RLE compression is not supported; save it uncompressed or as PNG");
+  if (compression != 0 && !(compression == 3 && (bits == 16 || bits == 32)))
+    fail("compression " + std::to_string(compression) + " with " + std::to_string(bits) + " bits per pixel");
+  size_t header_end = 14 + header_size;
+  if (bits == 16) {
+    layout.masks[0] = 31u << 10, layout.masks[1] = 31u << 5, layout.masks[2] = 31u;
+  } else if (bits == 32) {
+    layout.masks[0] = 0xffu << 16, layout.masks[1] = 0xffu << 8, layout.masks[2] = 0xffu;
+  }
+  if (compression == 3) {
+    const size_t at = header_size == 40 ? header_end : 54;  // after a 40-byte header, or inside a larger one
+    if (header_size == 40) header_end += 12;
+    for (size_t i = 0; i < 3; ++i) layout.masks[i] = u32(at + 4 * i);
+    for (const uint32_t mask : layout.masks) {
+      const int count = __builtin_popcount(mask);
+      if (count == 0 || count > 8)
+        fail("a colour bit mask of " + std::to_string(count) + " bits (1 to 8 are read)");
+    }
+  }
+  const auto offset = static_cast<size_t>(u32(10));
+  if (offset < header_end)
+    fail("the pixels start at byte " + std::to_string(offset) + ", inside the headers");
+  layout.pixel_offset = offset;
+  if (bits <= 8) {
+    layout.palette_offset = header_end;
+    layout.palette_entry_size = core ? 3 : 4;
+    layout.palette_entries = std::min<size_t>((offset - header_end) / layout.palette_entry_size, 256);
+    if (layout.palette_entries == 0) fail("no palette for " + std::to_string(bits) + " bits per pixel");
+  }
+  layout.row_bytes =
+      static_cast<size_t>((std::clamp<int64_t>(layout.width, 0, kMaxImageSide) * bits + 31) / 32 * 4);
+  return layout;
+}
+
+/// Decodes the pixels of a BMP whose header was checked, as RGB samples [H, W, 3] (stb's results for what stb
+/// reads; palette indices beyond the palette and truncated pixel data are errors, not black or garbage).
+inline torch::Tensor decode_bmp(std::string_view data, const std::string& name, const char* caller) {
+  const auto layout = read_bmp_layout(data, name, caller);
+  const int64_t width = layout.width, height = layout.height;  // bounded by check_image_header
+  const size_t needed = layout.row_bytes * static_cast<size_t>(height);
+  TORCH_CHECK(layout.pixel_offset <= data.size() && data.size() - layout.pixel_offset >= needed, caller,
+              ": cannot read ", name, ": its BMP header declares ", width, "x", height, " pixels of ",
+              layout.bits_per_pixel, " bits (", needed, " bytes from byte ", layout.pixel_offset,
+              ") but the file holds ", data.size() - std::min(data.size(), layout.pixel_offset),
+              " (truncated?)");
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
+  auto samples = torch::empty({height, width, 3}, torch::kUInt8);
+  auto* out = samples.data_ptr<uint8_t>();
+  // stb's scaling of an n-bit channel to 8 bits: the top bits, repeated into the low ones.
+  auto channel = [](uint32_t value, uint32_t mask) -> uint8_t {
+    static const unsigned multiply[9] = {0, 0xff, 0x55, 0x49, 0x11, 0x21, 0x41, 0x81, 0x01};
+    static const unsigned shift[9] = {0, 0, 0, 1, 0, 2, 4, 6, 0};
+    const int bits = __builtin_popcount(mask);
+    const int high = 31 - __builtin_clz(mask);
+    uint32_t v = value & mask;
+    v = high >= 7 ? v >> (high - 7) : v << (7 - high);
+    v >>= 8 - bits;
+    return static_cast<uint8_t>((v * multiply[bits]) >> shift[bits]);
+  };
+  for (int64_t row = 0; row < height; ++row) {
+    const uint8_t* line = bytes + layout.pixel_offset + layout.row_bytes * static_cast<size_t>(row);
+    uint8_t* pixel = out + 3 * width * (layout.top_down ? row : height - 1 - row);
+    for (int64_t x = 0; x < width; ++x, pixel += 3) {
+      switch (layout.bits_per_pixel) {
+        case 1:
+        case 4:
+        case 8: {
+          const int bits = layout.bits_per_pixel;
+          const int64_t bit = x * bits;
+          const unsigned index = (line[bit / 8] >> (8 - bits - bit % 8)) & ((1u << bits) - 1);
+          TORCH_CHECK(index < layout.palette_entries, caller, ": cannot read ", name,
+                      ": corrupt BMP: pixel (", x, ", ", layout.top_down ? row : height - 1 - row,
+                      ") uses palette entry ", index, " of ", layout.palette_entries);
+          const uint8_t* entry = bytes + layout.palette_offset + index * layout.palette_entry_size;
+          pixel[0] = entry[2], pixel[1] = entry[1], pixel[2] = entry[0];
+          break;
+        }
+        case 24:
+          pixel[0] = line[3 * x + 2], pixel[1] = line[3 * x + 1], pixel[2] = line[3 * x];
+          break;
+        default: {  // 16 or 32 bits, by masks
+          const uint8_t* p = line + x * (layout.bits_per_pixel / 8);
+          const uint32_t value = layout.bits_per_pixel == 16
+                                     ? static_cast<uint32_t>(p[0] | (p[1] << 8))
+                                     : static_cast<uint32_t>(p[0] | (p[1] << 8) | (p[2] << 16)) |
+                                           (static_cast<uint32_t>(p[3]) << 24);
+          for (int c = 0; c < 3; ++c) pixel[c] = channel(value, layout.masks[c]);
+        }
+      }
+    }
+  }
+  return samples;
 }
 
 /// PGM/PPM (netpbm P5/P6) header: "P5|P6", whitespace and # comments, width, height, maxval, one whitespace.
@@ -329,6 +493,15 @@ inline ImageHeader read_image_header(std::string_view data, const ImageReadOptio
   TORCH_CHECK(!data.empty(), caller, ": cannot read ", name, ": the file is empty");
   const auto format = sniff_image_format(data);
   if (format == ImageFormat::pnm) return read_pnm_header(data, name, caller);
+  if (format == ImageFormat::bmp) {
+    const auto layout = read_bmp_layout(data, name, caller);
+    ImageHeader header;
+    header.format = format;
+    header.width = layout.width;
+    header.height = layout.height;
+    header.channels = 3;
+    return header;
+  }
   if (format == ImageFormat::png && data.size() >= 24 && data.substr(12, 4) == "IHDR") {
     auto be32 = [&](size_t at) {
       int64_t value = 0;
@@ -339,6 +512,11 @@ inline ImageHeader read_image_header(std::string_view data, const ImageReadOptio
   }
   TORCH_CHECK(data.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), caller, ": cannot read ",
               name, ": ", data.size(), " bytes are more than the decoder takes (2 GiB)");
+  if (format == ImageFormat::png) {
+    const auto problem = find_png_chunk_problem(data);
+    TORCH_CHECK(problem.empty(), caller, ": cannot read ", name, ": corrupt PNG: ", problem,
+                "; refused before decoding");
+  }
   if (format == ImageFormat::jpeg) {
     const auto problem = find_jpeg_table_problem(data);
     TORCH_CHECK(problem.empty(), caller, ": cannot read ", name, ": corrupt JPEG: ", problem,
@@ -487,8 +665,9 @@ inline torch::Tensor decode_image_bytes(std::string_view data, const ImageReadOp
   check_image_read_options(options, caller);
   const auto header = read_image_header(data, options, name, caller);
   check_image_header(header, options, name, caller);
-  const auto samples = header.format == ImageFormat::pnm ? decode_pnm(data, header, name, caller)
-                                                         : decode_with_stb(data, header, name, caller);
+  const auto samples = header.format == ImageFormat::pnm   ? decode_pnm(data, header, name, caller)
+                       : header.format == ImageFormat::bmp ? decode_bmp(data, name, caller)
+                                                           : decode_with_stb(data, header, name, caller);
   return samples_to_image(convert_channels(samples, options.channels()), header.max_value);
 }
 
