@@ -3,10 +3,11 @@
 //
 // Images are float tensors in [-1, 1], x = 2 * sample / max - 1 (max = 255 for 8-bit files, 65535 for 16-bit
 // PNGs, the declared maxval for PGM/PPM), NCHW. Files are treated as hostile: the header is read first and an
-// image larger than the caller's limit is refused before anything of its size is allocated; PGM/PPM are
-// decoded here, the other formats by a private copy of stb_image (diffpost/detail/stb.hpp: formats,
-// allocation budget, the DIFFPOST_EXTERNAL_STB opt-out), after a check of JPEG Huffman tables that stb 2.27
-// does not make. docs/operators.md ("Images") lists what is read and what is refused.
+// image larger than the caller's limit is refused before anything of its size is allocated; PGM/PPM and BMP
+// are decoded here, PNG, JPEG, GIF and TGA by a private copy of stb_image (diffpost/detail/stb.hpp: formats,
+// allocation budget, zeroed memory, the DIFFPOST_EXTERNAL_STB opt-out), after checks of what stb 2.27 gets
+// wrong (JPEG tables, empty PNG IDAT chunks). docs/operators.md ("Images") lists what is read and what is
+// refused; docs/fuzzing.md how it is fuzzed.
 #pragma once
 
 #include <torch/torch.h>
@@ -98,7 +99,7 @@ inline const char* image_format_name(ImageFormat format) {
 
 /// The formats diffpost reads, for error messages.
 inline constexpr const char* kImageFormatsRead =
-    "PNG (8 and 16 bits), JPEG (baseline and progressive), BMP, GIF (first frame), TGA "
+    "PNG (8 and 16 bits), JPEG (baseline and progressive), BMP (uncompressed), GIF (first frame), TGA "
     "and binary PGM/PPM (P5/P6, 8 and 16 bits)";
 
 /// The problem stb_image 2.27 would meet in a JPEG, described, or "" when there is none:
