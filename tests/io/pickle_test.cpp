@@ -4,10 +4,8 @@
 // the problem, or in a correct parse.
 #include <diffpost/detail/pickle.hpp>
 
+#include "support/doctest_with_torch.hpp"
 #include "support/error_of.hpp"
-
-#include <doctest/doctest.h>
-#include <torch/torch.h>
 
 #include <cstdint>
 #include <limits>
