@@ -1,7 +1,6 @@
-// libFuzzer harness: read_state_dict(path) on a file holding the input, through the public API only, so that
-// it exercises whichever container reader io/checkpoint.hpp uses (zip archive and legacy torch.save format).
-// Seeds: the repository's checkpoints (tests/data/checkpoints). Not run by .ci/fuzz yet: the zip reader is
-// being replaced (see docs/fuzzing.md for what it finds in the current one).
+// libFuzzer harness: read_state_dict(path) on a file holding the input, through the public API only: the zip
+// reader (detail/zip_archive.hpp), the legacy torch.save format and the pickle interpreter together. Seeds:
+// the repository's small checkpoints (tests/data/checkpoints: stored, deflated and zip64 archives, legacy).
 #include <diffpost/io/checkpoint.hpp>
 
 #include "fuzz_support.hpp"

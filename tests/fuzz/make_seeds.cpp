@@ -4,9 +4,9 @@
 // consecutive pickles of the legacy files), <corpus>/image (tests/data/metrics/*.png and small images of
 // every supported format, written here), <corpus>/config (the config files) and <corpus>/checkpoint (the
 // small test checkpoints).
-#include <caffe2/serialize/inline_container.h>
 #include <zlib.h>
 #include <diffpost/detail/pickle.hpp>
+#include <diffpost/detail/zip_archive.hpp>
 #include <diffpost/io/image.hpp>
 
 #include <cstdint>
@@ -43,12 +43,10 @@ std::vector<fs::path> files_in(const fs::path& folder, const std::string& extens
 std::vector<std::string> pickles_of(const fs::path& path) {
   const auto bytes = read_file(path);
   if (bytes.rfind("PK\x03\x04", 0) == 0) {
-    caffe2::serialize::PyTorchStreamReader reader(path.string());
+    diffpost::detail::ZipArchiveReader reader(path, path.string());
     std::vector<std::string> pickles;
-    for (const char* record : {"data.pkl", "constants.pkl"}) {
-      if (!reader.hasRecord(record)) continue;
-      auto [data, size] = reader.getRecord(record);
-      pickles.emplace_back(static_cast<const char*>(data.get()), size);
+    for (const char* name : {"data.pkl", "constants.pkl"}) {
+      if (const auto* record = reader.find(name)) pickles.push_back(reader.read_string(*record));
     }
     return pickles;
   }
