@@ -7,10 +7,12 @@
 
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"
+#include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
 #include "support/doctest_with_torch.hpp"
 
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -105,6 +107,48 @@ TEST_CASE("model config errors name the key, the value and the fix") {
             .find("test.yaml: AdmUNetOptions: level width") != std::string::npos);
   CHECK_THROWS_WITH_AS(diffpost::read_adm_model_config(kConfigDir + "no_such_file.yaml"),
                        doctest::Contains("cannot open"), c10::Error);
+}
+
+TEST_CASE("model config values out of range are range errors naming the key, before anything is built") {
+  // The case: validate() accepted 4e9 channels (a multiple of 32) and building the model then failed
+  // with a storage-size overflow.
+  CHECK(error_of("image_size: 32\nnum_channels: 4000000000\nnum_res_blocks: 1\n") ==
+        "test.yaml: 'num_channels' is 4000000000, out of range: it must be 1 to 4096; check the file");
+  CHECK(error_of("image_size: 0\nnum_channels: 32\nnum_res_blocks: 1\n") ==
+        "test.yaml: 'image_size' is 0, out of range: it must be 1 to 4096; check the file");
+  CHECK(error_of(kSmallYaml + "num_heads_upsample: -2\n") ==
+        "test.yaml: 'num_heads_upsample' is -2, out of range: it must be 1 to 1024 (or -1 for unset); "
+        "check the file");
+  CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: \"1,1,999\"\n") ==
+        "test.yaml: 'channel_mult' entry is 999, out of range: it must be 1 to 64; check the file");
+  CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: [1, -1]\n") ==
+        "test.yaml: 'channel_mult' entry is -1, out of range: it must be 1 to 64; check the file");
+  CHECK(
+      error_of(
+          "image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: \"99999999999999999999\"\n") ==
+      "test.yaml: 'channel_mult' entry '99999999999999999999' is out of range; check the file");
+  CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\n"
+                 "attention_resolutions: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n") ==
+        "test.yaml: 'attention_resolutions' has more than 16 entries; check the file");
+  // Each value in range, the whole too big: 16 residual blocks of 4096 channels on two levels.
+  CHECK(
+      error_of("image_size: 64\nnum_channels: 4096\nnum_res_blocks: 16\nchannel_mult: \"1,1\"\n"
+               "attention_resolutions: \"\"\n")
+          .find(
+              "parameters, more than the 4294967296 diffpost builds from a config file; check num_channels, "
+              "channel_mult and num_res_blocks") != std::string::npos);
+  // yaml-cpp's own exceptions do not escape: a list as a key.
+  CHECK(error_of("? [a, b]\n: 1\n") == "test.yaml: keys must be names such as 'image_size', got a list");
+  // A file far larger than a config (a checkpoint passed as --config, say) is not read.
+  const diffpost::testing::TempDir dir("config-size");
+  {
+    std::ofstream big(dir.file("big.yaml"));
+    big << "# " << std::string(size_t{2} << 20, 'x') << "\n";
+  }
+  CHECK(diffpost::testing::error_of([&] {
+          diffpost::read_adm_model_config(dir.file("big.yaml"));
+        }).find("big.yaml' is 2097155 bytes; a model config is a few hundred (is this the checkpoint?)") !=
+        std::string::npos);
 }
 
 TEST_CASE("summarize_adm_state_dict reads the configuration off the shapes") {

@@ -12,10 +12,14 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -56,6 +60,39 @@ struct PickleValue {
   PickleValuePtr attributes;  ///< Dict: the state BUILD gave an OrderedDict (holds `_metadata`)
   bool ordered = false;       ///< Dict: built by collections.OrderedDict
   torch::Tensor tensor;       ///< Storage (flat, 1-D) and Tensor
+  /// Dict: position in `entries` of each string key, kept by the Unpickler so that SETITEMS on a dict of
+  /// n keys costs O(n), not O(n^2).
+  std::unordered_map<std::string, size_t> string_keys;
+
+  PickleValue() = default;
+  PickleValue(const PickleValue&) = delete;
+  PickleValue& operator=(const PickleValue&) = delete;
+
+  /// Frees nested containers with a loop instead of recursion: a hostile pickle can nest lists 150,000 deep,
+  /// and the implicit destructor would recurse once per level and overflow the stack.
+  ~PickleValue() {
+    if (items.empty() && entries.empty() && !attributes) return;
+    std::vector<PickleValuePtr> pending;
+    release_children(*this, pending);
+    while (!pending.empty()) {
+      PickleValuePtr value = std::move(pending.back());
+      pending.pop_back();
+      if (value.use_count() == 1) release_children(*value, pending);
+    }  // `value` is destroyed here with no children left, so its own destructor returns at once
+  }
+
+  /// Moves the values `value` holds (items, entries, attributes) to `out`, leaving it empty.
+  static void release_children(PickleValue& value, std::vector<PickleValuePtr>& out) {
+    for (auto& item : value.items) out.push_back(std::move(item));
+    value.items.clear();
+    for (auto& [key, item] : value.entries) {
+      out.push_back(std::move(key));
+      out.push_back(std::move(item));
+    }
+    value.entries.clear();
+    value.string_keys.clear();
+    if (value.attributes) out.push_back(std::move(value.attributes));
+  }
 
   static PickleValuePtr make(Kind kind) {
     auto value = std::make_shared<PickleValue>();
@@ -101,14 +138,11 @@ class PickleGraph {
   const PickleValuePtr& root() const { return root_; }
 
   static void clear_containers(const std::vector<std::weak_ptr<PickleValue>>& containers) {
+    std::vector<PickleValuePtr> released;
     for (const auto& weak : containers) {
-      if (auto value = weak.lock()) {
-        value->items.clear();
-        value->entries.clear();
-        value->attributes.reset();
-      }
+      if (auto value = weak.lock()) PickleValue::release_children(*value, released);
     }
-  }
+  }  // `released` frees the values here; none holds another any more, so nothing recurses
 
  private:
   PickleValuePtr root_;
@@ -224,8 +258,23 @@ class Unpickler {
   /// Bytes consumed so far; after parse(), the length of the pickle (legacy files hold several in a row).
   size_t position() const noexcept { return position_; }
 
-  /// Interprets the stream up to STOP and returns the top-level object with the containers it owns.
+  /// Interprets the stream up to STOP and returns the top-level object with the containers it owns. Every
+  /// failure is a c10::Error that names the file (`context`) and the byte where it happened.
   PickleGraph parse() {
+    try {
+      return interpret();
+    } catch (const c10::Error&) {
+      throw;
+    } catch (const std::bad_alloc&) {
+      TORCH_CHECK(false, context_, ": out of memory at byte ", position_, " of data.pkl (", data_.size(),
+                  " bytes; corrupt or hostile pickle?)");
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, context_, ": cannot read data.pkl at byte ", position_, ": ", e.what());
+    }
+  }
+
+ private:
+  PickleGraph interpret() {
     while (true) {
       const size_t opcode_position = position_;
       const auto opcode = static_cast<uint8_t>(read_byte());
@@ -430,7 +479,6 @@ class Unpickler {
     }
   }
 
- private:
   static std::string hex(uint8_t byte) {
     static const char* digits = "0123456789abcdef";
     return {digits[byte >> 4], digits[byte & 15]};
@@ -513,17 +561,14 @@ class Unpickler {
     TORCH_CHECK(flat.size() % 2 == 0, context_, ": malformed pickle, odd number of values for a dict");
     for (size_t i = 0; i < flat.size(); i += 2) {
       // Python semantics: assigning an existing key replaces the value in place.
-      bool replaced = false;
       if (flat[i]->is(PickleValue::Kind::String)) {
-        for (auto& [k, v] : dict.entries) {
-          if (k->is(PickleValue::Kind::String) && k->text == flat[i]->text) {
-            v = flat[i + 1];
-            replaced = true;
-            break;
-          }
+        const auto [position, inserted] = dict.string_keys.emplace(flat[i]->text, dict.entries.size());
+        if (!inserted) {
+          dict.entries[position->second].second = flat[i + 1];
+          continue;
         }
       }
-      if (!replaced) dict.entries.emplace_back(flat[i], flat[i + 1]);
+      dict.entries.emplace_back(flat[i], flat[i + 1]);
     }
   }
 
@@ -575,7 +620,8 @@ class Unpickler {
     return ints;
   }
 
-  // _rebuild_tensor_v2(storage, storage_offset, size, stride, ...): a strided view of the storage.
+  // _rebuild_tensor_v2(storage, storage_offset, size, stride, ...): a strided view of the storage. The
+  // numbers come from the file and may be anything, so each is checked before it is used in arithmetic.
   PickleValuePtr rebuild_tensor(const PickleValue& args) {
     using K = PickleValue::Kind;
     TORCH_CHECK(args.is(K::Tuple) && args.items.size() >= 4, context_, ": _rebuild_tensor arguments are ",
@@ -589,24 +635,38 @@ class Unpickler {
     auto stride = int_tuple(*args.items[3], "stride");
     TORCH_CHECK(size.size() == stride.size(), context_, ": tensor size ", c10::IntArrayRef(size),
                 " and stride ", c10::IntArrayRef(stride), " differ in length");
-    // The view must stay inside its storage: offset + sum((size-1)*stride) < numel.
-    int64_t last = offset;
+    const int64_t numel = storage.tensor.numel();
+    TORCH_CHECK(offset >= 0, context_, ": tensor storage offset ", offset,
+                " is negative (corrupt file?); offsets count elements from the start of the storage");
     bool empty = false;
     for (size_t d = 0; d < size.size(); ++d) {
-      TORCH_CHECK(size[d] >= 0 && stride[d] >= 0, context_, ": negative size or stride in a tensor");
-      if (size[d] == 0) {
-        empty = true;
-      } else if (stride[d] > 0) {
-        // Overflow-safe form of last += (size - 1) * stride (a corrupt file may hold any numbers).
-        TORCH_CHECK(size[d] - 1 <= (INT64_MAX - last) / stride[d], context_, ": tensor of size ",
-                    c10::IntArrayRef(size), " and stride ", c10::IntArrayRef(stride), " overflows");
-        last += (size[d] - 1) * stride[d];
-      }
+      TORCH_CHECK(size[d] >= 0 && stride[d] >= 0, context_, ": tensor of size ", c10::IntArrayRef(size),
+                  " and stride ", c10::IntArrayRef(stride), " has a negative entry (corrupt file?)");
+      empty = empty || size[d] == 0;
     }
-    const int64_t numel = storage.tensor.numel();
-    TORCH_CHECK(offset >= 0 && (empty || last < numel), context_, ": tensor of size ", c10::IntArrayRef(size),
-                ", stride ", c10::IntArrayRef(stride), " at offset ", offset,
-                " reaches outside its storage of ", numel, " elements");
+    // The view's element count (and LibTorch's contiguous strides for an empty one) must fit in int64, bytes
+    // included.
+    const int64_t element_size = static_cast<int64_t>(storage.tensor.element_size());
+    int64_t elements = 1;
+    for (int64_t s : size) {
+      const int64_t factor = std::max<int64_t>(s, 1);
+      TORCH_CHECK(elements <= std::numeric_limits<int64_t>::max() / element_size / factor, context_,
+                  ": tensor of size ", c10::IntArrayRef(size), " has more elements than int64 can count");
+      elements *= factor;
+    }
+    // The view must stay inside its storage: offset + sum((size-1)*stride) < numel.
+    int64_t last = offset;
+    for (size_t d = 0; d < size.size() && !empty; ++d) {
+      if (stride[d] == 0) continue;
+      // Overflow-safe form of last += (size - 1) * stride (a corrupt file may hold any numbers).
+      TORCH_CHECK(size[d] - 1 <= (std::numeric_limits<int64_t>::max() - last) / stride[d], context_,
+                  ": tensor of size ", c10::IntArrayRef(size), ", stride ", c10::IntArrayRef(stride),
+                  " at offset ", offset, " reaches outside its storage of ", numel, " elements");
+      last += (size[d] - 1) * stride[d];
+    }
+    TORCH_CHECK(empty || last < numel, context_, ": tensor of size ", c10::IntArrayRef(size), ", stride ",
+                c10::IntArrayRef(stride), " at offset ", offset, " reaches outside its storage of ", numel,
+                " elements");
     auto tensor = PickleValue::make(K::Tensor);
     tensor->tensor = empty ? torch::empty(size, storage.tensor.options())
                            : storage.tensor.as_strided(size, stride, offset);

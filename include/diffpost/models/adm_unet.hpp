@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <ostream>
 #include <sstream>
@@ -159,12 +160,16 @@ struct AdmUNetOptions {
                 num_classes_);
     const auto mult = resolved_channel_mult();
     const auto levels = static_cast<int64_t>(mult.size());
+    TORCH_CHECK(levels <= 32, "AdmUNetOptions: channel_mult has ", levels,
+                " levels; at most 32 are supported");
     const int64_t coarsest_factor = int64_t{1} << (levels - 1);
     TORCH_CHECK(image_size_ % coarsest_factor == 0, "AdmUNetOptions: image_size ", image_size_,
                 " is not divisible by 2^(levels-1) = ", coarsest_factor, " for ", levels,
                 " channel_mult levels; use fewer levels or a multiple of ", coarsest_factor);
     for (int64_t m : mult) {
       TORCH_CHECK(m > 0, "AdmUNetOptions: channel_mult entries must be positive, got ", m);
+      TORCH_CHECK(m <= std::numeric_limits<int64_t>::max() / num_channels_, "AdmUNetOptions: level width ", m,
+                  " * num_channels ", num_channels_, " overflows int64");
       TORCH_CHECK((m * num_channels_) % 32 == 0, "AdmUNetOptions: level width ", m, " * num_channels ",
                   num_channels_, " = ", m * num_channels_,
                   " is not divisible by the 32 GroupNorm groups; use num_channels a multiple of 32");
