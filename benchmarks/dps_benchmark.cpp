@@ -22,6 +22,11 @@
 #include <cstdint>
 #include <string>
 
+// Where --config small reads its configuration; benchmarks/CMakeLists.txt sets it to the source tree's file.
+#ifndef DIFFPOST_BENCHMARK_PRIOR_CONFIG
+#define DIFFPOST_BENCHMARK_PRIOR_CONFIG "examples/prior/fashion_mnist_28.yaml"
+#endif
+
 namespace {
 
 struct Settings {
