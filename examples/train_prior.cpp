@@ -1,9 +1,10 @@
 // train_prior: trains an ADM UNet diffusion prior (the architecture of the DPS priors) on Fashion-MNIST or
-// on a folder of same-size images, on the CPU, and exports the averaged weights in the reference checkpoint
-// format with a model_config.yaml-style configuration, ready for `diffpost restore`.
+// on a folder of same-size images, on the CPU or a GPU (--device), and exports the averaged weights in the
+// reference checkpoint format with a model_config.yaml-style configuration, ready for `diffpost restore`.
 //
-//   train_prior --out-dir runs/fmnist --max-minutes 60            # train (resumes if runs/fmnist has a
-//   state) train_prior --out-dir runs/fmnist --export-only --export prior # write prior.pt and prior.yaml now
+//   train_prior --out-dir runs/fmnist --max-minutes 60     # train (resumes if runs/fmnist has a state)
+//   train_prior --out-dir runs/fmnist --device cuda        # the same on the first GPU
+//   train_prior --out-dir runs/fmnist --export-only --export prior   # write prior.pt and prior.yaml now
 //
 // Objective: DDPM (Ho et al. 2020) on the linear 1000-step schedule, uniform t, with the learned
 // (`learned_range`) variance trained by the hybrid loss of improved DDPM (Nichol & Dhariwal 2021), or
@@ -68,6 +69,7 @@ struct Flags {
   int64_t max_steps = 0;
   double max_minutes = 0.0;
   int threads = 2;
+  std::string device = "cpu";
   int64_t checkpoint_every = 250;
   int64_t seed = 0;
   bool flip = true;
@@ -175,6 +177,7 @@ Flags parse_flags(int argc, char** argv) {
       ->check(positive)
       ->capture_default_str()
       ->group("Optimisation");
+  diffpost::examples::add_device_option(app, f.device)->group("Optimisation");
   const char* architecture =
       "Architecture (guided-diffusion create_model arguments; always learn_sigma unless "
       "--fixed-variance, use_scale_shift_norm, resblock_updown)";
@@ -245,9 +248,9 @@ void save_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNe
 }
 
 void load_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNet& ema,
-                torch::optim::Adam* optimizer, TrainState& state) {
+                torch::optim::Adam* optimizer, TrainState& state, const torch::Device& device) {
   torch::serialize::InputArchive archive;
-  archive.load_from(path.string());
+  archive.load_from(path.string(), device);  // onto the device the run trains on, whatever wrote it
   torch::serialize::InputArchive model_archive, ema_archive, optimizer_archive;
   archive.read("model", model_archive);
   archive.read("ema", ema_archive);
@@ -263,7 +266,7 @@ void load_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNe
   archive.read("losses", losses);
   state.step = step.item<int64_t>();
   state.trained_seconds = seconds.item<double>();
-  losses = losses.contiguous();
+  losses = losses.to(torch::kCPU).contiguous();
   state.losses.assign(losses.data_ptr<float>(), losses.data_ptr<float>() + losses.numel());
 }
 
@@ -373,20 +376,22 @@ void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& 
 
 /// Reloads the exported prior exactly as a user would (config file, then a strict checkpoint load) and
 /// writes a square-ish grid of `flags.samples` unconditional DDPM samples on the respaced schedule.
-void write_sample_grid(const Flags& flags) {
+void write_sample_grid(const Flags& flags, const torch::Device& device) {
   const auto config_path = flags.out_dir / (flags.export_name + ".yaml");
   const auto config = diffpost::read_adm_model_config(config_path);
   diffpost::AdmUNet model(config.options);
   diffpost::load_checkpoint(model, flags.out_dir / config.model_path);
   model->eval();
+  model->to(device);
   const diffpost::DDPMSampler sampler(diffpost::DiffusionSchedule::linear().respaced(flags.sample_steps));
   auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed));
   const int64_t size = config.options.image_size();
   diffpost::ProgressBar bar(sampler.schedule().num_steps(), "sample");
   auto samples = diffpost::sample_unconditional(
-      model, sampler, {flags.samples, config.options.in_channels(), size, size}, generator, {},
-      [&](const diffpost::StepInfo& info) { bar.update(info.step); });
+      model, sampler, {flags.samples, config.options.in_channels(), size, size}, generator,
+      torch::TensorOptions().device(device), [&](const diffpost::StepInfo& info) { bar.update(info.step); });
   bar.finish();
+  samples = samples.to(torch::kCPU);
   if (flags.grid_scale > 1)
     samples = samples.repeat_interleave(flags.grid_scale, 2).repeat_interleave(flags.grid_scale, 3);
   const auto columns = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(flags.samples))));
@@ -414,6 +419,7 @@ int run(const Flags& flags) {
   // exported.
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
+  const auto device = diffpost::usable_device(flags.device, "--device");
   diffpost::install_caching_cpu_allocator();
   torch::set_num_threads(flags.threads);
   torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
@@ -427,8 +433,9 @@ int run(const Flags& flags) {
     channels = images.size(1);
     size = images.size(2);
     TORCH_CHECK(images.size(2) == images.size(3), "train_prior: images must be square, got ", images.sizes());
-    fmt::print(stderr, "data: {} images of {}x{}x{} from {}\n", images.size(0), channels, size, size,
-               flags.data);
+    fmt::print(stderr, "data: {} images of {}x{}x{} from {}, on {}\n", images.size(0), channels, size, size,
+               flags.data, device.str());
+    images = images.to(device);  // once: batches are gathered on the device
   } else if (flags.data != "fashion-mnist") {
     auto first = diffpost::load_image_folder(flags.data);
     channels = first.size(1);
@@ -446,6 +453,8 @@ int run(const Flags& flags) {
   options.validate();
   diffpost::AdmUNet model(options);
   diffpost::AdmUNet ema(options);
+  model->to(device);  // before the optimizer takes the parameters
+  ema->to(device);
   {
     torch::NoGradGuard no_grad;
     auto source = model->named_parameters(true);
@@ -458,7 +467,7 @@ int run(const Flags& flags) {
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(flags.lr));
   TrainState state;
   if (fs::exists(state_path) && flags.time_batches == 0) {
-    load_state(state_path, model, ema, &optimizer, state);
+    load_state(state_path, model, ema, &optimizer, state, device);
     fmt::print(stderr, "resumed from {} at step {} ({:.1f} min trained)\n", state_path.string(), state.step,
                state.trained_seconds / 60.0);
   }
@@ -467,7 +476,7 @@ int run(const Flags& flags) {
                 state_path.string());
     export_prior(flags, ema, state);
     write_loss_curve(flags, state);
-    if (!flags.sample_grid.empty()) write_sample_grid(flags);
+    if (!flags.sample_grid.empty()) write_sample_grid(flags, device);
     return 0;
   }
 
@@ -476,7 +485,7 @@ int run(const Flags& flags) {
   auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed) * 1000003ULL +
                                             static_cast<uint64_t>(state.step));
   const int64_t n = images.size(0);
-  auto order = torch::randperm(n, generator, torch::kLong);
+  auto order = torch::randperm(n, generator, torch::kLong).to(device);
   int64_t cursor = 0;
 
   const auto start = std::chrono::steady_clock::now();
@@ -499,16 +508,16 @@ int run(const Flags& flags) {
     if (flags.max_minutes > 0 && minutes_used() >= flags.max_minutes) break;
     const auto step_start = std::chrono::steady_clock::now();
     if (cursor + flags.batch_size > n) {
-      order = torch::randperm(n, generator, torch::kLong);
+      order = torch::randperm(n, generator, torch::kLong).to(device);
       cursor = 0;
     }
     auto x0 = images.index_select(0, order.narrow(0, cursor, flags.batch_size));
     cursor += flags.batch_size;
     if (flags.flip) {
-      auto flip = at::rand({flags.batch_size, 1, 1, 1}, generator) < 0.5;
+      auto flip = (at::rand({flags.batch_size, 1, 1, 1}, generator) < 0.5).to(device);
       x0 = torch::where(flip, x0.flip(3), x0);
     }
-    auto t = at::randint(0, schedule.num_steps(), {flags.batch_size}, generator, torch::kLong);
+    auto t = at::randint(0, schedule.num_steps(), {flags.batch_size}, generator, torch::kLong).to(device);
     auto noise = diffpost::detail::randn_like(x0, generator);
     auto x_t = schedule.q_sample(x0, t, noise);
     auto output = model(x_t, t);
@@ -521,10 +530,10 @@ int run(const Flags& flags) {
     diffpost::ema_update(*ema, *model, diffpost::ema_decay_at(state.step, flags.ema_decay));
     ++state.step;
     ++steps_this_run;
+    const float loss_value = loss.item<float>();  // waits for the device, so the step's time is all in
     const double step_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
     if (steps_this_run > 1) timed_seconds += step_seconds;  // the first step includes one-off set-up
-    const float loss_value = loss.item<float>();
     state.losses.push_back(loss_value);
     recent_loss += loss_value;
     recent_mse += terms.mse.mean().item<double>();
@@ -558,7 +567,7 @@ int run(const Flags& flags) {
   fmt::print(stderr, "stopped at step {} after {:.1f} min in this run ({:.1f} min in total)\n", state.step,
              minutes_used(), state.trained_seconds / 60.0);
   export_prior(flags, ema, state);
-  if (!flags.sample_grid.empty()) write_sample_grid(flags);
+  if (!flags.sample_grid.empty()) write_sample_grid(flags, device);
   return 0;
 }
 

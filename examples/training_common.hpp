@@ -1,9 +1,10 @@
 // Pieces shared by the training examples (train_prior, train_classifier): parsing the command line (CLI11),
-// reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
+// the --device flag, reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
 // error reporting of main(). Private to the examples; not part of the diffpost library.
 #pragma once
 
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/runtime/device.hpp>
 
 #include <torch/torch.h>
 
@@ -42,10 +43,22 @@ inline CLI::Validator positive_number() {
       "> 0");
 }
 
+/// Declares `--device` (cpu, cuda or cuda:N; checked when the run starts with `diffpost::usable_device`).
+inline CLI::Option* add_device_option(CLI::App& app, std::string& device) {
+  return app
+      .add_option("--device", device,
+                  "where to train: cpu, cuda or cuda:N (the data is moved there once; random draws come "
+                  "from the seeded CPU generator, so a seed gives the same draws on every device)")
+      ->capture_default_str();
+}
+
 /// One split of Fashion-MNIST: images [N, 1, 28, 28] in [-1, 1] and their int64 labels [N].
 struct LabelledImages {
   torch::Tensor images;
   torch::Tensor labels;
+
+  /// Both tensors on `device` (one copy each).
+  LabelledImages to(const torch::Device& device) const { return {images.to(device), labels.to(device)}; }
 };
 
 /// Reads the split `split` ("train" or "t10k", the prefixes of the IDX file names) of Fashion-MNIST from the

@@ -10,12 +10,36 @@
 //     (fmt::fmt-header-only), and fmt::join needs <fmt/ranges.h> there.
 //   * caffe2::serialize's zip reader and writer changed behaviour between releases: diffpost reads and
 //     writes torch.save archives itself (detail/zip_archive.hpp).
+//   * CUDA: every LibTorch ships the ATen/cuda and c10/cuda headers, but only a CUDA build has their symbols
+//     (libtorch_cuda, libc10_cuda). DIFFPOST_HAS_CUDA says whether the CUDA-only code (CUDA graphs, the CUDA
+//     caching allocator's statistics) is compiled; everything else reaches CUDA through LibTorch's hooks
+//     (torch::cuda::is_available, at::globalContext()), which link in every build.
 #pragma once
 
 #include <c10/core/Allocator.h>
+#include <c10/core/Device.h>
 #include <torch/version.h>
 
 #include <cstddef>
+#include <cstdint>
+
+// DIFFPOST_WITH_CUDA comes from diffpost's CMake package (1 when the LibTorch found has a torch_cuda target,
+// else 0). Without it (a build that does not use the package) the headers decide: only a CUDA build of
+// LibTorch generates c10/cuda/impl/cuda_cmake_macros.h, and the CUDA toolkit's headers must be on the path.
+#if !defined(DIFFPOST_WITH_CUDA)
+#define DIFFPOST_WITH_CUDA 1
+#endif
+#if DIFFPOST_WITH_CUDA && __has_include(<c10/cuda/impl/cuda_cmake_macros.h>) && \
+    __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>)
+/// 1 when the CUDA-only code is compiled (a CUDA LibTorch and the CUDA toolkit's headers), else 0.
+#define DIFFPOST_HAS_CUDA 1
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#else
+#define DIFFPOST_HAS_CUDA 0
+#endif
 
 /// True when compiling against LibTorch `major.minor` or newer.
 #define DIFFPOST_TORCH_AT_LEAST(major, minor) \
@@ -43,5 +67,19 @@ class AllocatorBase : public c10::Allocator {
  protected:
   virtual c10::DataPtr allocate_bytes(std::size_t bytes) = 0;
 };
+
+#if DIFFPOST_HAS_CUDA
+/// Bytes held by tensors on CUDA device `index` at the most since the last `reset_cuda_peak_bytes`, from the
+/// CUDA caching allocator (`torch.cuda.max_memory_allocated`). Index 0 of the statistics arrays is the
+/// aggregate over the small and large pools in every release (StatType::AGGREGATE).
+inline int64_t cuda_peak_allocated_bytes(c10::DeviceIndex index) {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(index).allocated_bytes[0].peak;
+}
+
+/// Restarts the peak of `cuda_peak_allocated_bytes` from what is allocated now.
+inline void reset_cuda_peak_bytes(c10::DeviceIndex index) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+}
+#endif
 
 }  // namespace diffpost::detail

@@ -6,11 +6,17 @@
 // published checkpoints load without any renaming. The numerics follow the reference: GroupNorm with 32
 // groups computed in float32, SiLU, FiLM-style scale-shift conditioning, multi-head self-attention with q and
 // k each scaled by ch^-1/4 and the softmax in float32, and a sinusoidal timestep embedding with the cosines
-// first. Gradient checkpointing is deliberately absent: the reference recomputes every attention block in the
-// backward pass, which costs time and changes no number.
+// first. Two run-time choices of the reference's are options here, off by default: mixed precision
+// (guided-diffusion's `use_fp16`: the blocks' convolutions in bfloat16 or float16, `set_compute_dtype`) and
+// gradient checkpointing of the blocks (`use_checkpoint`, `set_gradient_checkpointing`), which trades a
+// second forward pass of each block in the backward pass for the memory of its activations. The reference
+// hard-wires checkpointing on for its attention blocks, which costs time and changes no number; diffpost does
+// not.
 #pragma once
 
 #include <torch/torch.h>
+
+#include <diffpost/detail/constant_cache.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -33,10 +39,10 @@ namespace diffpost {
 /// have no default there and are constructor arguments here. Differences from the reference: `in_channels` is
 /// configurable (the reference hard-codes 3 colour channels), `attention_resolutions` is a list of
 /// feature-map sizes (the reference's comma string), `num_classes` replaces `class_cond` (0 means
-/// unconditional, the reference's class-conditional models use 1000), and there is no
-/// `use_checkpoint`/`use_fp16` (gradient checkpointing is not implemented; the model computes in the dtype of
-/// its parameters). Use the presets `ffhq256()` and `imagenet256_uncond()` for the published DPS priors;
-/// `validate()` checks the combination.
+/// unconditional, the reference's class-conditional models use 1000), and `use_checkpoint` and `use_fp16`
+/// are run-time choices of the built model (`AdmUNetImpl::set_gradient_checkpointing`,
+/// `AdmUNetImpl::set_compute_dtype`), since they change how it runs, not what it is. Use the presets
+/// `ffhq256()` and `imagenet256_uncond()` for the published DPS priors; `validate()` checks the combination.
 struct AdmUNetOptions {
   /// Options for a UNet on `image_size` x `image_size` images with `num_channels` base channels and
   /// `num_res_blocks` residual blocks per resolution level.
@@ -233,23 +239,36 @@ inline std::ostream& operator<<(std::ostream& os, const AdmUNetOptions& o) {
 /// submodules under the reference names.
 namespace adm {
 
-/// Sinusoidal timestep embedding [B, dim] of integer (or fractional) timesteps [B]: cos(t f_i) then sin(t
-/// f_i), with f_i = exp(-ln(10000) i / half), i < half = dim / 2, computed in float32 (guided-diffusion
-/// nn.py; the transformer position encoding of Vaswani et al. 2017 sec. 3.5 with the halves swapped). Odd dim
-/// gets a zero column.
+/// The frequencies of the sinusoidal timestep embedding, f_i = exp(-ln(max_period) i / half) for i < half,
+/// float32 on the CPU, computed in the reference's operation order so that float32 rounding matches.
+inline torch::Tensor timestep_frequencies(int64_t half, double max_period = 10000.0) {
+  return torch::exp(-std::log(max_period) *
+                    torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat32)) / half);
+}
+
+/// Sinusoidal timestep embedding [B, dim] of timesteps [B] from frequencies `freqs` [dim / 2] (float32, on
+/// the timesteps' device; `timestep_frequencies`): cos(t f_i) then sin(t f_i), in float32. Odd dim gets a
+/// zero column.
 inline torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim,
-                                        double max_period = 10000.0) {
+                                        const torch::Tensor& freqs) {
   TORCH_CHECK(timesteps.dim() == 1, "timestep_embedding: timesteps must be 1-D [B], got shape ",
               timesteps.sizes());
-  const int64_t half = dim / 2;
-  // Same operation order as the reference so that float32 rounding matches.
-  auto freqs = torch::exp(-std::log(max_period) *
-                          torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat32)) / half)
-                   .to(timesteps.device());
+  TORCH_CHECK(freqs.dim() == 1 && freqs.size(0) == dim / 2, "timestep_embedding: expected ", dim / 2,
+              " frequencies for dim ", dim, ", got shape ", freqs.sizes());
   auto args = timesteps.unsqueeze(1).to(torch::kFloat32) * freqs.unsqueeze(0);
   auto embedding = torch::cat({torch::cos(args), torch::sin(args)}, -1);
   if (dim % 2) embedding = torch::cat({embedding, torch::zeros_like(embedding.narrow(1, 0, 1))}, -1);
   return embedding;
+}
+
+/// Sinusoidal timestep embedding [B, dim] of integer (or fractional) timesteps [B]: cos(t f_i) then sin(t
+/// f_i), with f_i = exp(-ln(10000) i / half), i < half = dim / 2, computed in float32 (guided-diffusion
+/// nn.py; the transformer position encoding of Vaswani et al. 2017 sec. 3.5 with the halves swapped). Odd dim
+/// gets a zero column. The frequencies are computed on the CPU and copied to the timesteps' device on every
+/// call, as the reference does; AdmUNet keeps them on its device instead.
+inline torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim,
+                                        double max_period = 10000.0) {
+  return timestep_embedding(timesteps, dim, timestep_frequencies(dim / 2, max_period).to(timesteps.device()));
 }
 
 /// The attention products for q, k, v [B * heads, ch, T] (already scaled): weight[b, t, s] = softmax_s(sum_c
@@ -585,14 +604,77 @@ class TimestepSequenceImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TimestepSequence);
 
+/// Keeps the block of a checkpointed forward pass alive until its backward pass recomputes it.
+struct CheckpointedBlock : torch::CustomClassHolder {
+  explicit CheckpointedBlock(std::shared_ptr<TimestepSequenceImpl> b) : block(std::move(b)) {}
+  std::shared_ptr<TimestepSequenceImpl> block;
+};
+
+/// Gradient checkpointing of one block (guided-diffusion `nn.checkpoint` / `CheckpointFunction`): the
+/// forward pass keeps only the block's inputs, and the backward pass runs the block again with its graph and
+/// backpropagates through that. The block's parameters are inputs of the function, so that
+/// `torch::autograd::grad` with respect to x (DPS) and training's backward pass (parameter gradients) both
+/// work. The recomputation runs the same kernels on the same inputs, so the output is the plain block's bit
+/// for bit and the gradients agree with the plain ones to rounding: where an activation feeds several
+/// layers, its gradient contributions are summed in another order ((a + b) + c instead of a + (b + c);
+/// tests/models: 4e-16 relative in float64). A block with active dropout would draw new masks, which
+/// `AdmUNetImpl` refuses.
+class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               const std::shared_ptr<TimestepSequenceImpl>& block, const torch::Tensor& x,
+                               const torch::Tensor& emb, at::TensorList parameters) {
+    (void)parameters;  // inputs only so that their gradients come out of backward
+    ctx->saved_data["block"] = c10::IValue::make_capsule(c10::make_intrusive<CheckpointedBlock>(block));
+    ctx->save_for_backward({x, emb});
+    // With grad mode on, as the plain forward pass runs, so that both take the same kernels; the graph is
+    // dropped at once.
+    torch::AutoGradMode enable_grad(true);
+    return block->forward(x.detach().requires_grad_(x.requires_grad()), emb.detach()).detach();
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto holder =
+        c10::static_intrusive_pointer_cast<CheckpointedBlock>(ctx->saved_data["block"].toCapsule());
+    const auto& block = holder->block;
+    // The variable inputs, in forward's order: x, emb, then the block's parameters.
+    const auto x = saved[0].detach().requires_grad_(ctx->needs_input_grad(0));
+    const auto emb = saved[1].detach().requires_grad_(ctx->needs_input_grad(1));
+    const auto parameters = block->parameters();
+    std::vector<torch::Tensor> wanted;
+    std::vector<size_t> slots;  // where each wanted gradient goes among forward's arguments
+    auto want = [&](const torch::Tensor& input, size_t edge) {
+      if (!ctx->needs_input_grad(edge)) return;
+      wanted.push_back(input);
+      slots.push_back(edge + 1);  // argument 0 is the block
+    };
+    want(x, 0);
+    want(emb, 1);
+    for (size_t i = 0; i < parameters.size(); ++i) want(parameters[i], 2 + i);
+    torch::autograd::variable_list result(3 + parameters.size());  // block, x, emb, parameters
+    if (wanted.empty()) return result;
+    torch::Tensor out;
+    {
+      torch::AutoGradMode enable_grad(true);
+      out = block->forward(x, emb);
+    }
+    const auto grads = torch::autograd::grad({out}, wanted, {grad_outputs[0]}, /*retain_graph=*/false,
+                                             /*create_graph=*/false, /*allow_unused=*/true);
+    for (size_t i = 0; i < grads.size(); ++i) result[slots[i]] = grads[i];
+    return result;
+  }
+};
+
 }  // namespace adm
 
 /// The ADM UNet eps(x_t, t) (guided-diffusion `UNetModel`). Submodules are registered under the reference
-/// names
-/// (`time_embed`, `label_emb`, `input_blocks`, `middle_block`, `output_blocks`, `out`) so that a published
-/// `state_dict` loads key for key. Parameters are initialised as the reference does (PyTorch defaults, with
-/// the last convolution of every residual block, every attention projection and the output convolution
-/// zeroed).
+/// names (`time_embed`, `label_emb`, `input_blocks`, `middle_block`, `output_blocks`, `out`) so that a
+/// published `state_dict` loads key for key. Parameters are initialised as the reference does (PyTorch
+/// defaults, with the last convolution of every residual block, every attention projection and the output
+/// convolution zeroed). Two run-time options, both off by default: `set_compute_dtype` (mixed precision) and
+/// `set_gradient_checkpointing` (memory).
 class AdmUNetImpl : public torch::nn::Module {
  public:
   /// Builds the UNet; throws c10::Error when `options.validate()` does.
@@ -664,30 +746,86 @@ class AdmUNetImpl : public torch::nn::Module {
     TORCH_CHECK(y.defined() == (o.num_classes() > 0),
                 o.num_classes() > 0 ? "AdmUNet: this model is class-conditional; pass labels y of shape [B]"
                                     : "AdmUNet: this model is unconditional; do not pass labels y");
-    auto emb =
-        time_embed_->forward(adm::timestep_embedding(t, o.num_channels()).to(x.device(), x.scalar_type()));
+    auto emb = time_embed_->forward(
+        adm::timestep_embedding(t, o.num_channels(), timestep_frequencies(t.device())).to(x.scalar_type()));
     if (y.defined()) {
       TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0), "AdmUNet: expected labels of shape [", x.size(0),
                   "], got ", y.sizes());
       emb = emb + label_emb_(y);
     }
+    TORCH_CHECK(
+        !checkpointing_ || !is_training() || o.dropout() == 0.0,
+        "AdmUNet: gradient checkpointing recomputes every block in the backward pass, which would draw "
+        "new dropout masks; train with dropout 0 or call set_gradient_checkpointing(false)");
     std::vector<torch::Tensor> skips;
     skips.reserve(inputs_.size());
-    auto h = x;
+    // Mixed precision (guided-diffusion UNetModel.forward with use_fp16): the blocks run in the compute
+    // dtype, the embedding and the output layers in the caller's.
+    auto h = mixed_precision() ? x.to(compute_dtype_) : x;
     for (auto& block : inputs_) {
-      h = block->forward(h, emb);
+      h = run_block(block, h, emb);
       skips.push_back(h);
     }
-    h = middle_->forward(h, emb);
+    h = run_block(middle_, h, emb);
     for (auto& block : outputs_) {
-      h = block->forward(torch::cat({h, skips.back()}, 1), emb);
+      h = run_block(block, torch::cat({h, skips.back()}, 1), emb);
       skips.pop_back();
     }
+    if (mixed_precision()) h = h.to(x.scalar_type());
     return out_conv_(torch::silu(out_norm_(h)));
   }
 
   /// The options the model was built with.
   const AdmUNetOptions& options() const { return options_; }
+
+  /// Runs the convolutions of the input, middle and output blocks in `dtype` (guided-diffusion's
+  /// `convert_to_fp16` with use_fp16): torch::kBFloat16 or torch::kHalf converts their weights and biases to
+  /// it, and `forward` then casts the input to it before the first block and back to the input's dtype
+  /// before the output layers. Everything else stays in the dtype of the model's other parameters (float32
+  /// for the published models): the timestep embedding and its MLP, the blocks' embedding projections
+  /// (Linear), every GroupNorm (which also normalises in float32 whatever its input) and the output layers;
+  /// the attention softmax runs in float32. Input and output are in the caller's dtype, so DPS's gradient and
+  /// iterate stay float32. The dtype of the other parameters (torch::kFloat32) restores full precision, but
+  /// the bits the conversion dropped stay dropped: load the checkpoint again for exact weights. Call it after
+  /// loading a checkpoint (loading converts into whatever dtype the model holds), before or after moving the
+  /// model to its device. float16 needs CUDA: LibTorch's CPU has no float16 convolutions.
+  void set_compute_dtype(torch::ScalarType dtype) {
+    const auto float_dtype = out_conv_->weight.scalar_type();
+    TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kHalf || dtype == float_dtype,
+                "AdmUNet::set_compute_dtype: expected torch::kBFloat16, torch::kHalf or the dtype of the "
+                "model's other parameters (",
+                float_dtype, "), got ", dtype);
+    torch::NoGradGuard no_grad;
+    const std::vector<std::shared_ptr<torch::nn::Module>> blocks_of_unet{input_blocks_.ptr(), middle_.ptr(),
+                                                                         output_blocks_.ptr()};
+    for (const auto& blocks : blocks_of_unet) {
+      for (const auto& module : blocks->modules(/*include_self=*/false)) {
+        const bool convolution =
+            module->as<torch::nn::Conv2d>() != nullptr || module->as<torch::nn::Conv1d>() != nullptr;
+        if (!convolution) continue;
+        for (auto& parameter : module->parameters(/*recurse=*/false)) parameter.set_data(parameter.to(dtype));
+      }
+    }
+    compute_dtype_ = dtype;
+  }
+
+  /// The dtype the blocks' convolutions compute in: the model's parameter dtype unless `set_compute_dtype`
+  /// chose a 16-bit one.
+  torch::ScalarType compute_dtype() const {
+    return mixed_precision() ? compute_dtype_ : out_conv_->weight.scalar_type();
+  }
+
+  /// Gradient checkpointing of the input, middle and output blocks (guided-diffusion's `use_checkpoint`):
+  /// when on, a forward pass that builds a graph keeps only each block's input and output, and the backward
+  /// pass recomputes the block. That costs about one more forward pass per backward pass and saves the
+  /// activations inside the blocks, which is what bounds the batch size of DPS on a GPU (and of training).
+  /// Outputs are the same bit for bit, gradients to rounding (adm::BlockCheckpoint). Off by default; forward
+  /// passes without a graph (NoGradGuard) are not affected. Training with dropout > 0 is refused, because
+  /// recomputing would draw new dropout masks.
+  void set_gradient_checkpointing(bool on) { checkpointing_ = on; }
+
+  /// Whether `set_gradient_checkpointing` is on.
+  bool gradient_checkpointing() const { return checkpointing_; }
 
   void pretty_print(std::ostream& os) const override { os << "diffpost::AdmUNet(" << options_ << ")"; }
 
@@ -698,7 +836,32 @@ class AdmUNetImpl : public torch::nn::Module {
     typed.push_back(std::move(block));
   }
 
+  /// Whether `set_compute_dtype` chose a 16-bit dtype for the blocks.
+  bool mixed_precision() const {
+    return compute_dtype_ == torch::kBFloat16 || compute_dtype_ == torch::kHalf;
+  }
+
+  /// One block, checkpointed when that is on and the pass builds a graph.
+  torch::Tensor run_block(adm::TimestepSequence& block, const torch::Tensor& h, const torch::Tensor& emb) {
+    if (!checkpointing_ || !torch::GradMode::is_enabled()) return block->forward(h, emb);
+    const auto parameters = block->parameters();
+    return adm::BlockCheckpoint::apply(block.ptr(), h, emb, at::TensorList(parameters));
+  }
+
+  /// The timestep embedding's frequencies on `device`, computed on the CPU once (as the reference computes
+  /// them) and kept there, so that a forward pass copies nothing from the host.
+  torch::Tensor timestep_frequencies(const torch::Device& device) {
+    const auto options = torch::TensorOptions().device(device).dtype(torch::kFloat32);
+    const int64_t half = options_.num_channels() / 2;
+    return constants_->get({"timestep_frequencies", {half}, options},
+                           [&] { return adm::timestep_frequencies(half).to(device); });
+  }
+
   AdmUNetOptions options_;
+  torch::ScalarType compute_dtype_ =
+      torch::kFloat;  ///< kBFloat16 or kHalf when the blocks compute in 16 bits
+  bool checkpointing_ = false;
+  detail::TensorCache constants_ = detail::make_tensor_cache();
   torch::nn::Sequential time_embed_{nullptr};
   torch::nn::Embedding label_emb_{nullptr};
   torch::nn::ModuleList input_blocks_{nullptr};

@@ -197,9 +197,9 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
   read_bool("use_fp16", [&](bool v) {
     TORCH_CHECK(
         !v, origin,
-        ": use_fp16: true is not supported (the published checkpoints are float32 and the model computes "
-        "in the dtype of its parameters; convert the module with .to(torch::kHalf) instead); set "
-        "use_fp16: false");
+        ": use_fp16: true is not supported in a configuration (the published checkpoints are float32; "
+        "choose 16-bit compute when running instead: AdmUNetImpl::set_compute_dtype, the tool's "
+        "--precision); set use_fp16: false");
   });
   try {
     options.validate();
@@ -221,9 +221,10 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
 /// Parses an ADM UNet configuration from YAML (or JSON) text, with the keys of the reference's
 /// `configs/model_config.yaml`: image_size, num_channels, num_res_blocks (required, as in `create_model`),
 /// channel_mult ("" for the default of the image size, or "1,1,2,2,4,4"), learn_sigma, class_cond (1000
-/// classes), use_checkpoint (accepted and ignored: recomputation changes no number), attention_resolutions
-/// (16 or "32,16,8"), num_heads, num_head_channels, num_heads_upsample, use_scale_shift_norm, dropout,
-/// resblock_updown, use_fp16 (must be false: the model computes in the dtype of its parameters),
+/// classes), use_checkpoint (accepted and ignored: checkpointing is a run-time choice,
+/// AdmUNetImpl::set_gradient_checkpointing), attention_resolutions (16 or "32,16,8"), num_heads,
+/// num_head_channels, num_heads_upsample, use_scale_shift_norm, dropout, resblock_updown, use_fp16 (must be
+/// false: 16-bit compute is a run-time choice, AdmUNetImpl::set_compute_dtype),
 /// use_new_attention_order, model_path; plus the extensions in_channels and num_classes (overrides
 /// class_cond). `origin` names the source in error messages. Throws c10::Error on unknown keys, missing
 /// required keys, wrong types, integers outside detail::adm_config_ranges() (e.g. num_channels 1 to 4096),

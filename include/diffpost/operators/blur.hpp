@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/constant_cache.hpp>
 #include <diffpost/detail/motion_kernel.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
@@ -108,7 +109,9 @@ concept RandomBlurKernel = requires(const K& policy, at::Generator& generator) {
 /// reflect-padded by half the kernel size ("reflect": d c b | a b c d | c b a, extended periodically when the
 /// pad exceeds the image) and cross-correlated with the same kernel, so y has the image's shape. Linear, with
 /// the exact adjoint: the transposed correlation followed by the adjoint of the padding, which folds the
-/// padded border back onto the pixels it copied. The naive inverse is the blurred image itself.
+/// padded border back onto the pixels it copied. The naive inverse is the blurred image itself. The kernel's
+/// spectrum and the padding indices are built once per image size, device and dtype and then reused; copies
+/// of the operator share them (thread-safe).
 template <class Kernel>
 class BlurOperator {
  public:
@@ -124,8 +127,8 @@ class BlurOperator {
   torch::Tensor forward(const torch::Tensor& x) const {
     detail::check_image_batch(x, "BlurOperator::forward");
     const auto h = x.size(2), w = x.size(3);
-    const auto padded = x.index_select(2, pad_indices(h, pad_h(), x.device()))
-                            .index_select(3, pad_indices(w, pad_w(), x.device()));
+    const auto padded =
+        x.index_select(2, padding_indices(h, pad_h(), x)).index_select(3, padding_indices(w, pad_w(), x));
     // Valid cross-correlation through the FFT: on the padded grid, circular correlation (X conj(K) in the
     // Fourier domain) equals the linear one at the H x W valid positions, since they never wrap around.
     const auto spectrum = torch::fft::rfft2(padded) * kernel_spectrum(padded).conj();
@@ -144,8 +147,8 @@ class BlurOperator {
     const auto y_padded = torch::constant_pad_nd(y, {0, 2 * pad_w(), 0, 2 * pad_h()}, 0.0);
     const auto spread = torch::fft::irfft2(torch::fft::rfft2(y_padded) * kernel_spectrum(y_padded), size);
     const auto rows = torch::zeros({y.size(0), y.size(1), h, w + 2 * pad_w()}, y.options())
-                          .index_add(2, pad_indices(h, pad_h(), y.device()), spread);
-    return torch::zeros_like(y).index_add(3, pad_indices(w, pad_w(), y.device()), rows);
+                          .index_add(2, padding_indices(h, pad_h(), y), spread);
+    return torch::zeros_like(y).index_add(3, padding_indices(w, pad_w(), y), rows);
   }
 
   /// The blurred measurement itself: the image a user has without deblurring.
@@ -161,10 +164,12 @@ class BlurOperator {
   SeparableSVD svd(const Shape& image_shape,
                    const torch::TensorOptions& options) const requires SeparableBlurKernel<Kernel> {
     detail::check_image_shape(image_shape, "BlurOperator::svd");
-    const auto [rows, cols] = policy_.make_factors();
-    return SeparableSVD::from_factors(
-        {torch::Tensor{}, blur_matrix(rows, image_shape[2]), blur_matrix(cols, image_shape[3])}, image_shape,
-        options);
+    return svds_->get(detail::svd_key(image_shape, options), [&] {
+      const auto [rows, cols] = policy_.make_factors();
+      return SeparableSVD::from_factors(
+          {torch::Tensor{}, blur_matrix(rows, image_shape[2]), blur_matrix(cols, image_shape[3])},
+          image_shape, options);
+    });
   }
 
   /// The [length, length] float64 matrix of one axis of a separable blur: reflect padding by half the taps,
@@ -192,13 +197,27 @@ class BlurOperator {
   const torch::Tensor& kernel() const { return kernel_; }
   const Kernel& policy() const { return policy_; }
 
+  /// Spectra and index tables built so far (one per size, device and dtype), shared by the copies of this
+  /// operator; for tests and diagnostics.
+  int64_t constants_built() const { return constants_->builds(); }
+
  private:
   std::vector<int64_t> padded_size(int64_t h, int64_t w) const { return {h + 2 * pad_h(), w + 2 * pad_w()}; }
 
   /// rfft2 of the kernel zero-padded to the size of `grid`'s last two dimensions, in `grid`'s dtype and
-  /// device.
+  /// device; computed there (so that it is the spectrum a per-call transform would give) once per size.
   torch::Tensor kernel_spectrum(const torch::Tensor& grid) const {
-    return torch::fft::rfft2(kernel_.to(grid.options()), std::vector<int64_t>{grid.size(2), grid.size(3)});
+    const auto options = detail::constant_options(grid);
+    return constants_->get({"spectrum", {grid.size(2), grid.size(3)}, options}, [&] {
+      return torch::fft::rfft2(kernel_.to(options), std::vector<int64_t>{grid.size(2), grid.size(3)});
+    });
+  }
+
+  /// `pad_indices(length, pad)` on `like`'s device, cached.
+  torch::Tensor padding_indices(int64_t length, int64_t pad, const torch::Tensor& like) const {
+    const auto options = torch::TensorOptions().device(like.device()).dtype(torch::kLong);
+    return constants_->get({"pad", {length, pad}, options},
+                           [&] { return pad_indices(length, pad, like.device()); });
   }
 
   int64_t pad_h() const { return kernel_.size(0) / 2; }
@@ -223,6 +242,8 @@ class BlurOperator {
 
   Kernel policy_;
   torch::Tensor kernel_;
+  detail::TensorCache constants_ = detail::make_tensor_cache();
+  detail::SVDCache svds_ = detail::make_svd_cache();
 };
 
 static_assert(LinearOperator<BlurOperator<Gaussian>> && HasNaiveInverse<BlurOperator<Gaussian>>);

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/constant_cache.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/operators/svd.hpp>
 
@@ -12,7 +13,8 @@ namespace diffpost {
 /// Gray-level conversion of an RGB batch with the ITU-R BT.601 luma weights w = (0.299, 0.587, 0.114):
 /// y = sum_c w_c x_c, [B, 3, H, W] -> [B, 1, H, W]. Since the weights sum to one, gray images stay in [-1,
 /// 1]. Linear with adjoint A^T y = w y (one weighted copy per channel) and pseudo-inverse A^+ = A^T / |w|^2
-/// (A A^T = |w|^2 I); the naive inverse repeats the gray image in the three channels.
+/// (A A^T = |w|^2 I); the naive inverse repeats the gray image in the three channels. The weights are
+/// converted to each device and dtype once; copies of the operator share them (thread-safe).
 class ColorizationOperator {
  public:
   /// y = w . x over the channels.
@@ -44,8 +46,10 @@ class ColorizationOperator {
   /// dtype and device: one singular value |w| per pixel, V's first channel along w (DecomposableOperator).
   SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
     measurement_shape(image_shape);  // checks the shape
-    const auto w = torch::tensor({0.299, 0.587, 0.114}, torch::kFloat64).view({1, 3});
-    return SeparableSVD::from_factors({w, torch::Tensor{}, torch::Tensor{}}, image_shape, options);
+    return svds_->get(detail::svd_key(image_shape, options), [&] {
+      const auto w = luma_weights().view({1, 3});
+      return SeparableSVD::from_factors({w, torch::Tensor{}, torch::Tensor{}}, image_shape, options);
+    });
   }
 
   /// [B, 3, H, W] -> [B, 1, H, W].
@@ -57,14 +61,28 @@ class ColorizationOperator {
     return {image_shape[0], 1, image_shape[2], image_shape[3]};
   }
 
+  /// Conversions of the weights made so far (one per device and dtype), shared by the copies of this
+  /// operator; for tests and diagnostics.
+  int64_t constants_built() const { return constants_->builds(); }
+
  private:
+  /// w = (0.299, 0.587, 0.114), float64 on the CPU.
+  static torch::Tensor luma_weights() { return torch::tensor({0.299, 0.587, 0.114}, torch::kFloat64); }
+
   static void check(const torch::Tensor& t, int64_t channels, const char* caller, const char* expected) {
     detail::check_image_batch(t, caller);
     TORCH_CHECK(t.size(1) == channels, caller, ": expected ", expected, ", got shape ", t.sizes());
   }
-  static torch::Tensor weights_like(const torch::Tensor& t) {
-    return torch::tensor({0.299, 0.587, 0.114}, torch::kFloat64).to(t.options()).view({1, 3, 1, 1});
+  /// w as [1, 3, 1, 1] in `t`'s device and dtype.
+  torch::Tensor weights_like(const torch::Tensor& t) const {
+    const auto options = detail::constant_options(t);
+    return constants_->get({"weights", {}, options}, [&] {
+      return luma_weights().to(options).view({1, 3, 1, 1});
+    });
   }
+
+  detail::TensorCache constants_ = detail::make_tensor_cache();
+  detail::SVDCache svds_ = detail::make_svd_cache();
 };
 
 static_assert(PseudoInvertibleOperator<ColorizationOperator> && HasNaiveInverse<ColorizationOperator>);

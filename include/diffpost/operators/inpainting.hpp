@@ -8,6 +8,7 @@
 #include <string>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/constant_cache.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/operators/svd.hpp>
@@ -96,7 +97,9 @@ struct RandomPixelMask {
 /// missing pixels is a constant that does not change the gradient. Masks are usually 0/1 but any real weights
 /// work. Linear and self-adjoint (A^T = A); pseudo-inverse y / m where m != 0 (0 elsewhere); naive inverse =
 /// zero-filled image m . y. Construct from a policy (BoxMask, RandomPixelMask) or a tensor;
-/// inpainting_operator_from_file (diffpost/io/operator_files.hpp) reads the mask from an image file.
+/// inpainting_operator_from_file (diffpost/io/operator_files.hpp) reads the mask from an image file. The mask
+/// is converted to each device and dtype it is applied in once, and its SVD once per image size; copies of
+/// the operator share these constants (thread-safe).
 class InpaintingOperator {
  public:
   /// Uses `mask` ([H, W], [1, H, W] or [1, 1, H, W]; 1 = observed, 0 = missing).
@@ -146,7 +149,8 @@ class InpaintingOperator {
   SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
     detail::check_image_shape(image_shape, "InpaintingOperator::svd");
     check_size(image_shape[2], image_shape[3], "InpaintingOperator::svd");
-    return SeparableSVD::diagonal(mask_, image_shape, options);
+    return svds_->get(detail::svd_key(image_shape, options),
+                      [&] { return SeparableSVD::diagonal(mask_, image_shape, options); });
   }
 
   /// The measurement keeps the image shape.
@@ -159,6 +163,10 @@ class InpaintingOperator {
   /// The [H, W] float64 CPU mask (1 = observed).
   const torch::Tensor& mask() const { return mask_; }
 
+  /// Device and dtype conversions of the mask made so far, shared by the copies of this operator: one per
+  /// device and dtype it was applied in (for tests and diagnostics).
+  int64_t constants_built() const { return constants_->builds(); }
+
  private:
   void check_size(int64_t height, int64_t width, const char* caller) const {
     TORCH_CHECK(height == mask_.size(0) && width == mask_.size(1), caller, ": the image is ", height, "x",
@@ -168,10 +176,15 @@ class InpaintingOperator {
   torch::Tensor mask_for(const torch::Tensor& x, const char* caller) const {
     detail::check_image_batch(x, caller);
     check_size(x.size(2), x.size(3), caller);
-    return mask_.to(x.options()).view({1, 1, mask_.size(0), mask_.size(1)});
+    const auto options = detail::constant_options(x);
+    return constants_->get({"mask", {}, options}, [&] {
+      return mask_.to(options).view({1, 1, mask_.size(0), mask_.size(1)});
+    });
   }
 
   torch::Tensor mask_;
+  detail::TensorCache constants_ = detail::make_tensor_cache();
+  detail::SVDCache svds_ = detail::make_svd_cache();
 };
 
 static_assert(PseudoInvertibleOperator<InpaintingOperator> && HasNaiveInverse<InpaintingOperator>);

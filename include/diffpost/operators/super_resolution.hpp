@@ -4,8 +4,10 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/constant_cache.hpp>
 #include <diffpost/detail/operator_checks.hpp>
 #include <diffpost/detail/resampling.hpp>
 #include <diffpost/operators/svd.hpp>
@@ -28,7 +30,8 @@ enum class DownsamplingMode {
 /// uses nearest upsampling as its "transpose"), a Moore-Penrose pseudo-inverse R_h^+ y (R_w^+)^T built from
 /// the 1-D matrices, and a naive inverse that is bicubic upsampling (imresize(y, factor)). Image height and
 /// width must be multiples of the factor, so that the adjoint knows the image size. Works on any batch size,
-/// dtype and device.
+/// dtype and device. Every matrix (and pseudo-inverse) is built once per length, device and dtype and then
+/// reused; copies of the operator share them (thread-safe).
 class SuperResolutionOperator {
  public:
   /// Downsampling by `factor` (>= 1) in the given mode; the reference task is factor 4, Bicubic.
@@ -40,34 +43,30 @@ class SuperResolutionOperator {
   /// y = D x: [B, C, H, W] -> [B, C, H / factor, W / factor].
   torch::Tensor forward(const torch::Tensor& x) const {
     check_image(x);
-    return detail::apply_separable(downsampling_matrix(x.size(2)), downsampling_matrix(x.size(3)), x);
+    return detail::apply_separable(matrix(Matrix::down, x.size(2), x), matrix(Matrix::down, x.size(3), x), x);
   }
 
   /// Exact adjoint D^T y: [B, C, h, w] -> [B, C, h * factor, w * factor].
   torch::Tensor adjoint(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::adjoint");
-    return detail::apply_separable(downsampling_matrix(y.size(2) * factor_).transpose(0, 1),
-                                   downsampling_matrix(y.size(3) * factor_).transpose(0, 1), y);
+    return detail::apply_separable(matrix(Matrix::down_transposed, y.size(2) * factor_, y),
+                                   matrix(Matrix::down_transposed, y.size(3) * factor_, y), y);
   }
 
   /// Moore-Penrose pseudo-inverse D^+ y = R_h^+ y (R_w^+)^T (the pseudo-inverse of a Kronecker product is the
   /// Kronecker product of the pseudo-inverses). For AveragePool this is nearest upsampling.
   torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::pseudo_inverse");
-    return detail::apply_separable(at::linalg_pinv(downsampling_matrix(y.size(2) * factor_), 1e-15),
-                                   at::linalg_pinv(downsampling_matrix(y.size(3) * factor_), 1e-15), y);
+    return detail::apply_separable(matrix(Matrix::pseudo_inverse, y.size(2) * factor_, y),
+                                   matrix(Matrix::pseudo_inverse, y.size(3) * factor_, y), y);
   }
 
   /// Bicubic upsampling by the factor (imresize(y, factor), no antialiasing when enlarging): what a user gets
   /// without a prior.
   torch::Tensor naive_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::naive_inverse");
-    const auto scale = static_cast<double>(factor_);
-    const auto rows =
-        detail::resize_matrix(y.size(2), y.size(2) * factor_, scale, detail::ResampleKernel::Cubic);
-    const auto cols =
-        detail::resize_matrix(y.size(3), y.size(3) * factor_, scale, detail::ResampleKernel::Cubic);
-    return detail::apply_separable(rows, cols, y);
+    return detail::apply_separable(matrix(Matrix::upsample, y.size(2) * factor_, y),
+                                   matrix(Matrix::upsample, y.size(3) * factor_, y), y);
   }
 
   /// The SVD of D = R_h (x) R_w for image batches of `image_shape` [B, C, H, W], in `options`' dtype and
@@ -75,9 +74,11 @@ class SuperResolutionOperator {
   SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
     detail::check_image_shape(image_shape, "SuperResolutionOperator::svd");
     check_divisible(image_shape[2], image_shape[3]);
-    return SeparableSVD::from_factors(
-        {torch::Tensor{}, downsampling_matrix(image_shape[2]), downsampling_matrix(image_shape[3])},
-        image_shape, options);
+    return svds_->get(detail::svd_key(image_shape, options), [&] {
+      return SeparableSVD::from_factors(
+          {torch::Tensor{}, downsampling_matrix(image_shape[2]), downsampling_matrix(image_shape[3])},
+          image_shape, options);
+    });
   }
 
   /// [B, C, H, W] -> [B, C, H / factor, W / factor].
@@ -98,7 +99,41 @@ class SuperResolutionOperator {
   int64_t factor() const { return factor_; }
   DownsamplingMode mode() const { return mode_; }
 
+  /// Matrices built so far (one per kind, length, device and dtype), shared by the copies of this operator;
+  /// for tests and diagnostics.
+  int64_t constants_built() const { return constants_->builds(); }
+
  private:
+  /// The 1-D matrices the operator applies along an axis of `length` image pixels.
+  enum class Matrix {
+    down,             ///< R, [length / factor, length]
+    down_transposed,  ///< R^T, for the adjoint
+    pseudo_inverse,   ///< R^+ (float64 pinv, rcond 1e-15)
+    upsample,         ///< bicubic imresize by the factor, for the naive inverse
+  };
+
+  /// Matrix `kind` for axes of `length` image pixels in `like`'s device and dtype, built in float64 on the
+  /// CPU the first time and cached.
+  torch::Tensor matrix(Matrix kind, int64_t length, const torch::Tensor& like) const {
+    const auto options = detail::constant_options(like);
+    return constants_->get({"matrix", {static_cast<int64_t>(kind), length}, options}, [&] {
+      switch (kind) {
+        case Matrix::down:
+          return downsampling_matrix(length).to(options);
+        case Matrix::down_transposed:
+          return downsampling_matrix(length).transpose(0, 1).to(options);
+        case Matrix::pseudo_inverse:
+          return at::linalg_pinv(downsampling_matrix(length), 1e-15).to(options);
+        case Matrix::upsample:
+          break;
+      }
+      const int64_t measured = length / factor_;
+      return detail::resize_matrix(measured, length, static_cast<double>(factor_),
+                                   detail::ResampleKernel::Cubic)
+          .to(options);
+    });
+  }
+
   void check_divisible(int64_t height, int64_t width) const {
     TORCH_CHECK(height % factor_ == 0 && width % factor_ == 0,
                 "SuperResolutionOperator: image height and width must be multiples of the factor ", factor_,
@@ -111,6 +146,8 @@ class SuperResolutionOperator {
 
   int64_t factor_;
   DownsamplingMode mode_;
+  detail::TensorCache constants_ = detail::make_tensor_cache();
+  detail::SVDCache svds_ = detail::make_svd_cache();
 };
 
 static_assert(PseudoInvertibleOperator<SuperResolutionOperator> && HasNaiveInverse<SuperResolutionOperator>);

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include <diffpost/concepts.hpp>
+#include <diffpost/detail/constant_cache.hpp>
 
 namespace diffpost {
 
@@ -153,5 +154,24 @@ class SeparableSVD {
 };
 
 static_assert(SingularValueDecomposition<SeparableSVD>);
+
+namespace detail {
+
+/// The SVDs an operator has built, one per image size, device and dtype, shared by its copies.
+using SVDCache = std::shared_ptr<ConstantCache<SeparableSVD>>;
+
+/// A new, empty SVD cache.
+inline SVDCache make_svd_cache() {
+  return std::make_shared<ConstantCache<SeparableSVD>>();
+}
+
+/// The cache key of an operator's SVD for image batches of `image_shape` ([C, H, W] or [B, C, H, W]; the
+/// batch size does not change the decomposition) in `options`' device and dtype.
+inline ConstantKey svd_key(const Shape& image_shape, const torch::TensorOptions& options) {
+  const auto first = image_shape.size() > 3 ? image_shape.end() - 3 : image_shape.begin();
+  return {"svd", Shape(first, image_shape.end()), options};
+}
+
+}  // namespace detail
 
 }  // namespace diffpost

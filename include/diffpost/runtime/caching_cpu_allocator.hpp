@@ -66,6 +66,13 @@ class CachingCpuAllocator final : public detail::AllocatorBase {
     return stats_;
   }
 
+  /// Restarts `peak_allocated_bytes` from what live tensors hold now, so that a later `stats()` gives the
+  /// peak of what ran in between (`torch.cuda.reset_peak_memory_stats` for the CPU).
+  void reset_peak() {
+    std::lock_guard lock(mutex_);
+    stats_.peak_allocated_bytes = stats_.allocated_bytes;
+  }
+
   /// Returns every cached (free) block to the C library. Live tensors are not affected.
   void empty_cache() {
     std::lock_guard lock(mutex_);
