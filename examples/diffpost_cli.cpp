@@ -167,14 +167,15 @@ int run_sample(int argc, char** argv) {
   set_threads(options.model);
   const auto sampler = make_sampler(options.model, options.sampling);
   const auto steps = num_steps(sampler);
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
+  const auto runtime = resolve_runtime(options.model.device, options.model.precision);
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config), runtime);
   const auto shape = prior.image_shape();
   std::vector<fs::path> planned{out / "grid.png"};
   for (int64_t k = 0; k < total; ++k) planned.push_back(out / fmt::format("sample_{:04}.png", k));
   prepare_output_folder(out);
   check_no_overwrite(planned, force);
 
-  auto generator = make_generator(seed);
+  auto generator = make_generator(seed, runtime.device);
   const int64_t batches = (total + batch_size - 1) / batch_size;
   ProgressBar progress(batches * steps, "sample");
   std::vector<torch::Tensor> samples;
@@ -185,10 +186,11 @@ int run_sample(int argc, char** argv) {
     auto batch = std::visit(
         [&](const auto& s) {
           return sample_unconditional(prior.model, s, {n, shape[0], shape[1], shape[2]}, generator,
-                                      torch::TensorOptions().dtype(torch::kFloat32), callback);
+                                      torch::TensorOptions().dtype(torch::kFloat32).device(runtime.device),
+                                      callback);
         },
         sampler);
-    batch = batch.clamp(-1.0, 1.0);
+    batch = batch.to(torch::kCPU).clamp(-1.0, 1.0);
     for (int64_t i = 0; i < n; ++i) {
       save_image(batch.narrow(0, i, 1), (out / fmt::format("sample_{:04}.png", first + i)).string(), force);
       samples.push_back(batch.narrow(0, i, 1));
@@ -256,7 +258,8 @@ int run_denoise(int argc, char** argv) {
   const auto out = output_folder(options.output, app->get_name());
   set_threads(options.model);
   const auto schedule = base_schedule(options.model);
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config));
+  const auto runtime = resolve_runtime(options.model.device, options.model.precision);
+  auto prior = load_prior(resolve_prior(options.model.model, options.model.config), runtime);
   const auto shape = prior.image_shape();
   const auto inputs =
       gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
@@ -292,7 +295,9 @@ int run_denoise(int argc, char** argv) {
       }
       noisy = torch::cat(parts, 0);
     }
-    const auto denoised = tweedie_denoise(prior.model, schedule, signal * noisy, index).clamp(-1.0, 1.0);
+    const auto denoised = tweedie_denoise(prior.model, schedule, (signal * noisy).to(runtime.device), index)
+                              .to(torch::kCPU)
+                              .clamp(-1.0, 1.0);
     for (int64_t i = 0; i < n; ++i) {
       const auto& name = inputs[first + i].name;
       const auto noisy_i = noisy.narrow(0, i, 1).clamp(-1.0, 1.0), denoised_i = denoised.narrow(0, i, 1);

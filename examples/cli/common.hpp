@@ -6,6 +6,7 @@
 #include <diffpost/metrics.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/runtime/device.hpp>
 
 #include <torch/torch.h>
 
@@ -189,7 +190,20 @@ struct ModelOptions {
   std::string config;
   std::string beta_schedule = "linear";
   int64_t threads = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string device = "cpu";
+  std::string precision = "fp32";
 };
+
+/// --device as text, checked for form ("cpu", "cuda", "cuda:N"); whether the machine has it is checked when
+/// the run starts (resolve_runtime).
+inline std::string parse_device_flag(const std::string& text) {
+  try {
+    return parse_device(text, "--device").str();
+  } catch (const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    throw UsageError(message.substr(0, message.find('\n')));
+  }
+}
 
 template <class O, class Part>
 std::vector<Flag<O>> model_flags(Part part) {
@@ -208,6 +222,17 @@ std::vector<Flag<O>> model_flags(Part part) {
        }},
       {"threads", "N", "CPU threads", default_text(d.threads),
        [part](O& o, const std::string& v) { part(o).threads = parse_int(v, "--threads", 1, 4096); }},
+      {"device", "DEVICE",
+       "where the network runs: cpu, cuda or cuda:N (cuda with --shard auto: cuda:LOCAL_RANK of the "
+       "launcher)",
+       d.device, [part](O& o, const std::string& v) { part(o).device = parse_device_flag(v); }},
+      {"precision", "NAME",
+       "network precision: fp32, tf32 (TF32 tensor cores), bf16 or fp16 (CUDA only) convolutions; "
+       "images and gradients stay float32",
+       d.precision,
+       [part](O& o, const std::string& v) {
+         part(o).precision = parse_choice(v, "--precision", {"fp32", "tf32", "bf16", "fp16"});
+       }},
   };
 }
 

@@ -333,8 +333,8 @@ std::vector<std::string> row_methods(const EvalPlan& plan, const std::string& ta
 /// Runs every method on batch `batch` of `task` at `point` and writes the batch's record: per method the
 /// scores, features, seconds and network cost; the truth's features; the grid cells of its first images.
 void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::string& task, int64_t batch,
-                    Prior& prior, const FeatureExtractor& extractor, const RunFolder& folder,
-                    ProgressBar& progress, int64_t& done) {
+                    Prior& prior, const torch::Device& device, const FeatureExtractor& extractor,
+                    const RunFolder& folder, ProgressBar& progress, int64_t& done) {
   const auto& options = point.options;
   const auto seed = options.sampling.seed;
   const int64_t first = plan.first(batch), n = plan.size(batch);
@@ -365,9 +365,10 @@ void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::st
     for (int64_t i = 0; i < shown; ++i) cells[static_cast<size_t>(i)].push_back(outputs.narrow(0, i, 1));
   };
   if (const auto naive = naive_inverse(op, y); naive.defined()) add("naive", naive.clamp(-1.0, 1.0), 0.0, {});
+  const auto y_on_device = y.to(device);  // measurements are made on the CPU, the same on every device
   for (const auto& method : plan.options.methods) {
     const MethodRun run{method, task, options.settings, schedules, options.noise.sigma};
-    auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
+    auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
     const int64_t before = done;
     NetworkCost cost;
     int64_t steps = 0;
@@ -379,10 +380,10 @@ void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::st
     const auto restored = with_method(run, op, noise, [&](const auto& m) {
       cost = m.network_cost();
       steps = reported_steps(m);
-      return m.sample(prior.model, y, plan.shape, generator, callback);
+      return m.sample(prior.model, y_on_device, plan.shape, generator, callback);
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    add(method, restored.detach().clamp(-1.0, 1.0), seconds, cost);
+    add(method, restored.detach().to(torch::kCPU).clamp(-1.0, 1.0), seconds, cost);
     done = before + steps;
   }
   for (int64_t i = 0; i < shown; ++i)
@@ -505,13 +506,14 @@ int run_eval(int argc, char** argv) {
         planned.push_back(out / fmt::format("{}{}_grid.png", task, plan.suffix(point)));
     check_no_overwrite(planned, false, true);
   }
-  auto prior = load_prior(plan.prior_files);
+  const auto runtime = resolve_runtime(options.model.device, options.model.precision, shard.local_rank);
+  auto prior = load_prior(plan.prior_files, runtime);
   RunFolder folder(out, run_settings(app, "eval", argc, argv, plan.batches, plan.units()), shard,
                    options.output.force, options.output.resume);
 
-  fmt::print("model {}, {} images, methods {}, tasks {}, {} threads{}{}\n",
+  fmt::print("model {}, {} images, methods {}, tasks {}, {} threads, on {}{}{}\n",
              plan.prior_files.checkpoint.string(), plan.count(), fmt::join(options.methods, ","),
-             fmt::join(plan.tasks, ","), torch::get_num_threads(),
+             fmt::join(plan.tasks, ","), torch::get_num_threads(), runtime_description(runtime),
              extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD",
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
@@ -540,7 +542,8 @@ int run_eval(int argc, char** argv) {
             ++skipped;
             done += steps;
           } else {
-            evaluate_batch(plan, point, task, batch, prior, extractor, folder, progress, done);
+            evaluate_batch(plan, point, task, batch, prior, runtime.device, extractor, folder, progress,
+                           done);
           }
           progress.update(done);
         }

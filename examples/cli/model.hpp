@@ -5,9 +5,11 @@
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/models/config.hpp>
+#include <diffpost/runtime/device.hpp>
 
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -115,9 +117,46 @@ inline Shape prior_image_shape(const PriorFiles& files) {
   return {options.in_channels(), options.image_size(), options.image_size()};
 }
 
+/// Where and in which precision the network runs.
+struct Runtime {
+  torch::Device device = torch::kCPU;
+  Precision precision = Precision::fp32;
+};
+
+/// The device and precision of `--device` and `--precision`, checked against the machine; "cuda" without an
+/// index becomes cuda:`local_rank` when the launcher gave one (--shard auto). Sets the process-wide TF32
+/// switches for the precision.
+inline Runtime resolve_runtime(const std::string& device, const std::string& precision,
+                               std::optional<int64_t> local_rank = std::nullopt) {
+  const auto first_line = [](const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    return message.substr(0, message.find('\n'));
+  };
+  Runtime runtime;
+  try {
+    const bool per_rank = device == "cuda" && local_rank.has_value();
+    const auto text = per_rank ? fmt::format("cuda:{}", *local_rank) : device;
+    runtime.device = usable_device(
+        text, per_rank ? fmt::format("--device cuda (LOCAL_RANK {})", *local_rank) : "--device");
+    runtime.precision = parse_precision(precision, "--precision");
+    check_precision(runtime.precision, runtime.device, "--precision");
+  } catch (const c10::Error& e) {
+    throw UsageError(first_line(e));
+  }
+  apply_precision(runtime.precision);
+  return runtime;
+}
+
+/// "cpu", "cuda:0 (bf16)": where a run computes, for its first output line.
+inline std::string runtime_description(const Runtime& runtime) {
+  return runtime.precision == Precision::fp32
+             ? runtime.device.str()
+             : fmt::format("{} ({})", runtime.device.str(), to_string(runtime.precision));
+}
+
 /// Builds the network described by the config and loads the checkpoint into it; a checkpoint that does not
 /// match the config is an error naming both files and the first mismatching tensor.
-inline Prior load_prior(const PriorFiles& files) {
+inline Prior load_prior(const PriorFiles& files, const Runtime& runtime = {}) {
   std::error_code error;
   if (!fs::is_regular_file(files.config, error))
     throw UsageError(fmt::format("cannot read model config '{}': no such file", files.config.string()));
@@ -144,6 +183,8 @@ inline Prior load_prior(const PriorFiles& files) {
                                  files.config.string(), first_line(e)));
   }
   prior.model->eval();
+  prior.model->to(runtime.device);
+  prior.model->set_compute_dtype(compute_dtype(runtime.precision));
   // DPS needs the gradient with respect to the image only; frozen weights skip the weight gradients.
   for (auto& parameter : prior.model->parameters()) parameter.requires_grad_(false);
   return prior;

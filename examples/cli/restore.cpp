@@ -139,8 +139,10 @@ bool has_naive_inverse(const std::string& task) {
 }
 
 /// Restores batch `batch` of `task` and writes its images and its record.
+/// The measurements are made on the CPU (the same on every device); the method runs where the network is.
 void restore_batch(const RestorePlan& plan, const std::string& task, int64_t batch, Prior& prior,
-                   const RunFolder& folder, ProgressBar& progress, int64_t done_before) {
+                   const torch::Device& device, const RunFolder& folder, ProgressBar& progress,
+                   int64_t done_before) {
   const auto& options = plan.options;
   const auto seed = options.sampling.seed;
   const auto num_samples = options.num_samples;
@@ -156,7 +158,8 @@ void restore_batch(const RestorePlan& plan, const std::string& task, int64_t bat
   const auto repeated = std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
   const RunSchedules schedules(options.model, options.sampling);
   const MethodRun run{options.method, task, options.settings, schedules, options.noise.sigma, num_samples};
-  auto generator = make_generator(image_seed(seed, first, SeedStream::sampling));
+  auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
+  const auto y_on_device = y.to(device);
   const StepCallback callback = [&](const StepInfo& info) {
     InterruptGuard::check();
     // The residual needs a device sync: only when the bar redraws.
@@ -167,9 +170,9 @@ void restore_batch(const RestorePlan& plan, const std::string& task, int64_t bat
                                             : fmt::format("batch {}/{}", batch + 1, plan.batches));
   };
   const auto samples = with_method(run, repeated, noise, [&](const auto& m) {
-    return m.sample(prior.model, y, plan.shape, generator, callback);
+    return m.sample(prior.model, y_on_device, plan.shape, generator, callback);
   });
-  const auto restored = samples.detach().clamp(-1.0, 1.0);
+  const auto restored = samples.detach().to(torch::kCPU).clamp(-1.0, 1.0);
   const auto naive = naive_inverse(op, y);
   const auto dir = folder.dir();
   Scores naive_scores, method_scores;
@@ -379,14 +382,16 @@ int run_restore(int argc, char** argv) {
             planned.push_back(out / file);
     check_no_overwrite(planned, false, true);
   }
-  auto prior = load_prior(plan.prior_files);
+  const auto runtime = resolve_runtime(options.model.device, options.model.precision, shard.local_rank);
+  auto prior = load_prior(plan.prior_files, runtime);
   RunFolder folder(out, run_settings(app, "restore", argc, argv, plan.batches, plan.tasks), shard,
                    options.output.force, options.output.resume);
   for (const auto& task : plan.tasks) fs::create_directories(folder.dir() / task);
 
-  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads{}\n",
+  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads, on {}{}\n",
              plan.prior_files.checkpoint.string(), plan.prior_files.config.string(), plan.count(), plan.steps,
              options.sampling.sampler, noise_description(options.noise), torch::get_num_threads(),
+             runtime_description(runtime),
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
   InterruptGuard interrupts;
@@ -411,7 +416,7 @@ int run_restore(int argc, char** argv) {
         if (folder.resuming() && folder.finished(task, batch)) {
           ++skipped;
         } else {
-          restore_batch(plan, task, batch, prior, folder, progress, done * steps);
+          restore_batch(plan, task, batch, prior, runtime.device, folder, progress, done * steps);
         }
         progress.update(++done * steps);
       }
