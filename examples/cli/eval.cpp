@@ -517,55 +517,46 @@ int run_eval(int argc, char** argv) {
              extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD",
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
-  InterruptGuard interrupts;
-  try {
-    int64_t skipped = 0;
-    for (const auto& point : plan.points) {
-      const RunSchedules schedules(point.options.model, point.options.sampling);
-      const auto noise = noise_model(point.options.noise);
-      for (const auto& task : plan.tasks) {
-        const auto probe =
-            make_operator(task, point.options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1);
-        int64_t steps = 0;
-        for (const auto& method : options.methods)
-          steps += with_method(
-              MethodRun{method, task, point.options.settings, schedules, point.options.noise.sigma}, probe,
-              noise, [](const auto& m) { return reported_steps(m); });
-        int64_t mine = 0;
-        for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
-        ProgressBar progress(mine * steps, fmt::format("{}{}", task, plan.suffix(point)));
-        int64_t done = 0;
-        for (int64_t batch = 0; batch < plan.batches; ++batch) {
-          if (!shard.owns(batch)) continue;
-          InterruptGuard::check();
-          if (folder.resuming() && folder.finished(plan.unit(point, task), batch)) {
-            ++skipped;
-            done += steps;
-          } else {
-            evaluate_batch(plan, point, task, batch, prior, runtime.device, extractor, folder, progress,
-                           done);
+  return run_batches(
+      folder, options.output.force,
+      [&] {
+        int64_t skipped = 0;
+        for (const auto& point : plan.points) {
+          const RunSchedules schedules(point.options.model, point.options.sampling);
+          const auto noise = noise_model(point.options.noise);
+          for (const auto& task : plan.tasks) {
+            const auto probe = make_operator(task, point.options.task.parameters, plan.shape,
+                                             options.sampling.seed, 0, 1, 1);
+            int64_t steps = 0;
+            for (const auto& method : options.methods)
+              steps += with_method(
+                  MethodRun{method, task, point.options.settings, schedules, point.options.noise.sigma},
+                  probe, noise, [](const auto& m) { return reported_steps(m); });
+            int64_t mine = 0;
+            for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
+            ProgressBar progress(mine * steps, fmt::format("{}{}", task, plan.suffix(point)));
+            int64_t done = 0;
+            for (int64_t batch = 0; batch < plan.batches; ++batch) {
+              if (!shard.owns(batch)) continue;
+              InterruptGuard::check();
+              if (folder.resuming() && folder.finished(plan.unit(point, task), batch)) {
+                ++skipped;
+                done += steps;
+              } else {
+                evaluate_batch(plan, point, task, batch, prior, runtime.device, extractor, folder, progress,
+                               done);
+              }
+              progress.update(done);
+            }
+            progress.finish();
           }
-          progress.update(done);
         }
-        progress.finish();
-      }
-    }
-    if (skipped > 0) fmt::print("resumed: {} finished batch(es) kept\n", skipped);
-    if (shard.count > 1) {
-      fmt::print("shard {} done ({}); when every shard is done: diffpost merge {}\n", shard.text(),
-                 shard.origin, out.string());
-      return 0;
-    }
-    finalize_eval(plan, folder);
-    folder.commit();
-  } catch (const Interrupted& e) {
-    folder.abandon();
-    throw Interrupted(fmt::format(
-        "{}: {}", e.what(),
-        options.output.force ? fmt::format("'{}' is as it was", out.string())
-                             : std::string("the finished batches are kept; rerun with --resume to finish")));
-  }
-  return 0;
+        return skipped;
+      },
+      [&] {
+        finalize_eval(plan, folder);
+        return 0;
+      });
 }
 
 int merge_eval(const RunFolder& folder, int argc, char** argv) {

@@ -394,51 +394,38 @@ int run_restore(int argc, char** argv) {
              runtime_description(runtime),
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
-  InterruptGuard interrupts;
-  try {
-    int64_t skipped = 0;
-    for (const auto& task : plan.tasks) {
-      const auto steps = with_method(MethodRun{options.method, task, options.settings, schedules,
-                                               options.noise.sigma, options.num_samples},
-                                     make_operator(task, options.task.parameters, plan.shape,
-                                                   options.sampling.seed, 0, 1, options.num_samples),
-                                     noise, [](const auto& m) { return reported_steps(m); });
-      const bool uses_scale = options.method == "dps" || options.method == "mcg";
-      int64_t mine = 0;
-      for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
-      ProgressBar progress(mine * steps,
-                           uses_scale ? fmt::format("{} (scale {})", task, options.settings.scale.of(task))
-                                      : fmt::format("{} ({})", task, options.method));
-      int64_t done = 0;
-      for (int64_t batch = 0; batch < plan.batches; ++batch) {
-        if (!shard.owns(batch)) continue;
-        InterruptGuard::check();
-        if (folder.resuming() && folder.finished(task, batch)) {
-          ++skipped;
-        } else {
-          restore_batch(plan, task, batch, prior, runtime.device, folder, progress, done * steps);
+  return run_batches(
+      folder, options.output.force,
+      [&] {
+        int64_t skipped = 0;
+        for (const auto& task : plan.tasks) {
+          const auto steps = with_method(MethodRun{options.method, task, options.settings, schedules,
+                                                   options.noise.sigma, options.num_samples},
+                                         make_operator(task, options.task.parameters, plan.shape,
+                                                       options.sampling.seed, 0, 1, options.num_samples),
+                                         noise, [](const auto& m) { return reported_steps(m); });
+          const bool uses_scale = options.method == "dps" || options.method == "mcg";
+          int64_t mine = 0;
+          for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
+          ProgressBar progress(
+              mine * steps, uses_scale ? fmt::format("{} (scale {})", task, options.settings.scale.of(task))
+                                       : fmt::format("{} ({})", task, options.method));
+          int64_t done = 0;
+          for (int64_t batch = 0; batch < plan.batches; ++batch) {
+            if (!shard.owns(batch)) continue;
+            InterruptGuard::check();
+            if (folder.resuming() && folder.finished(task, batch)) {
+              ++skipped;
+            } else {
+              restore_batch(plan, task, batch, prior, runtime.device, folder, progress, done * steps);
+            }
+            progress.update(++done * steps);
+          }
+          progress.finish();
         }
-        progress.update(++done * steps);
-      }
-      progress.finish();
-    }
-    if (skipped > 0) fmt::print("resumed: {} finished batch(es) kept\n", skipped);
-    if (shard.count > 1) {
-      fmt::print("shard {} done ({}); when every shard is done: diffpost merge {}\n", shard.text(),
-                 shard.origin, out.string());
-      return 0;
-    }
-    const auto unusable = finalize_restore(plan, folder);
-    folder.commit();
-    return report_unusable(unusable, out);
-  } catch (const Interrupted& e) {
-    folder.abandon();
-    throw Interrupted(fmt::format(
-        "{}: {}", e.what(),
-        options.output.force ? fmt::format("'{}' is as it was", out.string())
-                             : fmt::format("the finished batches are kept; rerun with --resume to finish")));
-  }
-  return 0;
+        return skipped;
+      },
+      [&] { return report_unusable(finalize_restore(plan, folder), out); });
 }
 
 int merge_restore(const RunFolder& folder, int argc, char** argv) {

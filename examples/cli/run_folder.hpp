@@ -504,4 +504,32 @@ class RunFolder {
   bool resume_;
 };
 
+/// Runs this process's batches in `folder` with interrupts caught: `work()` does them and returns how many
+/// finished ones it kept (--resume); then a single process makes the summaries with `finalize()` (its exit
+/// status) and commits, while a shard says how to merge. On SIGINT/SIGTERM the staging of --force is
+/// dropped and the Interrupted error says what is left.
+template <class Work, class Finalize>
+int run_batches(const RunFolder& folder, bool force, Work&& work, Finalize&& finalize) {
+  InterruptGuard interrupts;
+  const auto& shard = folder.shard();
+  try {
+    const int64_t skipped = work();
+    if (skipped > 0) fmt::print("resumed: {} finished batch(es) kept\n", skipped);
+    if (shard.count > 1) {
+      fmt::print("shard {} done ({}); when every shard is done: diffpost merge {}\n", shard.text(),
+                 shard.origin, folder.out().string());
+      return 0;
+    }
+    const int status = finalize();
+    folder.commit();
+    return status;
+  } catch (const Interrupted& e) {
+    folder.abandon();
+    throw Interrupted(
+        fmt::format("{}: {}", e.what(),
+                    force ? fmt::format("'{}' is as it was", folder.out().string())
+                          : std::string("the finished batches are kept; rerun with --resume to finish")));
+  }
+}
+
 }  // namespace diffpost::cli
