@@ -88,8 +88,10 @@ std::vector<FlagGroup<EvalOptions>> eval_flags() {
   for (const auto& method : all_methods())
     method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
   auto settings = [](O& o) -> MethodSettings& { return o.settings; };
+  const O defaults;
   std::vector<Flag<O>> flags{{"methods", "NAME[,NAME...]", method_help,
-                              fmt::format("{}", fmt::join(O{}.methods, ",")), [](O& o, const std::string& v) {
+                              fmt::format("{}", fmt::join(defaults.methods, ",")),
+                              [](O& o, const std::string& v) {
                                 auto methods = unique_list(v, "--methods");
                                 for (const auto& method : methods) find_method(method);
                                 o.methods = std::move(methods);
@@ -276,6 +278,9 @@ constexpr int64_t kGridImages = 8;
 
 /// What eval's outputs are made from besides the records.
 struct EvalPlan {
+  EvalPlan(const EvalOptions& eval_options, std::vector<std::string> eval_tasks)
+      : options(eval_options), tasks(std::move(eval_tasks)) {}
+
   const EvalOptions& options;
   std::vector<std::string> tasks;
   std::vector<SweepPoint> points;
@@ -415,7 +420,10 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
       const auto truth_statistics =
           with_fd ? GaussianStatistics::of(gather("truth/features")) : GaussianStatistics{};
       for (const auto& method : row_methods(plan, task)) {
-        Row row{point.value, task, method};
+        Row row;
+        row.value = point.value;
+        row.task = task;
+        row.method = method;
         const auto psnr = gather(method + "/psnr"), ssim = gather(method + "/ssim");
         for (int64_t i = 0; i < plan.count(); ++i) {
           row.scores.psnr.push_back(psnr[i].item<double>());

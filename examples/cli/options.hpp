@@ -137,8 +137,8 @@ class HelpFormatter : public CLI::Formatter {
       if (options.empty()) continue;
       if (group != kUntitled) out << "\n" << group << ":\n";
       for (const auto* option : options) {
-        std::string left = "  " + option->get_name();
-        if (option->get_type_size() != 0) left += " " + option->get_type_name();
+        std::string left = fmt::format("  {}", option->get_name());
+        if (option->get_type_size() != 0) left += fmt::format(" {}", option->get_type_name());
         if (left.size() < 30)
           left.resize(30, ' ');
         else

@@ -242,7 +242,8 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
   std::vector<TaskSummary> summaries;
   std::vector<std::vector<torch::Tensor>> across(static_cast<size_t>(plan.count()));
   for (const auto& task : plan.tasks) {
-    TaskSummary summary{task};
+    TaskSummary summary;
+    summary.task = task;
     const bool has_naive = has_naive_inverse(task);
     std::string csv = "image,method,sample,psnr,ssim\n";
     std::vector<std::vector<torch::Tensor>> grid_rows;

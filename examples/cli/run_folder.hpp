@@ -289,7 +289,7 @@ class RunFolder {
       if (error) throw UsageError(fmt::format("cannot create '{}': {}", work_.string(), error.message()));
       const auto text = settings_text();
       diffpost::detail::write_file_atomically(work_ / ".diffpost" / "run.yaml", true, "diffpost", "",
-                                              [&](std::ostream& out) { out << text; });
+                                              [&](std::ostream& stream) { stream << text; });
     } else {
       work_ = out_;
       claim_settings();

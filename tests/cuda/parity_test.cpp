@@ -13,6 +13,8 @@
 #include <functional>
 #include <string>
 
+#include <fmt/format.h>
+
 using namespace diffpost;
 using namespace diffpost::testing;
 
@@ -106,12 +108,12 @@ TEST_CASE("a DPS step on CUDA matches the reference's p_sample + PosteriorSampli
   auto model = small_model(cuda());
   const auto reference = read_state_dict(std::string(DIFFPOST_TEST_DATA_DIR) + "/dps_step/reference_step.pt");
   const auto& mask = reference.at("mask");
-  DPS<GaussianLikelihood, InpaintingOperator> dps(InpaintingOperator(mask[0][0]), GaussianLikelihood(0.05),
+  DPS<GaussianLikelihood, InpaintingOperator> dps(InpaintingOperator{mask[0][0]}, GaussianLikelihood(0.05),
                                                   DDPMSampler(DiffusionSchedule::linear().respaced("50")),
                                                   DPSOptions{}.scale(0.5));
   for (int index : {35, 0}) {
     CAPTURE(index);
-    const auto suffix = "_" + std::to_string(index);
+    const auto suffix = fmt::format("_{}", index);
     const auto result = dps.step(model, reference.at("x_t" + suffix).to(cuda()), reference.at("y").to(cuda()),
                                  index, reference.at("noise" + suffix).to(cuda()));
     CHECK(result.x_prev.is_cuda());

@@ -125,7 +125,7 @@ TEST_CASE("a DPS step on CUDA with a CUDA generator copies nothing from the host
   auto x = problem.dps.step(model, problem.x, problem.y, 19, generator).x_prev;
   std::string error = "(no error)";
   {
-    ErrorOnSync error_on_sync;
+    [[maybe_unused]] ErrorOnSync error_on_sync;
     error = error_of([&] {
       for (int64_t index = 18; index >= 15; --index)
         x = problem.dps.step(model, x, problem.y, index, generator).x_prev;

@@ -306,10 +306,10 @@ TEST_CASE("the pickle interpreter executes nothing: unknown globals stay inert a
   // A list holding itself (EMPTY_LIST, DUP, APPEND): parsed, and its cycle broken when the graph goes away.
   std::weak_ptr<diffpost::detail::PickleValue> cyclic;
   {
-    auto graph = diffpost::detail::Unpickler(std::string_view("\x80\x02]2a.", 6), nullptr, "test").parse();
-    REQUIRE(graph.root()->items.size() == 1);
-    CHECK(graph.root()->items[0] == graph.root());
-    cyclic = graph.root();
+    auto cycle = diffpost::detail::Unpickler(std::string_view("\x80\x02]2a.", 6), nullptr, "test").parse();
+    REQUIRE(cycle.root()->items.size() == 1);
+    CHECK(cycle.root()->items[0] == cycle.root());
+    cyclic = cycle.root();
   }
   CHECK(cyclic.expired());
 

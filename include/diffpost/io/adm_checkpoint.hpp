@@ -20,6 +20,9 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 namespace diffpost {
 
 /// What the tensor shapes of an ADM UNet state dict reveal about its configuration. `options` carries
@@ -35,9 +38,7 @@ struct AdmStateDictSummary {
 namespace detail {
 
 inline std::string joined(const std::vector<int64_t>& values) {
-  std::string text;
-  for (size_t i = 0; i < values.size(); ++i) text += (i ? "," : "") + std::to_string(values[i]);
-  return text;
+  return fmt::format("{}", fmt::join(values, ","));
 }
 
 }  // namespace detail

@@ -21,6 +21,8 @@
 #include <system_error>
 #include <vector>
 
+#include <fmt/format.h>
+
 namespace diffpost {
 
 /// The Fashion-MNIST folder of Debian's `dataset-fashion-mnist` package.
@@ -40,7 +42,7 @@ struct IdxArray {
 /// opened, when the magic number is not that of an unsigned-byte IDX file (e.g. a float IDX file or not an
 /// IDX file at all), or when the data is shorter than the header announces (a truncated download).
 inline IdxArray read_idx(const std::filesystem::path& path) {
-  const std::string name = "'" + path.string() + "'";
+  const std::string name = fmt::format("'{}'", path.string());
   std::error_code error;
   TORCH_CHECK(std::filesystem::is_regular_file(path, error), "read_idx: cannot read ", name,
               ": no such file (or not a regular file)");

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include <fmt/ostream.h>
+#include <fmt/ranges.h>
 
 namespace diffpost {
 
@@ -218,11 +219,7 @@ struct AdmUNetOptions {
 /// Prints the options as `AdmUNetOptions(image_size=256, in_channels=3, ...)`, one field per reference
 /// argument, for logs and error messages.
 inline std::ostream& operator<<(std::ostream& os, const AdmUNetOptions& o) {
-  auto list = [](const std::vector<int64_t>& v) {
-    std::string s;
-    for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-    return "\"" + s + "\"";
-  };
+  auto list = [](const std::vector<int64_t>& v) { return fmt::format("\"{}\"", fmt::join(v, ",")); };
   return os << "AdmUNetOptions(image_size=" << o.image_size() << ", in_channels=" << o.in_channels()
             << ", out_channels=" << o.out_channels() << ", num_channels=" << o.num_channels()
             << ", num_res_blocks=" << o.num_res_blocks() << ", channel_mult=" << list(o.channel_mult())
