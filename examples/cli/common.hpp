@@ -453,10 +453,10 @@ inline std::string command_line(int argc, char** argv) {
 }
 
 /// The command line of a restore or eval run for its summary, without the flags that do not change its
-/// outputs (--out, --threads, --device, --shard, --resume, --force, --verbose), so that a sharded run merged
-/// and a single run name the same command.
+/// outputs (--out, --threads, --shard, --resume, --force, --verbose), so that a sharded run merged and a
+/// single run name the same command.
 inline std::string canonical_command(const std::string& command, int argc, char** argv) {
-  static const std::set<std::string> with_value{"--out", "--threads", "--device", "--shard"};
+  static const std::set<std::string> with_value{"--out", "--threads", "--shard"};
   static const std::set<std::string> switches{"--resume", "--force", "--verbose"};
   std::string text = "diffpost " + command;
   for (int i = 2; i < argc; ++i) {

@@ -218,7 +218,7 @@ inline std::optional<std::pair<int64_t, int64_t>> file_checksum(const fs::path& 
 
 /// The settings that decide a run's outputs, as written to and compared with .diffpost/run.yaml: the
 /// command, its arguments without those that do not change the outputs (--threads, --shard, --resume,
-/// --force, --verbose, --device of the same kind...), and every option's effective value.
+/// --force, --verbose, the index of a CUDA device), and every option's effective value.
 struct RunSettings {
   std::string command;                 ///< "restore" or "eval"
   std::vector<std::string> arguments;  ///< to re-parse the run in `diffpost merge`
@@ -230,7 +230,7 @@ struct RunSettings {
 /// The flags that do not change what a run computes, left out of its identity.
 inline bool changes_outputs(const std::string& name) {
   static const std::set<std::string> neutral{"--help",  "--threads", "--shard", "--resume",
-                                             "--force", "--verbose", "--out",   "--device"};
+                                             "--force", "--verbose", "--out"};
   return neutral.count(name) == 0;
 }
 
@@ -247,6 +247,8 @@ inline RunSettings run_settings(const CLI::App& app, const std::string& command,
       value.clear();
       for (const auto& result : option->results()) value += (value.empty() ? "" : ",") + result;
     }
+    // A CUDA run draws other sampling noise than a CPU run; which CUDA device does not matter.
+    if (name == "--device") value = value.starts_with("cuda") ? "cuda" : value;
     settings.identity.push_back(name + "=" + value);
   }
   return settings;
