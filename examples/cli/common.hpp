@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -320,6 +321,26 @@ Flag<O> test_set_flag(Part part) {
 /// Declares the positional inputs of `app`.
 inline void declare_inputs(CLI::App& app, InputOptions& inputs) {
   app.add_option("inputs", inputs.paths, "input images or folders")->type_name("IMAGE|FOLDER");
+}
+
+/// A parsed command line: the app (to ask which flags were given) and the typed options.
+template <class Options>
+struct ParsedCommand {
+  std::unique_ptr<CLI::App> app;
+  Options options;
+};
+
+/// Parses `argv[2...]` of a command with option `groups` and input paths; nullptr when --help was printed.
+template <class Options>
+std::unique_ptr<ParsedCommand<Options>> parse_command(const std::string& name, const std::string& description,
+                                                      const std::vector<FlagGroup<Options>>& groups, int argc,
+                                                      char** argv) {
+  auto parsed = std::make_unique<ParsedCommand<Options>>();
+  parsed->app = make_app(name, description);
+  declare(*parsed->app, parsed->options, groups);
+  declare_inputs(*parsed->app, parsed->options.input);
+  if (!parse(*parsed->app, argc, argv)) return nullptr;
+  return parsed;
 }
 
 /// The tasks of a command that requires --task.

@@ -245,15 +245,9 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
   return text;
 }
 
-/// A parsed eval command line.
-struct ParsedEval {
-  std::unique_ptr<CLI::App> app;
-  EvalOptions options;
-};
-
-std::unique_ptr<ParsedEval> parse_eval(int argc, char** argv) {
-  auto parsed = std::make_unique<ParsedEval>();
-  parsed->app = make_app(
+/// Parses `diffpost eval` arguments (argv[2...]); nullptr when --help was printed.
+std::unique_ptr<ParsedCommand<EvalOptions>> parse_eval(int argc, char** argv) {
+  return parse_command<EvalOptions>(
       "diffpost eval",
       "Compares restoration methods on the same measurements: every method restores the same degraded\n"
       "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
@@ -266,11 +260,8 @@ std::unique_ptr<ParsedEval> parse_eval(int argc, char** argv) {
       "8\n"
       "images; columns: truth, measurement, naive inverse, then the methods in order). Runs can be split "
       "over\n"
-      "processes (--shard), resumed (--resume) and merged (diffpost merge).");
-  declare(*parsed->app, parsed->options, eval_flags());
-  declare_inputs(*parsed->app, parsed->options.input);
-  if (!parse(*parsed->app, argc, argv)) return nullptr;
-  return parsed;
+      "processes (--shard), resumed (--resume) and merged (diffpost merge).",
+      eval_flags(), argc, argv);
 }
 
 /// Images shown per task in the grids.

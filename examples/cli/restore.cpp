@@ -63,16 +63,9 @@ std::vector<FlagGroup<RestoreOptions>> restore_flags() {
   return groups;
 }
 
-/// A parsed restore command line.
-struct ParsedRestore {
-  std::unique_ptr<CLI::App> app;
-  RestoreOptions options;
-};
-
-/// Parses `diffpost restore` arguments (argv[2...]); nullopt when --help was printed.
-std::unique_ptr<ParsedRestore> parse_restore(int argc, char** argv) {
-  auto parsed = std::make_unique<ParsedRestore>();
-  parsed->app = make_app(
+/// Parses `diffpost restore` arguments (argv[2...]); nullptr when --help was printed.
+std::unique_ptr<ParsedCommand<RestoreOptions>> parse_restore(int argc, char** argv) {
+  return parse_command<RestoreOptions>(
       "diffpost restore",
       "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
       "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
@@ -81,11 +74,8 @@ std::unique_ptr<ParsedRestore> parse_restore(int argc, char** argv) {
       "sample), grid.png (rows = images; columns = truth, naive inverse, method) and metrics.csv (PSNR/SSIM\n"
       "of the method and of the naive inverse); and summary.md with mean ± std per task (and grid.png\n"
       "across tasks when several are run). Runs can be split over processes (--shard), resumed (--resume)\n"
-      "and merged (diffpost merge).");
-  declare(*parsed->app, parsed->options, restore_flags());
-  declare_inputs(*parsed->app, parsed->options.input);
-  if (!parse(*parsed->app, argc, argv)) return nullptr;
-  return parsed;
+      "and merged (diffpost merge).",
+      restore_flags(), argc, argv);
 }
 
 /// What the summary files are made from besides the records.

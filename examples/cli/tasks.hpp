@@ -68,6 +68,20 @@ struct TaskParameters {
   std::string mask_file;
 };
 
+/// Applies `f(parts[i], rows of image i)` to each image's `repeats` rows of `batch` and concatenates the
+/// results; the batch must hold parts.size() x repeats rows. `caller` names the type in the error.
+template <class Part, class F>
+torch::Tensor apply_per_image(const std::vector<Part>& parts, int64_t repeats, const torch::Tensor& batch,
+                              F&& f, const char* caller) {
+  const auto expected = static_cast<int64_t>(parts.size()) * repeats;
+  TORCH_CHECK(batch.size(0) == expected, caller, ": batch of ", batch.size(0), " rows but ", parts.size(),
+              " images x ", repeats, " rows each");
+  std::vector<torch::Tensor> results;
+  for (size_t i = 0; i < parts.size(); ++i)
+    results.push_back(f(parts[i], batch.narrow(0, static_cast<int64_t>(i) * repeats, repeats)));
+  return torch::cat(results, 0);
+}
+
 /// The SVD of a PerImageOperator: each image's operator's own SVD applied to that image's rows, so that
 /// methods working in the spectral domain (DDRM, and the exact data steps of DiffPIR, DDNM and PiGDM) see
 /// every image's own mask or kernel.
@@ -103,10 +117,7 @@ class PerImageSVD {
  private:
   template <class F>
   torch::Tensor apply(const torch::Tensor& batch, F&& f) const {
-    std::vector<torch::Tensor> parts;
-    for (size_t i = 0; i < parts_.size(); ++i)
-      parts.push_back(f(parts_[i], batch.narrow(0, static_cast<int64_t>(i) * repeats_, repeats_)));
-    return torch::cat(parts, 0);
+    return apply_per_image(parts_, repeats_, batch, std::forward<F>(f), "PerImageSVD");
   }
 
   std::vector<SVD> parts_;
@@ -164,13 +175,7 @@ class PerImageOperator {
  private:
   template <class F>
   torch::Tensor apply(const torch::Tensor& batch, F&& f) const {
-    const auto expected = static_cast<int64_t>(operators_.size()) * repeats_;
-    TORCH_CHECK(batch.size(0) == expected, "PerImageOperator: batch of ", batch.size(0), " rows but ",
-                operators_.size(), " operators x ", repeats_, " rows each");
-    std::vector<torch::Tensor> parts;
-    for (size_t i = 0; i < operators_.size(); ++i)
-      parts.push_back(f(operators_[i], batch.narrow(0, static_cast<int64_t>(i) * repeats_, repeats_)));
-    return torch::cat(parts, 0);
+    return apply_per_image(operators_, repeats_, batch, std::forward<F>(f), "PerImageOperator");
   }
 
   std::vector<Op> operators_;
