@@ -211,10 +211,6 @@ Flags parse_flags(int argc, char** argv) {
   return f;
 }
 
-std::string join(const std::vector<int64_t>& v) {
-  return fmt::format("{}", fmt::join(v, ","));
-}
-
 /// Training images [N, C, H, W] in [-1, 1].
 torch::Tensor load_training_images(const std::string& data) {
   if (data == "fashion-mnist")
@@ -336,31 +332,6 @@ torch::Tensor render_loss_curve(const std::vector<float>& losses, int64_t window
   return canvas;
 }
 
-/// The model configuration in the keys of the reference's configs/model_config.yaml (plus in_channels),
-/// readable by diffpost::read_adm_model_config.
-std::string model_config_yaml(const diffpost::AdmUNetOptions& o, const std::string& model_path) {
-  auto b = [](bool v) { return v ? "true" : "false"; };
-  std::string text;
-  text += fmt::format("image_size: {}\n", o.image_size());
-  text += fmt::format("in_channels: {}\n", o.in_channels());
-  text += fmt::format("num_channels: {}\n", o.num_channels());
-  text += fmt::format("num_res_blocks: {}\n", o.num_res_blocks());
-  text += fmt::format("channel_mult: \"{}\"\n", join(o.channel_mult()));
-  text += fmt::format("learn_sigma: {}\n", b(o.learn_sigma()));
-  text += "class_cond: false\nuse_checkpoint: false\n";
-  text += fmt::format("attention_resolutions: \"{}\"\n", join(o.attention_resolutions()));
-  text += fmt::format("num_heads: {}\n", o.num_heads());
-  text += fmt::format("num_head_channels: {}\n", o.num_head_channels());
-  text += fmt::format("num_heads_upsample: {}\n", o.num_heads_upsample());
-  text += fmt::format("use_scale_shift_norm: {}\n", b(o.use_scale_shift_norm()));
-  text += fmt::format("dropout: {}\n", o.dropout());
-  text += fmt::format("resblock_updown: {}\n", b(o.resblock_updown()));
-  text += "use_fp16: false\n";
-  text += fmt::format("use_new_attention_order: {}\n", b(o.use_new_attention_order()));
-  text += fmt::format("model_path: {}\n", model_path);
-  return text;
-}
-
 void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& state) {
   const auto weights = flags.out_dir / (flags.export_name + ".pt");
   const auto config = flags.out_dir / (flags.export_name + ".yaml");
@@ -368,7 +339,7 @@ void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& 
   diffpost::detail::write_file_atomically(config, true, "train_prior", "", [&](std::ostream& out) {
     out << "# ADM UNet trained by diffpost's train_prior for " << state.step << " steps; EMA weights in "
         << weights.filename().string() << "\n"
-        << model_config_yaml(ema->options(), weights.filename().string());
+        << diffpost::adm_model_config_yaml(ema->options(), weights.filename().string());
   });
   fmt::print(stderr, "exported EMA weights after {} steps to {} and {}\n", state.step, weights.string(),
              config.string());

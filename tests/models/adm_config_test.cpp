@@ -12,6 +12,8 @@
 #include <torch/torch.h>
 #include "support/doctest_with_torch.hpp"
 
+#include <algorithm>
+#include <cstddef>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -83,6 +85,57 @@ TEST_CASE("adm_options_from_config reads the reference model_config.yaml keys") 
     CHECK(diffpost::parse_adm_model_config(kSmallYaml + "class_cond: True\nnum_classes: 10\n")
               .options.num_classes() == 10);
   }
+}
+
+TEST_CASE("adm_model_config_yaml writes every field, and reading it back gives the same options") {
+  const auto custom = diffpost::AdmUNetOptions(32, 64, 2)
+                          .in_channels(1)
+                          .channel_mult({1, 2})
+                          .attention_resolutions({32, 16})
+                          .num_heads(2)
+                          .num_heads_upsample(4)
+                          .use_scale_shift_norm(true)
+                          .learn_sigma(true)
+                          .dropout(0.125)
+                          .use_new_attention_order(true)
+                          .num_classes(10);
+  for (const auto& options :
+       {custom, diffpost::AdmUNetOptions::ffhq256(), diffpost::AdmUNetOptions::imagenet256_uncond()}) {
+    const auto text = diffpost::adm_model_config_yaml(options, "weights.pt");
+    INFO(text);
+    const auto config = diffpost::parse_adm_model_config(text, "written.yaml");
+    CHECK(printed(config.options) == printed(options));
+    CHECK(config.model_path == "weights.pt");
+  }
+  // The custom options field by field, independently of the printer, and in the reference's spelling.
+  const auto text = diffpost::adm_model_config_yaml(custom);
+  const auto read = diffpost::parse_adm_model_config(text).options;
+  CHECK(read.image_size() == 32);
+  CHECK(read.in_channels() == 1);
+  CHECK(read.num_channels() == 64);
+  CHECK(read.num_res_blocks() == 2);
+  CHECK(read.channel_mult() == std::vector<int64_t>{1, 2});
+  CHECK(read.attention_resolutions() == std::vector<int64_t>{32, 16});
+  CHECK(read.num_heads() == 2);
+  CHECK(read.num_head_channels() == -1);
+  CHECK(read.num_heads_upsample() == 4);
+  CHECK(read.use_scale_shift_norm());
+  CHECK_FALSE(read.resblock_updown());
+  CHECK(read.learn_sigma());
+  CHECK(read.dropout() == 0.125);
+  CHECK(read.use_new_attention_order());
+  CHECK(read.num_classes() == 10);
+  CHECK(text.find("channel_mult: \"1,2\"\n") != std::string::npos);
+  CHECK(text.find("class_cond: true\n") != std::string::npos);
+  CHECK(text.find("use_fp16: false\n") != std::string::npos);
+  CHECK(text.find("model_path") == std::string::npos);  // none given
+  // Every key the reader knows is written, and nothing else.
+  const auto keys = diffpost::detail::adm_config_keys();
+  for (const auto& key : keys)
+    CHECK_MESSAGE((key == "model_path" || text.find("\n" + key + ": ") != std::string::npos ||
+                   text.rfind(key + ": ", 0) == 0),
+                  key);
+  CHECK(std::count(text.begin(), text.end(), '\n') == static_cast<std::ptrdiff_t>(keys.size()) - 1);
 }
 
 TEST_CASE("model config errors name the key, the value and the fix") {

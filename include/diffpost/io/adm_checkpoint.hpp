@@ -35,14 +35,6 @@ struct AdmStateDictSummary {
   bool image_size_known = false;                    ///< whether image_size came from a default channel_mult
 };
 
-namespace detail {
-
-inline std::string joined(const std::vector<int64_t>& values) {
-  return fmt::format("{}", fmt::join(values, ","));
-}
-
-}  // namespace detail
-
 /// Reads the configuration off the shapes of an ADM UNet state dict: num_channels from `time_embed.0.weight`,
 /// in_channels from `input_blocks.0.0.weight`, out channels (hence learn_sigma) from `out.2.weight`, the
 /// levels from the upsampling layers of the output blocks, channel_mult from their widths, num_res_blocks
@@ -117,10 +109,8 @@ inline std::optional<AdmStateDictSummary> summarize_adm_state_dict(const StateDi
   }
 
   AdmStateDictSummary summary;
-  const std::vector<std::pair<int64_t, std::vector<int64_t>>> defaults{
-      {256, {1, 1, 2, 2, 4, 4}}, {128, {1, 1, 2, 3, 4}}, {64, {1, 2, 3, 4}}};
   int64_t image_size = int64_t{1} << (level_count - 1);
-  for (const auto& [size, default_mult] : defaults) {
+  for (const auto& [size, default_mult] : AdmUNetOptions::default_channel_mults()) {
     if (default_mult == mult) {
       image_size = size;
       summary.image_size_known = true;
@@ -172,18 +162,19 @@ inline std::string describe_adm_state_dict(const StateDict& state) {
   }
   const auto& o = summary->options;
   std::ostringstream text;
-  text << "The file looks like an ADM UNet with num_channels=" << o.num_channels()
-       << ", num_res_blocks=" << o.num_res_blocks() << ", channel_mult=\"" << detail::joined(o.channel_mult())
-       << "\", attention at downsample rates " << detail::joined(summary->attention_downsample_rates);
+  text << "The file looks like an ADM UNet with num_channels=" << adm_option_text(o.num_channels())
+       << ", num_res_blocks=" << adm_option_text(o.num_res_blocks())
+       << ", channel_mult=" << adm_option_text(o.channel_mult()) << ", attention at downsample rates "
+       << fmt::format("{}", fmt::join(summary->attention_downsample_rates, ","));
   if (summary->image_size_known) {
-    text << " (attention_resolutions=\"" << detail::joined(o.attention_resolutions()) << "\" for image_size "
+    text << " (attention_resolutions=" << adm_option_text(o.attention_resolutions()) << " for image_size "
          << o.image_size() << ")";
   }
-  text << ", learn_sigma=" << (o.learn_sigma() ? "true" : "false") << " (" << o.out_channels()
+  text << ", learn_sigma=" << adm_option_text(o.learn_sigma()) << " (" << o.out_channels()
        << " output channels for in_channels=" << o.in_channels()
-       << "), use_scale_shift_norm=" << (o.use_scale_shift_norm() ? "true" : "false")
-       << ", resblock_updown=" << (o.resblock_updown() ? "true" : "false") << ", "
-       << (o.num_classes() > 0 ? "class-conditional with num_classes=" + std::to_string(o.num_classes())
+       << "), use_scale_shift_norm=" << adm_option_text(o.use_scale_shift_norm())
+       << ", resblock_updown=" << adm_option_text(o.resblock_updown()) << ", "
+       << (o.num_classes() > 0 ? "class-conditional with num_classes=" + adm_option_text(o.num_classes())
                                : std::string("unconditional"));
   const std::vector<std::pair<const char*, AdmUNetOptions>> presets{
       {"AdmUNetOptions::ffhq256()", AdmUNetOptions::ffhq256()},

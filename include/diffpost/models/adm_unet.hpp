@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -27,6 +28,8 @@
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -112,19 +115,19 @@ struct AdmUNetOptions {
   /// Channels of the raw output: in_channels, or twice that when the model learns its variance.
   int64_t out_channels() const { return learn_sigma_ ? 2 * in_channels_ : in_channels_; }
 
+  /// The reference's default channel_mult per image size (guided-diffusion `create_model`), for an empty
+  /// `channel_mult`: 256: 1,1,2,2,4,4; 128: 1,1,2,3,4; 64: 1,2,3,4.
+  static const std::vector<std::pair<int64_t, std::vector<int64_t>>>& default_channel_mults() {
+    static const std::vector<std::pair<int64_t, std::vector<int64_t>>> defaults{
+        {256, {1, 1, 2, 2, 4, 4}}, {128, {1, 1, 2, 3, 4}}, {64, {1, 2, 3, 4}}};
+    return defaults;
+  }
+
   /// `channel_mult`, or the reference default for `image_size` when it is empty.
   std::vector<int64_t> resolved_channel_mult() const {
     if (!channel_mult_.empty()) return channel_mult_;
-    switch (image_size_) {
-      case 256:
-        return {1, 1, 2, 2, 4, 4};
-      case 128:
-        return {1, 1, 2, 3, 4};
-      case 64:
-        return {1, 2, 3, 4};
-      default:
-        break;
-    }
+    for (const auto& [size, mult] : default_channel_mults())
+      if (size == image_size_) return mult;
     TORCH_CHECK(image_size_ != 512,
                 "AdmUNetOptions: the reference default channel_mult for image_size 512 is "
                 "(0.5,1,1,2,2,4,4), whose half multiplier is not supported; set channel_mult "
@@ -216,20 +219,71 @@ struct AdmUNetOptions {
   }
 };
 
-/// Prints the options as `AdmUNetOptions(image_size=256, in_channels=3, ...)`, one field per reference
-/// argument, for logs and error messages.
+/// One field of AdmUNetOptions as a configuration file names it, with the integers a file may give it: what a
+/// network diffpost can build and run may use (the reference models use image_size 64 to 512, num_channels
+/// 128 to 256, num_res_blocks 1 to 3), so that `num_channels: 4000000000` is a range error naming the key,
+/// not a failed multi-terabyte allocation. For lists the range holds per entry; `unset_allowed` admits -1,
+/// the reference's "not given"; `required` fields are the constructor arguments.
+struct AdmOptionField {
+  const char* name;
+  int64_t min = 0;
+  int64_t max = 0;
+  bool unset_allowed = false;
+  bool required = false;
+};
+
+/// Calls `visit(field, value)` for every field of `options` (an AdmUNetOptions, const or not; `value` is a
+/// reference to the member: int64_t, bool, double or std::vector<int64_t>), in the order `operator<<`
+/// prints them. The one list of fields behind printing, reading configuration files (`models/config.hpp`)
+/// and writing them.
+template <class Options, class Visitor>
+requires std::same_as<std::remove_const_t<Options>, AdmUNetOptions>
+void for_each_adm_option(Options& options, Visitor&& visit) {
+  visit(AdmOptionField{"image_size", 1, 4096, false, true}, options.image_size());
+  visit(AdmOptionField{"in_channels", 1, 64}, options.in_channels());
+  visit(AdmOptionField{"num_channels", 1, 4096, false, true}, options.num_channels());
+  visit(AdmOptionField{"num_res_blocks", 1, 16, false, true}, options.num_res_blocks());
+  visit(AdmOptionField{"channel_mult", 1, 64}, options.channel_mult());
+  visit(AdmOptionField{"attention_resolutions", 1, 4096}, options.attention_resolutions());
+  visit(AdmOptionField{"num_heads", 1, 1024}, options.num_heads());
+  visit(AdmOptionField{"num_head_channels", 1, 4096, true}, options.num_head_channels());
+  visit(AdmOptionField{"num_heads_upsample", 1, 1024, true}, options.num_heads_upsample());
+  visit(AdmOptionField{"use_scale_shift_norm"}, options.use_scale_shift_norm());
+  visit(AdmOptionField{"resblock_updown"}, options.resblock_updown());
+  visit(AdmOptionField{"learn_sigma"}, options.learn_sigma());
+  visit(AdmOptionField{"dropout"}, options.dropout());
+  visit(AdmOptionField{"use_new_attention_order"}, options.use_new_attention_order());
+  visit(AdmOptionField{"num_classes", 0, 1'000'000}, options.num_classes());
+}
+
+/// An option value as configuration files and messages write it: integers and numbers as such, true / false,
+/// lists as a quoted comma string ("1,1,2,2,4,4"), as in the reference's config files.
+inline std::string adm_option_text(int64_t value) {
+  return std::to_string(value);
+}
+inline std::string adm_option_text(bool value) {
+  return value ? "true" : "false";
+}
+inline std::string adm_option_text(double value) {
+  std::ostringstream text;
+  text << value;
+  return text.str();
+}
+inline std::string adm_option_text(const std::vector<int64_t>& values) {
+  return fmt::format("\"{}\"", fmt::join(values, ","));
+}
+
+/// Prints the options as `AdmUNetOptions(image_size=256, in_channels=3, out_channels=6, ...)`, one field per
+/// reference argument (for_each_adm_option) plus the derived out_channels, for logs and error messages.
 inline std::ostream& operator<<(std::ostream& os, const AdmUNetOptions& o) {
-  auto list = [](const std::vector<int64_t>& v) { return fmt::format("\"{}\"", fmt::join(v, ",")); };
-  return os << "AdmUNetOptions(image_size=" << o.image_size() << ", in_channels=" << o.in_channels()
-            << ", out_channels=" << o.out_channels() << ", num_channels=" << o.num_channels()
-            << ", num_res_blocks=" << o.num_res_blocks() << ", channel_mult=" << list(o.channel_mult())
-            << ", attention_resolutions=" << list(o.attention_resolutions())
-            << ", num_heads=" << o.num_heads() << ", num_head_channels=" << o.num_head_channels()
-            << ", num_heads_upsample=" << o.num_heads_upsample()
-            << ", use_scale_shift_norm=" << std::boolalpha << o.use_scale_shift_norm()
-            << ", resblock_updown=" << o.resblock_updown() << ", learn_sigma=" << o.learn_sigma()
-            << ", dropout=" << o.dropout() << ", use_new_attention_order=" << o.use_new_attention_order()
-            << ", num_classes=" << o.num_classes() << ")" << std::noboolalpha;
+  os << "AdmUNetOptions(";
+  const char* separator = "";
+  for_each_adm_option(o, [&](const AdmOptionField& field, const auto& value) {
+    os << separator << field.name << "=" << adm_option_text(value);
+    separator = ", ";
+    if (std::string_view(field.name) == "in_channels") os << ", out_channels=" << o.out_channels();
+  });
+  return os << ")";
 }
 
 /// Building blocks of the ADM UNet, exposed for tests and for models that reuse them. Each registers its

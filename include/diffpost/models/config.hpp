@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -18,7 +19,11 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace diffpost {
 
@@ -31,41 +36,19 @@ struct AdmModelConfig {
 
 namespace detail {
 
-/// The keys a model configuration may hold: the reference `create_model` arguments, `model_path`, and the
-/// diffpost extensions `in_channels` and `num_classes`.
-inline const std::vector<std::string>& adm_config_keys() {
-  static const std::vector<std::string> keys{
-      "image_size",  "num_channels",      "num_res_blocks",     "channel_mult",
-      "learn_sigma", "class_cond",        "use_checkpoint",     "attention_resolutions",
-      "num_heads",   "num_head_channels", "num_heads_upsample", "use_scale_shift_norm",
-      "dropout",     "resblock_updown",   "use_fp16",           "use_new_attention_order",
-      "model_path",  "in_channels",       "num_classes"};
+/// Keys of the reference's configuration files that are not AdmUNetOptions fields: `class_cond` (1000
+/// classes), `use_checkpoint` and `use_fp16` (run-time choices here), `model_path`.
+inline constexpr std::array<const char*, 4> kAdmConfigReferenceOnlyKeys{"class_cond", "use_checkpoint",
+                                                                        "use_fp16", "model_path"};
+
+/// The keys a model configuration may hold: the AdmUNetOptions fields (for_each_adm_option, with the
+/// diffpost extensions `in_channels` and `num_classes`) and kAdmConfigReferenceOnlyKeys.
+inline std::vector<std::string> adm_config_keys() {
+  std::vector<std::string> keys;
+  const AdmUNetOptions any(1, 1, 1);
+  for_each_adm_option(any, [&](const AdmOptionField& field, const auto&) { keys.emplace_back(field.name); });
+  keys.insert(keys.end(), kAdmConfigReferenceOnlyKeys.begin(), kAdmConfigReferenceOnlyKeys.end());
   return keys;
-}
-
-/// The range of an integer key: what a network diffpost can build and run may use (the reference models use
-/// image_size 64 to 512, num_channels 128 to 256, num_res_blocks 1 to 3), so that a typo such as
-/// `num_channels: 4000000000` is a range error naming the key instead of a failed multi-terabyte allocation.
-/// `unset` (-1) is accepted where the reference uses it for "not given".
-struct AdmConfigRange {
-  const char* key;
-  int64_t min;
-  int64_t max;
-  bool unset = false;
-};
-
-inline const std::vector<AdmConfigRange>& adm_config_ranges() {
-  static const std::vector<AdmConfigRange> ranges{{"image_size", 1, 4096},
-                                                  {"in_channels", 1, 64},
-                                                  {"num_channels", 1, 4096},
-                                                  {"num_res_blocks", 1, 16},
-                                                  {"num_heads", 1, 1024},
-                                                  {"num_head_channels", 1, 4096, true},
-                                                  {"num_heads_upsample", 1, 1024, true},
-                                                  {"num_classes", 0, 1'000'000},
-                                                  {"channel_mult", 1, 64},
-                                                  {"attention_resolutions", 1, 4096}};
-  return ranges;
 }
 
 /// At most this many channel_mult levels and attention resolutions (a 4096-pixel image halves 12 times).
@@ -74,15 +57,12 @@ inline constexpr size_t kAdmConfigMaxListLength = 16;
 /// reference model, ImageNet 512, has 559 M).
 inline constexpr int64_t kAdmConfigMaxParameters = int64_t{1} << 32;
 
-/// Checks `value` of `key` against adm_config_ranges().
-inline int64_t check_config_range(const std::string& key, int64_t value, const std::string& origin,
+/// Checks `value` of `field` against the field's range (AdmOptionField).
+inline int64_t check_config_range(const AdmOptionField& field, int64_t value, const std::string& origin,
                                   const char* what = "") {
-  const auto& ranges = adm_config_ranges();
-  const auto range = std::find_if(ranges.begin(), ranges.end(), [&](const auto& r) { return key == r.key; });
-  TORCH_CHECK(range != ranges.end(), "check_config_range: no range for '", key, "'");  // a diffpost bug
-  TORCH_CHECK((value >= range->min && value <= range->max) || (range->unset && value == -1), origin, ": '",
-              key, "'", what, " is ", value, ", out of range: it must be ", range->min, " to ", range->max,
-              range->unset ? " (or -1 for unset)" : "", "; check the file");
+  TORCH_CHECK((value >= field.min && value <= field.max) || (field.unset_allowed && value == -1), origin,
+              ": '", field.name, "'", what, " is ", value, ", out of range: it must be ", field.min, " to ",
+              field.max, field.unset_allowed ? " (or -1 for unset)" : "", "; check the file");
   return value;
 }
 
@@ -102,13 +82,14 @@ T config_value(const YAML::Node& node, const std::string& key, const char* expec
 
 /// Comma-separated integers ("1,1,2,2,4,4", "32,16,8", "16"), or a YAML list of integers; "" gives an empty
 /// list.
-inline std::vector<int64_t> config_int_list(const YAML::Node& node, const std::string& key,
+inline std::vector<int64_t> config_int_list(const YAML::Node& node, const AdmOptionField& field,
                                             const std::string& origin) {
+  const std::string key = field.name;
   std::vector<int64_t> values;
   auto add = [&](int64_t value) {
     TORCH_CHECK(values.size() < kAdmConfigMaxListLength, origin, ": '", key, "' has more than ",
                 kAdmConfigMaxListLength, " entries; check the file");
-    values.push_back(check_config_range(key, value, origin, " entry"));
+    values.push_back(check_config_range(field, value, origin, " entry"));
   };
   if (node.IsSequence()) {
     for (const auto& item : node) add(config_value<int64_t>(item, key, "a list of integers", origin));
@@ -159,47 +140,39 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
     }
     TORCH_CHECK(seen.insert(key).second, origin, ": key '", key, "' appears twice");
   }
-  auto int_value = [&](const char* key) {
-    return check_config_range(key, config_value<int64_t>(root[key], key, "an integer", origin), origin);
-  };
-  auto required_int = [&](const char* key) {
-    TORCH_CHECK(seen.count(key), origin, ": missing required key '", key, "'");
-    return int_value(key);
-  };
-  AdmUNetOptions options(required_int("image_size"), required_int("num_channels"),
-                         required_int("num_res_blocks"));
-  // Each present key is read with its type and handed to the matching setter.
-  auto read_int = [&](const char* key, auto&& apply) {
-    if (seen.count(key)) apply(int_value(key));
-  };
-  auto read_bool = [&](const char* key, auto&& apply) {
-    if (seen.count(key)) apply(config_value<bool>(root[key], key, "true or false", origin));
-  };
-  read_int("in_channels", [&](int64_t v) { options.in_channels(v); });
-  read_int("num_heads", [&](int64_t v) { options.num_heads(v); });
-  read_int("num_head_channels", [&](int64_t v) { options.num_head_channels(v); });
-  read_int("num_heads_upsample", [&](int64_t v) { options.num_heads_upsample(v); });
-  read_bool("learn_sigma", [&](bool v) { options.learn_sigma(v); });
-  read_bool("use_scale_shift_norm", [&](bool v) { options.use_scale_shift_norm(v); });
-  read_bool("resblock_updown", [&](bool v) { options.resblock_updown(v); });
-  read_bool("use_new_attention_order", [&](bool v) { options.use_new_attention_order(v); });
-  if (seen.count("channel_mult"))
-    options.channel_mult(config_int_list(root["channel_mult"], "channel_mult", origin));
-  if (seen.count("attention_resolutions"))
-    options.attention_resolutions(
-        config_int_list(root["attention_resolutions"], "attention_resolutions", origin));
-  if (seen.count("dropout"))
-    options.dropout(config_value<double>(root["dropout"], "dropout", "a number", origin));
-  read_bool("class_cond",
-            [&](bool v) { options.num_classes(v ? 1000 : 0); });  // NUM_CLASSES of guided-diffusion
-  read_int("num_classes", [&](int64_t v) { options.num_classes(v); });
-  read_bool("use_checkpoint", [](bool) {});  // gradient checkpointing only trades time for memory
-  read_bool("use_fp16", [&](bool v) {
+  AdmUNetOptions options(1, 1, 1);
+  for_each_adm_option(options, [&](const AdmOptionField& field, const auto&) {
+    TORCH_CHECK(!field.required || seen.count(field.name), origin, ": missing required key '", field.name,
+                "'");
+  });
+  // class_cond first, so that the diffpost extension num_classes overrides it.
+  if (seen.count("class_cond"))
+    options.num_classes(config_value<bool>(root["class_cond"], "class_cond", "true or false", origin)
+                            ? 1000  // NUM_CLASSES of guided-diffusion
+                            : 0);
+  // use_checkpoint only trades time for memory: read for its type, then ignored.
+  if (seen.count("use_checkpoint"))
+    config_value<bool>(root["use_checkpoint"], "use_checkpoint", "true or false", origin);
+  if (seen.count("use_fp16"))
     TORCH_CHECK(
-        !v, origin,
+        !config_value<bool>(root["use_fp16"], "use_fp16", "true or false", origin), origin,
         ": use_fp16: true is not supported in a configuration (the published checkpoints are float32; "
         "choose 16-bit compute when running instead: AdmUNetImpl::set_compute_dtype, the tool's "
         "--precision); set use_fp16: false");
+  // Every field present in the file is read with its type and range.
+  for_each_adm_option(options, [&](const AdmOptionField& field, auto& value) {
+    if (!seen.count(field.name)) return;
+    const auto& node = root[field.name];
+    using Value = std::decay_t<decltype(value)>;
+    if constexpr (std::is_same_v<Value, bool>)
+      value = config_value<bool>(node, field.name, "true or false", origin);
+    else if constexpr (std::is_same_v<Value, double>)
+      value = config_value<double>(node, field.name, "a number", origin);
+    else if constexpr (std::is_same_v<Value, int64_t>)
+      value =
+          check_config_range(field, config_value<int64_t>(node, field.name, "an integer", origin), origin);
+    else
+      value = config_int_list(node, field, origin);
   });
   try {
     options.validate();
@@ -227,7 +200,7 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
 /// false: 16-bit compute is a run-time choice, AdmUNetImpl::set_compute_dtype),
 /// use_new_attention_order, model_path; plus the extensions in_channels and num_classes (overrides
 /// class_cond). `origin` names the source in error messages. Throws c10::Error on unknown keys, missing
-/// required keys, wrong types, integers outside detail::adm_config_ranges() (e.g. num_channels 1 to 4096),
+/// required keys, wrong types, integers outside their AdmOptionField range (e.g. num_channels 1 to 4096),
 /// options that `AdmUNetOptions::validate()` rejects, and networks of more than 2^32 parameters.
 inline AdmModelConfig parse_adm_model_config(const std::string& text,
                                              const std::string& origin = "model config") {
@@ -236,6 +209,30 @@ inline AdmModelConfig parse_adm_model_config(const std::string& text,
   } catch (const YAML::Exception& e) {  // a conversion the checks above did not foresee
     TORCH_CHECK(false, origin, ": not a model config diffpost can read: ", e.what());
   }
+}
+
+/// `options` as a configuration file in the keys of the reference's `configs/model_config.yaml` (written with
+/// yaml-cpp's emitter, fields in for_each_adm_option's order, lists as "1,1,2" strings, class_cond,
+/// use_checkpoint and use_fp16 for the reference's create_model), plus the extensions in_channels and
+/// num_classes; `model_path` when not empty. parse_adm_model_config reads it back to equal options.
+inline std::string adm_model_config_yaml(const AdmUNetOptions& options, const std::string& model_path = "") {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  for_each_adm_option(options, [&](const AdmOptionField& field, const auto& value) {
+    out << YAML::Key << field.name << YAML::Value;
+    if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::vector<int64_t>>)
+      out << YAML::DoubleQuoted << fmt::format("{}", fmt::join(value, ","));
+    else
+      out << value;
+  });
+  out << YAML::Key << "class_cond" << YAML::Value << (options.num_classes() > 0);
+  out << YAML::Key << "use_checkpoint" << YAML::Value << false;
+  out << YAML::Key << "use_fp16" << YAML::Value << false;
+  if (!model_path.empty()) out << YAML::Key << "model_path" << YAML::Value << model_path;
+  out << YAML::EndMap;
+  TORCH_CHECK(out.good(),
+              "adm_model_config_yaml: yaml-cpp could not write the configuration: ", out.GetLastError());
+  return std::string(out.c_str()) + "\n";
 }
 
 /// Reads the ADM UNet configuration file at `path` (YAML or JSON, at most 1 MiB; see parse_adm_model_config
