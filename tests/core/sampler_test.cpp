@@ -103,6 +103,34 @@ TEST_CASE("learned_range interpolates between log beta and the clipped posterior
                         posterior_mean(schedule, predict_x0_from_eps(schedule, x_t, eps, 0, false), x_t, 0)));
 }
 
+TEST_CASE(
+    "one step for the batch and one step per sample give the same x0_hat, posterior mean and variance") {
+  const auto schedule = DiffusionSchedule::linear().respaced("50");
+  auto x_t = torch::randn({3, 2, 4, 4}, torch::kFloat64);
+  auto eps = torch::randn_like(x_t);
+  auto v = torch::rand_like(x_t) * 2.0 - 1.0;
+  const std::vector<int64_t> steps{0, 17, 49};
+  const auto indices = torch::tensor(steps, torch::kLong);
+  const auto x0_hat = predict_x0_from_eps(schedule, x_t, eps, indices, true);
+  const auto mean = posterior_mean(schedule, x0_hat, x_t, indices);
+  const auto log_variance = learned_range_log_variance(schedule, v, indices);
+  for (int64_t b = 0; b < 3; ++b) {
+    const auto index = steps[static_cast<size_t>(b)];
+    const auto one = [&](const torch::Tensor& x) { return x.narrow(0, b, 1); };
+    const auto x0_one = predict_x0_from_eps(schedule, one(x_t), one(eps), index, true);
+    CHECK(torch::allclose(x0_hat.narrow(0, b, 1), x0_one, 1e-14, 1e-14));
+    CHECK(torch::allclose(mean.narrow(0, b, 1), posterior_mean(schedule, x0_one, one(x_t), index), 1e-14,
+                          1e-14));
+    // Improved DDPM eq. 15 written out: frac log beta + (1 - frac) log beta~, frac = (v + 1) / 2.
+    const auto frac = (one(v) + 1.0) / 2.0;
+    const auto expected =
+        frac * std::log(schedule.betas()[static_cast<size_t>(index)]) +
+        (1.0 - frac) * schedule.posterior_log_variance_clipped()[static_cast<size_t>(index)];
+    CHECK(torch::allclose(log_variance.narrow(0, b, 1), expected, 1e-14, 1e-14));
+    CHECK(torch::allclose(learned_range_log_variance(schedule, one(v), index), expected, 1e-14, 1e-14));
+  }
+}
+
 TEST_CASE("samplers reject outputs and noise that do not fit x_t") {
   DDPMSampler sampler(DiffusionSchedule::linear().respaced("10"));
   auto x_t = torch::zeros({1, 3, 4, 4});

@@ -5,8 +5,12 @@
 #include <torch/torch.h>
 #include <diffpost/schedule.hpp>
 
+#include <cmath>
+#include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace diffpost {
 
@@ -36,13 +40,52 @@ inline ModelOutputParts split_model_output(const torch::Tensor& model_output, co
   return {parts[0], parts[1]};
 }
 
-/// Tweedie's estimate x0_hat = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (Ho et al. eq. 15), clamped to [-1, 1]
-/// when `clip` is set (the reference's `clip_denoised`). Coefficients are those of schedule step `index`.
-inline torch::Tensor predict_x0_from_eps(const DiffusionSchedule& schedule, const torch::Tensor& x_t,
-                                         const torch::Tensor& eps, int64_t index, bool clip) {
+/// A step index: one step for the whole batch (an integer, as in sampling: the coefficients are host numbers,
+/// nothing is copied to the device), or one step per sample (a [B] index tensor, as in training: the
+/// coefficients are gathered into [B, 1, ...] tensors).
+template <class Index>
+concept StepIndex = std::integral<Index> || std::same_as<Index, torch::Tensor>;
+
+namespace detail {
+
+/// `coefficients[index]`: a double for one step, a [B, 1, ...] tensor like `like` for per-sample steps.
+inline double step_coefficient(const std::vector<double>& coefficients, int64_t index, const torch::Tensor&) {
+  return coefficients[static_cast<size_t>(index)];
+}
+inline torch::Tensor step_coefficient(const std::vector<double>& coefficients, const torch::Tensor& indices,
+                                      const torch::Tensor& like) {
+  return DiffusionSchedule::gather(coefficients, indices, like);
+}
+
+/// log beta of `index` (see step_coefficient).
+inline double step_log_beta(const DiffusionSchedule& schedule, int64_t index, const torch::Tensor&) {
+  return std::log(schedule.betas()[static_cast<size_t>(index)]);
+}
+inline torch::Tensor step_log_beta(const DiffusionSchedule& schedule, const torch::Tensor& indices,
+                                   const torch::Tensor& like) {
+  std::vector<double> log_betas(schedule.betas().size());
+  for (size_t i = 0; i < log_betas.size(); ++i) log_betas[i] = std::log(schedule.betas()[i]);
+  return DiffusionSchedule::gather(log_betas, indices, like);
+}
+
+inline void check_step_index(const DiffusionSchedule& schedule, int64_t index) {
   schedule.check_index(index);
-  auto x0_hat =
-      schedule.sqrt_recip_alphas_cumprod()[index] * x_t - schedule.sqrt_recipm1_alphas_cumprod()[index] * eps;
+}
+inline void check_step_index(const DiffusionSchedule&, const torch::Tensor& indices) {
+  TORCH_CHECK(indices.dim() == 1, "step indices must be 1-D [B], got shape ", indices.sizes());
+}
+
+}  // namespace detail
+
+/// Tweedie's estimate x0_hat = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (Ho et al. eq. 15), clamped to [-1, 1]
+/// when `clip` is set (the reference's `clip_denoised`). Coefficients are those of schedule step `index` (one
+/// step, or one per sample: StepIndex).
+template <StepIndex Index>
+torch::Tensor predict_x0_from_eps(const DiffusionSchedule& schedule, const torch::Tensor& x_t,
+                                  const torch::Tensor& eps, const Index& index, bool clip) {
+  detail::check_step_index(schedule, index);
+  auto x0_hat = detail::step_coefficient(schedule.sqrt_recip_alphas_cumprod(), index, x_t) * x_t -
+                detail::step_coefficient(schedule.sqrt_recipm1_alphas_cumprod(), index, x_t) * eps;
   return clip ? x0_hat.clamp(-1.0, 1.0) : x0_hat;
 }
 
@@ -55,11 +98,26 @@ inline torch::Tensor predict_eps_from_x0(const DiffusionSchedule& schedule, cons
          schedule.sqrt_recipm1_alphas_cumprod()[index];
 }
 
-/// Mean of q(x_{t-1} | x_t, x_0) = c1 x_0 + c2 x_t (Ho et al. eq. 7).
-inline torch::Tensor posterior_mean(const DiffusionSchedule& schedule, const torch::Tensor& x0,
-                                    const torch::Tensor& x_t, int64_t index) {
-  schedule.check_index(index);
-  return schedule.posterior_mean_coef1()[index] * x0 + schedule.posterior_mean_coef2()[index] * x_t;
+/// Mean of q(x_{t-1} | x_t, x_0) = c1 x_0 + c2 x_t (Ho et al. eq. 7), at step `index` (StepIndex).
+template <StepIndex Index>
+torch::Tensor posterior_mean(const DiffusionSchedule& schedule, const torch::Tensor& x0,
+                             const torch::Tensor& x_t, const Index& index) {
+  detail::check_step_index(schedule, index);
+  return detail::step_coefficient(schedule.posterior_mean_coef1(), index, x0) * x0 +
+         detail::step_coefficient(schedule.posterior_mean_coef2(), index, x0) * x_t;
+}
+
+/// The learned-range log-variance of improved DDPM (Nichol & Dhariwal eq. 15): frac log beta_t + (1 - frac)
+/// log beta~_t (the clipped posterior variance), frac = (v + 1) / 2 for the model's variance output v in
+/// [-1, 1], at step `index` (StepIndex).
+template <StepIndex Index>
+torch::Tensor learned_range_log_variance(const DiffusionSchedule& schedule, const torch::Tensor& v,
+                                         const Index& index) {
+  detail::check_step_index(schedule, index);
+  const auto min_log = detail::step_coefficient(schedule.posterior_log_variance_clipped(), index, v);
+  const auto max_log = detail::step_log_beta(schedule, index, v);
+  const auto frac = (v + 1.0) / 2.0;
+  return frac * max_log + (1.0 - frac) * min_log;
 }
 
 namespace detail {

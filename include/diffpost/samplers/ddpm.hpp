@@ -58,10 +58,7 @@ class DDPMSampler {
         TORCH_CHECK(parts.variance_values.defined(), "VarianceType::learned_range needs a model output of ",
                     2 * x_t.size(1), " channels (eps and variance), got ", model_output.size(1),
                     "; use fixed_small or fixed_large for eps-only models");
-        const double min_log = schedule_.posterior_log_variance_clipped()[index];
-        const double max_log = std::log(schedule_.betas()[index]);
-        auto frac = (parts.variance_values + 1.0) / 2.0;
-        log_variance = frac * max_log + (1.0 - frac) * min_log;
+        log_variance = learned_range_log_variance(schedule_, parts.variance_values, index);
         break;
       }
       case VarianceType::fixed_small:

@@ -5,6 +5,7 @@
 // functions so that they can be checked against closed forms.
 #pragma once
 
+#include <diffpost/samplers/common.hpp>
 #include <diffpost/schedule.hpp>
 
 #include <torch/torch.h>
@@ -71,21 +72,13 @@ struct DiffusionLossTerms {
 inline torch::Tensor vlb_terms_bits(const DiffusionSchedule& schedule, const torch::Tensor& x0,
                                     const torch::Tensor& x_t, const torch::Tensor& t,
                                     const torch::Tensor& eps, const torch::Tensor& v) {
-  using S = DiffusionSchedule;
   // True posterior q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7).
-  const auto true_mean = S::gather(schedule.posterior_mean_coef1(), t, x0) * x0 +
-                         S::gather(schedule.posterior_mean_coef2(), t, x0) * x_t;
-  const auto true_logvar = S::gather(schedule.posterior_log_variance_clipped(), t, x0).expand_as(x0);
+  const auto true_mean = posterior_mean(schedule, x0, x_t, t);
+  const auto true_logvar =
+      DiffusionSchedule::gather(schedule.posterior_log_variance_clipped(), t, x0).expand_as(x0);
   // Model p(x_{t-1} | x_t): mean through x0_hat (Ho et al. eq. 15), log-variance by learned_range.
-  const auto x0_hat = S::gather(schedule.sqrt_recip_alphas_cumprod(), t, x_t) * x_t -
-                      S::gather(schedule.sqrt_recipm1_alphas_cumprod(), t, x_t) * eps;
-  const auto model_mean = S::gather(schedule.posterior_mean_coef1(), t, x0) * x0_hat +
-                          S::gather(schedule.posterior_mean_coef2(), t, x0) * x_t;
-  std::vector<double> log_betas(schedule.betas().size());
-  for (size_t i = 0; i < log_betas.size(); ++i) log_betas[i] = std::log(schedule.betas()[i]);
-  const auto frac = (v + 1.0) / 2.0;
-  const auto model_logvar = frac * S::gather(log_betas, t, x0) +
-                            (1.0 - frac) * S::gather(schedule.posterior_log_variance_clipped(), t, x0);
+  const auto model_mean = posterior_mean(schedule, predict_x0_from_eps(schedule, x_t, eps, t, false), x_t, t);
+  const auto model_logvar = learned_range_log_variance(schedule, v, t);
   const double ln2 = std::log(2.0);
   const auto kl = mean_flat(normal_kl(true_mean, true_logvar, model_mean, model_logvar)) / ln2;
   const auto decoder_nll =
