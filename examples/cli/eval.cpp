@@ -84,9 +84,7 @@ std::vector<FlagGroup<EvalOptions>> eval_flags() {
   using O = EvalOptions;
   auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
                                [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  std::string method_help = "comma-separated methods:";
-  for (const auto& method : all_methods())
-    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  const auto method_help = methods_help("comma-separated methods:");
   auto settings = [](O& o) -> MethodSettings& { return o.settings; };
   const O defaults;
   std::vector<Flag<O>> flags{{"methods", "NAME[,NAME...]", method_help,

@@ -62,6 +62,14 @@ inline const MethodInfo& find_method(const std::string& name) {
   throw UsageError(fmt::format("unknown method '{}'; methods: {}", name, fmt::join(names, ", ")));
 }
 
+/// `title` and one line per method ("  dps: ...") for a --method / --methods help text.
+inline std::string methods_help(const std::string& title) {
+  std::string help = title;
+  for (const auto& method : all_methods())
+    help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  return help;
+}
+
 /// The options of every method (each method reads its own), with the libraries' defaults.
 struct MethodSettings {
   ScaleSpec scale;

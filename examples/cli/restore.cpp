@@ -44,9 +44,7 @@ std::vector<FlagGroup<RestoreOptions>> restore_flags() {
   using O = RestoreOptions;
   auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
                                [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  std::string method_help = "restoration method:";
-  for (const auto& method : all_methods())
-    method_help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
+  const auto method_help = methods_help("restoration method:");
   auto settings = [](O& o) -> MethodSettings& { return o.settings; };
   std::vector<Flag<O>> flags{{"method", "NAME", method_help, "dps",
                               [](O& o, const std::string& v) { o.method = find_method(v).name; }}};
