@@ -4,6 +4,8 @@
 // line that names the flag, the value and what was expected.
 #pragma once
 
+#include <diffpost/detail/text.hpp>
+
 #include <CLI/CLI.hpp>
 
 #include <charconv>
@@ -67,12 +69,8 @@ inline std::string parse_choice(const std::string& text, const std::string& what
 /// Splits "a,b,c" into its non-empty, trimmed parts.
 inline std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> parts;
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) {
-    const auto first = part.find_first_not_of(" \t");
-    if (first == std::string::npos) continue;
-    parts.push_back(part.substr(first, part.find_last_not_of(" \t") - first + 1));
-  }
+  for (const auto piece : diffpost::detail::split_commas(text))
+    if (const auto item = diffpost::detail::trim_blanks(piece); !item.empty()) parts.emplace_back(item);
   return parts;
 }
 

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <diffpost/detail/text.hpp>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -100,15 +102,7 @@ class DiffusionSchedule {
                   " or use a plain count '", desired, "'");
     }
     std::vector<int64_t> section_counts;
-    size_t start = 0;
-    while (start <= spec.size()) {
-      const size_t comma = spec.find(',', start);
-      const auto piece =
-          spec.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
-      section_counts.push_back(parse_count(piece, spec));
-      if (comma == std::string_view::npos) break;
-      start = comma + 1;
-    }
+    for (const auto piece : detail::split_commas(spec)) section_counts.push_back(parse_count(piece, spec));
     const auto sections = static_cast<int64_t>(section_counts.size());
     const int64_t size_per = num_timesteps / sections;
     const int64_t extra = num_timesteps % sections;

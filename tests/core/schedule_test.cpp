@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <string>
+#include <string_view>
+#include <vector>
 
 using diffpost::DiffusionSchedule;
 
@@ -102,4 +104,18 @@ TEST_CASE("gather and q_sample broadcast per-sample coefficients") {
   auto x_t = schedule.q_sample(x0, t, noise);
   CHECK(x_t[0].mean().item<double>() == doctest::Approx(std::sqrt(0.9999)).epsilon(1e-6));
   CHECK(x_t[1].mean().item<double>() == doctest::Approx(std::sqrt(4.035829765375676e-05)).epsilon(1e-5));
+}
+
+TEST_CASE("split_commas keeps every piece, empty ones included; trim_blanks drops spaces and tabs") {
+  using diffpost::detail::split_commas;
+  using Pieces = std::vector<std::string_view>;
+  CHECK(split_commas("") == Pieces{""});
+  CHECK(split_commas("25") == Pieces{"25"});
+  CHECK(split_commas("1, 2,") == Pieces{"1", " 2", ""});
+  CHECK(split_commas(",,") == Pieces{"", "", ""});
+  CHECK(diffpost::detail::trim_blanks(" \t32 ") == "32");
+  CHECK(diffpost::detail::trim_blanks(" \t ").empty());
+  // The respacing spec refuses the empty section a trailing comma makes.
+  CHECK_THROWS_WITH_AS(diffpost::DiffusionSchedule::linear().respaced("10,"),
+                       doctest::Contains("'' is not a positive integer"), c10::Error);
 }

@@ -151,6 +151,12 @@ TEST_CASE("model config errors name the key, the value and the fix") {
             .find("'use_new_attention_order' must be true or false, got 'maybe'") != std::string::npos);
   CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: \"0.5,1\"\n")
             .find("entry '0.5'") != std::string::npos);
+  CHECK(error_of("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: \"1,,1\"\n")
+            .find("'channel_mult' has an empty entry in '1,,1'") != std::string::npos);
+  // A trailing comma is allowed, as before.
+  CHECK(diffpost::parse_adm_model_config("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: "
+                                         "\"1, 1,\"\nattention_resolutions: \"\"\n")
+            .options.channel_mult() == std::vector<int64_t>{1, 1});
   CHECK(error_of(kSmallYaml + "learn_sigma: False\n").find("key 'learn_sigma' appears twice") !=
         std::string::npos);
   CHECK(error_of(kSmallYaml + "use_fp16: True\n").find("use_fp16: true is not supported") !=

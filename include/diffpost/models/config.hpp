@@ -5,6 +5,7 @@
 // network whose checkpoint then fails to load, or worse, loads.
 #pragma once
 
+#include <diffpost/detail/text.hpp>
 #include <diffpost/models/adm_unet.hpp>
 
 #include <torch/torch.h>
@@ -96,12 +97,11 @@ inline std::vector<int64_t> config_int_list(const YAML::Node& node, const AdmOpt
     return values;
   }
   const auto text = config_value<std::string>(node, key, "a comma-separated list of integers", origin);
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) {
-    const auto first = part.find_first_not_of(" \t");
-    const auto last = part.find_last_not_of(" \t");
-    TORCH_CHECK(first != std::string::npos, origin, ": '", key, "' has an empty entry in '", text, "'");
-    part = part.substr(first, last - first + 1);
+  auto pieces = detail::split_commas(text);
+  if (pieces.back().empty()) pieces.pop_back();  // "" is the empty list; a trailing comma is allowed
+  for (const auto piece : pieces) {
+    TORCH_CHECK(!trim_blanks(piece).empty(), origin, ": '", key, "' has an empty entry in '", text, "'");
+    const std::string part(trim_blanks(piece));
     size_t used = 0;
     int64_t value = 0;
     try {
