@@ -455,6 +455,15 @@ struct Scores {
   }
 };
 
+/// The caption of a grid cell scored against the truth: its PSNR in dB to one decimal ("21.4"; "inf" for an
+/// exact match), short enough for a 28-pixel cell.
+inline std::string psnr_caption(double psnr) {
+  return std::isfinite(psnr) ? fmt::format("{:.1f}", psnr) : std::string("inf");
+}
+
+/// The caption of the truth's cell, first in each row of a scored grid: it names the numbers beside it.
+inline constexpr const char* kPsnrCaptionTitle = "PSNR";
+
 inline std::string csv_number(double value) {
   return std::isfinite(value) ? fmt::format("{:.4f}", value) : "inf";
 }

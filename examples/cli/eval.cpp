@@ -256,9 +256,9 @@ std::unique_ptr<ParsedCommand<EvalOptions>> parse_eval(int argc, char** argv) {
       "per_image.csv,\n"
       "results.md (Markdown table, best per task in bold) and one grid PNG per task and sweep value (first "
       "8\n"
-      "images; columns: truth, measurement, naive inverse, then the methods in order). Runs can be split "
-      "over\n"
-      "processes (--shard), resumed (--resume) and merged (diffpost merge).",
+      "images; labelled columns: truth, naive inverse (phase retrieval: the measurement), then the methods\n"
+      "in order; the PSNR under each restoration). Runs can be split over processes (--shard), resumed\n"
+      "(--resume) and merged (diffpost merge).",
       eval_flags(), argc, argv);
 }
 
@@ -408,7 +408,9 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
       const bool with_fd = records.front().contains("truth/features");
       const auto truth_statistics =
           with_fd ? GaussianStatistics::of(gather("truth/features")) : GaussianStatistics{};
-      for (const auto& method : row_methods(plan, task)) {
+      const auto methods = row_methods(plan, task);
+      std::vector<std::vector<double>> method_psnr;  // per method, per image: the grid's captions
+      for (const auto& method : methods) {
         Row row;
         row.value = point.value;
         row.task = task;
@@ -429,18 +431,33 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
         row.cost = {cost[0].item<int64_t>(), cost[1].item<int64_t>()};
         fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, plan.suffix(point), method,
                    row.scores.summary(), row.frechet, row.seconds);
+        method_psnr.push_back(row.scores.psnr);
         rows.push_back(std::move(row));
       }
+      // The cells are the truth, the measurement picture, then the rows' outputs (evaluate_batch). Where the
+      // task has a naive inverse the measurement picture is that naive inverse (measurement_picture), so the
+      // grid shows it once, in the naive inverse's column.
+      const bool has_naive = methods.front() == "naive";
+      std::vector<std::string> labels{"truth"};
+      if (!has_naive) labels.emplace_back("measurement");
+      labels.insert(labels.end(), methods.begin(), methods.end());
       std::vector<std::vector<torch::Tensor>> grid;
+      std::vector<std::vector<std::string>> captions;
       for (int64_t i = 0; i < std::min(plan.count(), kGridImages); ++i) {
         const auto& record = records[static_cast<size_t>(i / plan.options.sampling.batch)];
         std::vector<torch::Tensor> row;
         for (size_t c = 0; record.contains(fmt::format("grid/{}/{}", i, c)); ++c)
           row.push_back(record.at(fmt::format("grid/{}/{}", i, c)));
+        if (has_naive) row.erase(row.begin() + 1);
+        std::vector<std::string> row_captions{kPsnrCaptionTitle};
+        if (!has_naive) row_captions.emplace_back();
+        for (const auto& psnr : method_psnr)
+          row_captions.push_back(psnr_caption(psnr[static_cast<size_t>(i)]));
         grid.push_back(std::move(row));
+        captions.push_back(std::move(row_captions));
       }
       save_grid(grid, (dir / fmt::format("{}{}_grid.png", task, plan.suffix(point))).string(),
-                GridOptions{}.overwrite(true));
+                GridOptions{}.overwrite(true).column_labels(labels).cell_captions(std::move(captions)));
     }
   }
   std::string csv =

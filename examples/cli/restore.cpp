@@ -69,10 +69,10 @@ std::unique_ptr<ParsedCommand<RestoreOptions>> parse_restore(int argc, char** ar
       "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
       "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
       "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
-      "sample), grid.png (rows = images; columns = truth, naive inverse, method) and metrics.csv (PSNR/SSIM\n"
-      "of the method and of the naive inverse); and summary.md with mean ± std per task (and grid.png\n"
-      "across tasks when several are run). Runs can be split over processes (--shard), resumed (--resume)\n"
-      "and merged (diffpost merge).",
+      "sample), grid.png (rows = images; labelled columns = truth, naive inverse, method; the PSNR under\n"
+      "each restoration) and metrics.csv (PSNR/SSIM of the method and of the naive inverse); and summary.md\n"
+      "with mean ± std per task (and grid.png across tasks when several are run). Runs can be split over\n"
+      "processes (--shard), resumed (--resume) and merged (diffpost merge).",
       restore_flags(), argc, argv);
 }
 
@@ -124,6 +124,18 @@ RestorePlan plan_restore(const RestoreOptions& options, const std::string& comma
 /// Whether `task` has a naive inverse (every task but phase retrieval).
 bool has_naive_inverse(const std::string& task) {
   return task != "phase-retrieval";
+}
+
+/// The column labels of a task's grid, one per cell of a row as finalize_restore lays it out: the truth, the
+/// naive inverse (phase retrieval: the measurement), then the method ("dps", or "dps #1", "dps #2", ... for
+/// several posterior samples).
+std::vector<std::string> grid_labels(const RestorePlan& plan, bool has_naive) {
+  const auto& options = plan.options;
+  std::vector<std::string> labels{"truth", has_naive ? "naive" : "measurement"};
+  for (int64_t k = 0; k < options.num_samples; ++k)
+    labels.push_back(options.num_samples == 1 ? options.method
+                                              : fmt::format("{} #{}", options.method, k + 1));
+  return labels;
 }
 
 /// Restores batch `batch` of `task` and writes its images and its record.
@@ -228,13 +240,20 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
     int64_t unusable = 0;  // restorations that leave kUnusable or more of the measurement unexplained
   };
   std::vector<TaskSummary> summaries;
+  // The grid across tasks: the truth, then each task's naive inverse (or measurement) and first sample.
   std::vector<std::vector<torch::Tensor>> across(static_cast<size_t>(plan.count()));
+  std::vector<std::vector<std::string>> across_captions(static_cast<size_t>(plan.count()));
+  std::vector<std::string> across_labels{"truth"};
   for (const auto& task : plan.tasks) {
     TaskSummary summary;
     summary.task = task;
     const bool has_naive = has_naive_inverse(task);
     std::string csv = "image,method,sample,psnr,ssim\n";
     std::vector<std::vector<torch::Tensor>> grid_rows;
+    std::vector<std::vector<std::string>> grid_captions;  // the PSNR under each restoration
+    const auto labels = grid_labels(plan, has_naive);
+    across_labels.push_back(task + "\n" + labels[1]);
+    across_labels.push_back(task + "\n" + labels[2]);
     for (int64_t batch = 0; batch < plan.batches; ++batch) {
       const auto record = folder.finished(task, batch);
       TORCH_CHECK(record.has_value(), "the record of ", task, " batch ", batch, " vanished");
@@ -249,22 +268,34 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
           row.push_back(load_image((dir / file).string(), channels));
         // The grid shows the measurement as the naive inverse where there is one (column 3 of the files).
         if (has_naive) row.erase(row.begin() + 1);
+        // Column 1 is the naive inverse, scored below, or the measurement, which is not.
+        std::vector<std::string> captions{kPsnrCaptionTitle, ""};
         if (has_naive) {
           summary.naive.psnr.push_back(record->at("naive_psnr")[i].item<double>());
           summary.naive.ssim.push_back(record->at("naive_ssim")[i].item<double>());
           csv += fmt::format("{},naive,,{},{}\n", name, csv_number(summary.naive.psnr.back()),
                              csv_number(summary.naive.ssim.back()));
+          captions[1] = psnr_caption(summary.naive.psnr.back());
         }
         for (int64_t k = 0; k < options.num_samples; ++k) {
           summary.restored.psnr.push_back(psnr[i * options.num_samples + k].item<double>());
           summary.restored.ssim.push_back(ssim[i * options.num_samples + k].item<double>());
           csv += fmt::format("{},{},{},{},{}\n", name, method, k, csv_number(summary.restored.psnr.back()),
                              csv_number(summary.restored.ssim.back()));
+          captions.push_back(psnr_caption(summary.restored.psnr.back()));
         }
-        if (across[static_cast<size_t>(image)].empty()) across[static_cast<size_t>(image)].push_back(row[0]);
-        across[static_cast<size_t>(image)].push_back(row[1]);
-        across[static_cast<size_t>(image)].push_back(row[2]);
+        auto& across_row = across[static_cast<size_t>(image)];
+        auto& across_row_captions = across_captions[static_cast<size_t>(image)];
+        if (across_row.empty()) {
+          across_row.push_back(row[0]);
+          across_row_captions.push_back(captions[0]);
+        }
+        for (size_t column : {1, 2}) {
+          across_row.push_back(row[column]);
+          across_row_captions.push_back(captions[column]);
+        }
         grid_rows.push_back(std::move(row));
+        grid_captions.push_back(std::move(captions));
       }
     }
     for (const auto& [name, scores] :
@@ -275,11 +306,14 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
       csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", name, csv_number(pm), csv_number(sm), name,
                          csv_number(ps), csv_number(ss));
     }
-    save_grid(grid_rows, (dir / task / "grid.png").string(), GridOptions{}.overwrite(true));
+    save_grid(grid_rows, (dir / task / "grid.png").string(),
+              GridOptions{}.overwrite(true).column_labels(labels).cell_captions(std::move(grid_captions)));
     write_text(dir / task / "metrics.csv", csv, true);
     summaries.push_back(std::move(summary));
   }
-  if (plan.tasks.size() > 1) save_grid(across, (dir / "grid.png").string(), GridOptions{}.overwrite(true));
+  if (plan.tasks.size() > 1)
+    save_grid(across, (dir / "grid.png").string(),
+              GridOptions{}.overwrite(true).column_labels(across_labels).cell_captions(across_captions));
 
   std::string text = fmt::format(
       "# diffpost restore summary\n\n`{}`\n\n{} images, {} steps ({} sampler), noise {}, seed {}, model "

@@ -1,8 +1,8 @@
-// Image loading and saving: round trips, gray and colour, grids, errors, no clobbering; 16-bit PNG and
-// PGM/PPM files built here byte by byte (zlib for the PNG data) against their samples; hostile files (sizes
-// declared far beyond the limit in each format, a JPEG Huffman table of more than 256 codes, a PNG chunk
-// claiming 2 GiB, a PNG whose data inflates without end), refused from their headers or within the decoder's
-// memory budget.
+// Image loading and saving: round trips, gray and colour, grids (their labels and captions measured against
+// the font's metrics), errors, no clobbering; 16-bit PNG and PGM/PPM files built here byte by byte (zlib for
+// the PNG data) against their samples; hostile files (sizes declared far beyond the limit in each format, a
+// JPEG Huffman table of more than 256 codes, a PNG chunk claiming 2 GiB, a PNG whose data inflates without
+// end), refused from their headers or within the decoder's memory budget.
 #include <diffpost/io/image.hpp>
 #include "support/doctest_with_torch.hpp"
 #include <zlib.h>
@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -199,6 +200,195 @@ TEST_CASE("grids place images in rows with gaps") {
   // the gray image, shown in all three channels, at the top left of its cell
   CHECK((grid[0].select(1, 6).select(1, 1) - (128.0f / 255 * 2 - 1)).abs().max().item<float>() < 1e-6);
   CHECK(torch::allclose(grid[0].select(1, 6).select(1, 4), torch::full({3}, -1.0f)));  // beyond its width
+}
+
+// Labelled grids. The font's metrics, as stb_easy_font draws them: a line of text is 9 font pixels high (7
+// for capitals and digits, 2 more for descenders), lines are 12 apart; the text sits 2 font pixels from the
+// images.
+namespace {
+
+/// The rows (dim 0) and columns (dim 1) where `plane` [H, W] equals `value`, as [first, last] ranges; {-1,
+/// -1} when there is none.
+struct Extent {
+  int64_t top = -1, bottom = -1, left = -1, right = -1;
+};
+Extent extent_of(const torch::Tensor& plane, float value) {
+  const auto where = plane.eq(value).nonzero();
+  if (where.size(0) == 0) return {};
+  return {where.select(1, 0).min().item<int64_t>(), where.select(1, 0).max().item<int64_t>(),
+          where.select(1, 1).min().item<int64_t>(), where.select(1, 1).max().item<int64_t>()};
+}
+
+/// Two columns of 28 x 28 mid-gray images (the bundled prior's size), two rows.
+std::vector<std::vector<torch::Tensor>> gray_cells(int64_t size = 28) {
+  return {{torch::zeros({1, 1, size, size}), torch::zeros({1, 1, size, size})},
+          {torch::zeros({1, 1, size, size}), torch::zeros({1, 1, size, size})}};
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("a grid without labels and captions is the images and the gaps, byte for byte") {
+  const TempDir dir("image-grid-plain");
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  const auto a = at::rand({1, 3, 5, 4}, generator, torch::TensorOptions(torch::kFloat64)) * 2 - 1;
+  const auto b = at::rand({1, 1, 3, 6}, generator, torch::TensorOptions(torch::kFloat64)) * 2 - 1;
+  const auto c = at::rand({2, 3, 4, 2}, generator, torch::TensorOptions(torch::kFloat64)) * 2 - 1;
+  const std::vector<std::vector<torch::Tensor>> rows{{a, b}, {c}};
+  // By hand: columns 4 and 6 wide (the widest image of each), rows 5 and 4 high, gap 3 around everything.
+  auto expected = torch::full({3, 3 + 5 + 3 + 4 + 3, 3 + 4 + 3 + 6 + 3}, 0.5, torch::kFloat64);
+  expected.slice(1, 3, 8).slice(2, 3, 7).copy_(a[0]);
+  expected.slice(1, 3, 6).slice(2, 10, 16).copy_(b[0].expand({3, 3, 6}));
+  expected.slice(1, 11, 15).slice(2, 3, 5).copy_(c[0]);
+  expected.slice(1, 11, 15).slice(2, 10, 12).copy_(c[1]);
+  save_image(expected, dir.file("expected.png"));
+  save_grid(rows, dir.file("grid.png"), GridOptions{}.gap(3).background(0.5));
+  CHECK(file_bytes(dir.file("grid.png")) == file_bytes(dir.file("expected.png")));
+  // Labels and captions that are all "" draw nothing, so they leave the grid as it is too.
+  save_grid(rows, dir.file("empty_text.png"),
+            GridOptions{}.gap(3).background(0.5).column_labels({"", ""}).cell_captions({{"", ""}, {"", ""}}));
+  CHECK(file_bytes(dir.file("empty_text.png")) == file_bytes(dir.file("expected.png")));
+}
+
+TEST_CASE("column labels that fit are drawn level, centred in a band above the grid") {
+  const TempDir dir("image-grid-labels");
+  save_grid(gray_cells(), dir.file("grid.png"), GridOptions{}.column_labels({"truth", "dps"}));
+  const auto grid = load_image(dir.file("grid.png"))[0][0];
+  const int64_t band = 9 + 2;  // one line of text, 2 pixels above the images
+  REQUIRE(grid.sizes() == torch::IntArrayRef({2 + band + 28 + 2 + 28 + 2, 2 + 28 + 2 + 28 + 2}));
+  // Black text in the band, nowhere else: below it are mid-gray images and white gaps.
+  CHECK(grid.slice(0, 0, 2 + band).eq(-1.0f).any().item<bool>());
+  CHECK_FALSE(grid.slice(0, 2 + band).eq(-1.0f).any().item<bool>());
+  // Each label over its column, centred: "truth" is 25 pixels of ink (advances 5 + 5 + 6 + 5, then the 4
+  // of 'h'), "dps" 15 (6 + 6, then the 3 of 's').
+  const auto truth = extent_of(grid.slice(1, 2, 30), -1.0f), dps = extent_of(grid.slice(1, 32, 60), -1.0f);
+  CHECK(truth.right - truth.left + 1 == 25);
+  CHECK(truth.left == 1);  // (28 - 25) / 2
+  CHECK(dps.right - dps.left + 1 == 15);
+  CHECK(dps.left == 6);  // (28 - 15) / 2
+  // One line: the ink lies in the band's first 9 rows (capitals and ascenders from its top row).
+  CHECK(truth.top == 2);
+  CHECK(dps.bottom == 2 + 8);  // the descender of 'p'
+  SUBCASE("two lines take 12 more rows") {
+    save_grid(gray_cells(), dir.file("two.png"), GridOptions{}.column_labels({"sr\ndps", "a"}));
+    CHECK(load_image(dir.file("two.png")).size(2) == 2 + (12 + 9 + 2) + 28 + 2 + 28 + 2);
+  }
+  SUBCASE("white text on a dark background") {
+    save_grid(gray_cells(), dir.file("dark.png"), GridOptions{}.background(-1.0).column_labels({"a", "b"}));
+    const auto dark = load_image(dir.file("dark.png"))[0][0];
+    CHECK(dark.slice(0, 0, 2 + band).eq(1.0f).any().item<bool>());
+    CHECK_FALSE(dark.slice(0, 2 + band).eq(1.0f).any().item<bool>());
+  }
+}
+
+TEST_CASE("when a label is wider than its column, all labels are turned to read bottom to top") {
+  const TempDir dir("image-grid-turned");
+  // "l" is a vertical bar and "." a dot on the line, so the turned text shows which way it reads.
+  save_grid(gray_cells(), dir.file("grid.png"), GridOptions{}.column_labels({"l..........", "sr"}));
+  const auto grid = load_image(dir.file("grid.png"))[0][0];
+  // "l.........." is 31 pixels of ink along the text (advance 3 per character, the last dot 1 wide): wider
+  // than the column, so the band is as high as that.
+  const int64_t band = 31 + 2;
+  REQUIRE(grid.sizes() == torch::IntArrayRef({2 + band + 28 + 2 + 28 + 2, 2 + 28 + 2 + 28 + 2}));
+  CHECK_FALSE(grid.slice(0, 2 + band).eq(-1.0f).any().item<bool>());
+  const auto first = grid.slice(0, 0, 2 + band).slice(1, 2, 30);
+  const auto ink = extent_of(first, -1.0f);
+  CHECK(ink.bottom - ink.top + 1 == 31);  // the text runs upwards
+  CHECK(ink.right - ink.left + 1 == 7);   // as high as 'l' is
+  CHECK(ink.bottom == 2 + band - 2 - 1);  // starting just above the images
+  // The 'l' is at the bottom, read first: its bar is the lowest dark row, 7 pixels long.
+  CHECK(first[ink.bottom].eq(-1.0f).sum().item<int64_t>() == 7);
+  // The line of the text faces right: the ten dots and the foot of the 'l'.
+  CHECK(first.select(1, ink.right).eq(-1.0f).sum().item<int64_t>() == 11);
+  // "sr" is turned too, although it would fit level: it runs 8 pixels (advance 5, then 3) up its column.
+  const auto second = extent_of(grid.slice(0, 0, 2 + band).slice(1, 32, 60), -1.0f);
+  CHECK(second.bottom - second.top + 1 == 8);
+  CHECK(second.bottom == ink.bottom);
+  SUBCASE("wider images keep the same labels level") {
+    save_grid(gray_cells(40), dir.file("wide.png"), GridOptions{}.column_labels({"l..........", "sr"}));
+    CHECK(load_image(dir.file("wide.png")).size(2) == 2 + (9 + 2) + 40 + 2 + 40 + 2);
+  }
+}
+
+TEST_CASE("captions add a band under every row; a caption wider than its column widens it") {
+  const TempDir dir("image-grid-captions");
+  save_grid(gray_cells(), dir.file("grid.png"), GridOptions{}.cell_captions({{"", "21.4"}, {"", "20.5"}}));
+  const auto grid = load_image(dir.file("grid.png"))[0][0];
+  const int64_t band = 2 + 9;  // 2 pixels under the images, one line of text
+  REQUIRE(grid.sizes() == torch::IntArrayRef({2 + 28 + band + 2 + 28 + band + 2, 2 + 28 + 2 + 28 + 2}));
+  // Text under the second column only, in the bands only.
+  CHECK_FALSE(grid.slice(1, 0, 32).eq(-1.0f).any().item<bool>());
+  for (const int64_t top : {int64_t{2}, 2 + 28 + band + 2}) {
+    CHECK_FALSE(grid.slice(0, top, top + 28 + 2).eq(-1.0f).any().item<bool>());
+    const auto caption = extent_of(grid.slice(0, top + 28, top + 28 + band).slice(1, 32, 60), -1.0f);
+    CHECK(caption.top == 2);
+    CHECK(caption.bottom == 2 + 6);                 // digits are 7 pixels high
+    CHECK(caption.right - caption.left + 1 == 19);  // "21.4", "20.5": advances 6 + 6 + 3, then 4
+    CHECK(caption.left == 4);                       // (28 - 19) / 2
+  }
+  SUBCASE("a caption sits under its own image, centred on it, in a row of larger ones") {
+    const std::vector<std::vector<torch::Tensor>> mixed{
+        {torch::zeros({1, 1, 28, 28})}, {torch::zeros({1, 1, 10, 24}), torch::zeros({1, 1, 28, 28})}};
+    save_grid(mixed, dir.file("mixed.png"), GridOptions{}.cell_captions({{""}, {"21.4", ""}}));
+    const auto image = load_image(dir.file("mixed.png"))[0][0];
+    const auto caption = extent_of(image.slice(0, 2 + 28 + band + 2), -1.0f);  // the second row on
+    CHECK(caption.top == 10 + 2);
+    CHECK(caption.left == 2 + (24 - 19) / 2);
+  }
+  SUBCASE("a long caption widens its column, not the others") {
+    save_grid(gray_cells(), dir.file("wide.png"),
+              GridOptions{}.cell_captions({{"a long caption", ""}, {"", ""}}));
+    const auto wide = load_image(dir.file("wide.png"));
+    CHECK(wide.size(3) > 2 + 28 + 2 + 28 + 2);
+    CHECK(wide.size(2) == 2 + 28 + band + 2 + 28 + band + 2);
+  }
+  SUBCASE("images of 256 pixels get text twice as large") {
+    const std::vector<std::vector<torch::Tensor>> big{{torch::zeros({1, 1, 256, 256})}};
+    save_grid(big, dir.file("big.png"), GridOptions{}.column_labels({"dps"}).cell_captions({{"21.4"}}));
+    const auto image = load_image(dir.file("big.png"))[0][0];
+    CHECK(image.size(0) == 2 + 2 * (9 + 2) + 256 + 2 * (2 + 9) + 2);
+    const auto caption = extent_of(image.slice(0, 2 + 22 + 256), -1.0f);
+    CHECK(caption.right - caption.left + 1 == 2 * 19);
+    save_grid(big, dir.file("small_text.png"), GridOptions{}.column_labels({"dps"}).text_scale(1));
+    CHECK(load_image(dir.file("small_text.png")).size(2) == 2 + (9 + 2) + 256 + 2);
+  }
+}
+
+TEST_CASE("labels and captions that do not fit the grid, or the font, are refused before writing") {
+  const TempDir dir("image-grid-text-errors");
+  const auto cells = gray_cells();
+  const auto count = error_of([&] {
+    save_grid(cells, dir.file("a.png"), GridOptions{}.column_labels({"truth", "naive", "dps"}));
+  });
+  CHECK(count.find("3 column labels for a grid of 2 columns") != std::string::npos);
+  CHECK(count.find("one label per column") != std::string::npos);
+  const auto rows = error_of([&] {
+    save_grid(cells, dir.file("a.png"), GridOptions{}.cell_captions({{"1", "2"}}));
+  });
+  CHECK(rows.find("captions for 1 rows, but the grid has 2") != std::string::npos);
+  const auto per_row = error_of([&] {
+    save_grid(cells, dir.file("a.png"), GridOptions{}.cell_captions({{"1", "2"}, {"3"}}));
+  });
+  CHECK(per_row.find("1 captions for row 1 of 2 cells") != std::string::npos);
+  const auto accent = error_of([&] {
+    save_grid(cells, dir.file("a.png"), GridOptions{}.column_labels({"v\xc3\xa9rit\xc3\xa9", "dps"}));
+  });
+  CHECK(accent.find("column label 0") != std::string::npos);
+  CHECK(accent.find("byte 195 at position 1") != std::string::npos);
+  CHECK(accent.find("printable ASCII") != std::string::npos);
+  const auto tab = error_of([&] {
+    save_grid(cells, dir.file("a.png"), GridOptions{}.cell_captions({{"", ""}, {"", "21.4\tdB"}}));
+  });
+  CHECK(tab.find("the caption of row 1, column 1") != std::string::npos);
+  CHECK(tab.find("byte 9 at position 4") != std::string::npos);
+  CHECK(error_of([&] {
+          save_grid(cells, dir.file("a.png"), GridOptions{}.text_scale(-1));
+        }).find("text_scale must be >= 0") != std::string::npos);
+  CHECK(dir.entries() == 0);
 }
 
 TEST_CASE("16-bit PNGs keep their 16-bit samples: x = 2 s / 65535 - 1") {

@@ -156,3 +156,15 @@ or define DIFFPOST_EXTERNAL_STB and compile the stb implementation yourself"
 #undef STBI_ONLY_GIF
 #undef STBI_ONLY_TGA
 #endif
+
+// stb_easy_font, the text of save_grid's labels: a bitmap font drawn as quads, ASCII only, every function
+// `static` and no implementation macro, so one include serves every translation unit, with or without
+// DIFFPOST_EXTERNAL_STB.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
+#include <stb_easy_font.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif

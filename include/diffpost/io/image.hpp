@@ -7,7 +7,8 @@
 // are decoded here, PNG, JPEG, GIF and TGA by a private copy of stb_image (diffpost/detail/stb.hpp: formats,
 // allocation budget, zeroed memory, the DIFFPOST_EXTERNAL_STB opt-out), after checks of what stb 2.27 gets
 // wrong (JPEG tables, empty PNG IDAT chunks). docs/operators.md ("Images") lists what is read and what is
-// refused; docs/fuzzing.md how it is fuzzed.
+// refused; docs/fuzzing.md how it is fuzzed. Grids of images (save_grid) may carry column labels and
+// captions, drawn with stb_easy_font's built-in bitmap font.
 #pragma once
 
 #include <torch/torch.h>
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -751,22 +753,95 @@ inline void save_image(const torch::Tensor& image, const std::string& path, bool
   detail::write_png(detail::to_pixels(image, "save_image"), path, overwrite, "save_image");
 }
 
-/// Layout of `save_grid`.
+namespace detail {
+
+/// stb_easy_font's glyph metrics, in font pixels: lines are 12 apart and their ink lies in the first 9 rows
+/// (7 for capitals and digits, 2 more for descenders).
+inline constexpr int64_t kFontLineAdvance = 12;
+inline constexpr int64_t kFontInkHeight = 9;
+/// Most quads stb_easy_font draws for one character ('X' takes 11); 64 bytes of vertices each.
+inline constexpr std::size_t kFontQuadsPerCharacter = 16;
+
+/// Refuses a grid text that stb_easy_font cannot draw: it has glyphs for printable ASCII (32 to 126) only,
+/// and '\n' starts a new line. `what` names the text in the message ("column label 2").
+inline void check_grid_text(const std::string& text, const std::string& what) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto code = static_cast<unsigned char>(text[i]);
+    TORCH_CHECK(text[i] == '\n' || (code >= 32 && code <= 126), "save_grid: ", what, " \"", text,
+                "\" has the byte ", static_cast<int>(code), " at position ", i,
+                "; labels and captions are drawn with a built-in ASCII font: use printable ASCII characters "
+                "(codes 32 to 126) and '\\n' for a line break (write \"dB\", not a symbol, and spell out "
+                "accented letters)");
+  }
+}
+
+/// The ink of `text` drawn with stb_easy_font, each font pixel a `scale` x `scale` square: a bool mask
+/// [lines * 12 - 3, width] x scale, where width reaches the right edge of the last ink; 0 x 0 for a text
+/// without ink.
+inline torch::Tensor grid_text_ink(const std::string& text, int64_t scale) {
+  std::vector<char> characters(text.begin(), text.end());
+  characters.push_back('\0');  // stb takes a mutable C string
+  std::vector<char> vertices(64 * kFontQuadsPerCharacter * text.size() + 64);
+  const int quads = stb_easy_font_print(0.0f, 0.0f, characters.data(), nullptr, vertices.data(),
+                                        static_cast<int>(vertices.size()));
+  struct Rectangle {
+    int64_t left, top, right, bottom;
+  };
+  std::vector<Rectangle> rectangles;
+  int64_t width = 0;
+  for (int q = 0; q < quads; ++q) {
+    // Four vertices of 16 bytes (x, y, z as floats, then a colour): the first is the top-left corner, the
+    // third the bottom-right one.
+    float top_left[2], bottom_right[2];
+    std::memcpy(top_left, vertices.data() + 64 * q, sizeof(top_left));
+    std::memcpy(bottom_right, vertices.data() + 64 * q + 32, sizeof(bottom_right));
+    rectangles.push_back({std::lround(top_left[0]), std::lround(top_left[1]), std::lround(bottom_right[0]),
+                          std::lround(bottom_right[1])});
+    width = std::max(width, rectangles.back().right);
+  }
+  if (width == 0) return torch::zeros({0, 0}, torch::kBool);
+  const int64_t lines = 1 + std::count(text.begin(), text.end(), '\n');
+  const int64_t height = (lines - 1) * kFontLineAdvance + kFontInkHeight;
+  auto ink = torch::zeros({height * scale, width * scale}, torch::kBool);
+  for (const auto& r : rectangles)
+    ink.slice(0, r.top * scale, r.bottom * scale).slice(1, r.left * scale, r.right * scale).fill_(true);
+  return ink;
+}
+
+}  // namespace detail
+
+/// Layout of `save_grid`. Without labels and captions (the default) the grid is images and gaps only; text
+/// is drawn with a built-in bitmap font (stb_easy_font, printable ASCII), black on a light background and
+/// white on a dark one, at `text_scale` font pixels per font unit (0: 1 for images narrower than 256 pixels,
+/// then one more per 128 pixels, so that 256-pixel images get 2).
 struct GridOptions {
   TORCH_ARG(int64_t, gap) = 2;          ///< pixels between neighbouring images and around the grid
   TORCH_ARG(double, background) = 1.0;  ///< fill value of gaps and padding, in [-1, 1] (1 = white)
   TORCH_ARG(bool, overwrite) = false;   ///< replace an existing file
+  /// One label per column ("" leaves a column unlabelled), or none: drawn in a band above the grid, '\n'
+  /// breaking lines (e.g. "sr\ndps"). Labels are centred horizontally over their columns when every one fits
+  /// the width of its column, and otherwise all turned 90 degrees (reading bottom to top).
+  TORCH_ARG(std::vector<std::string>, column_labels);
+  /// A short text under each cell's image (e.g. its PSNR, "21.4"), rows x cells as the cells are placed (a
+  /// batch fills several), "" for none; or no captions at all. When any caption is non-empty, every row gets
+  /// a band below it for them, and a column is widened to its widest caption.
+  TORCH_ARG(std::vector<std::vector<std::string>>, cell_captions);
+  /// Font pixels per font unit of labels and captions; 0 chooses from the image size (see above).
+  TORCH_ARG(int64_t, text_scale) = 0;
 };
 
 /// Writes a grid of images as one PNG: `rows[r]` is one row of the grid, each tensor either one image
 /// ([C, H, W] / [1, C, H, W]) or a batch [B, C, H, W] that fills B consecutive cells. Images of different
 /// sizes are placed at the top-left of their cell (cell height = tallest in the row, width = widest in the
 /// column); gray images are shown as gray RGB when any image has colour. Handy for "truth | measurement |
-/// restored".
+/// restored", with `GridOptions::column_labels` naming the columns and `GridOptions::cell_captions` scoring
+/// the cells; without them the image holds nothing but the cells and the gaps.
 inline void save_grid(const std::vector<std::vector<torch::Tensor>>& rows, const std::string& path,
                       const GridOptions& options = GridOptions{}) {
   TORCH_CHECK(!rows.empty(), "save_grid: no rows given");
   TORCH_CHECK(options.gap() >= 0, "save_grid: gap must be >= 0, got ", options.gap());
+  TORCH_CHECK(options.text_scale() >= 0, "save_grid: text_scale must be >= 0 (0 = from the image size), got ",
+              options.text_scale());
   std::vector<std::vector<torch::Tensor>> cells;  // [C, H, W] each
   int64_t channels = 1;
   std::size_t columns = 0;
@@ -789,6 +864,25 @@ inline void save_grid(const std::vector<std::vector<torch::Tensor>>& rows, const
     columns = std::max(columns, row_cells.size());
     cells.push_back(std::move(row_cells));
   }
+  const auto& labels = options.column_labels();
+  const auto& captions = options.cell_captions();
+  TORCH_CHECK(labels.empty() || labels.size() == columns, "save_grid: ", labels.size(),
+              " column labels for a grid of ", columns,
+              " columns; give one label per column (\"\" for none) or no labels");
+  TORCH_CHECK(captions.empty() || captions.size() == cells.size(), "save_grid: captions for ",
+              captions.size(), " rows, but the grid has ", cells.size(),
+              "; give one row of captions per row or no captions");
+  for (std::size_t r = 0; r < captions.size(); ++r)
+    TORCH_CHECK(captions[r].size() == cells[r].size(), "save_grid: ", captions[r].size(),
+                " captions for row ", r, " of ", cells[r].size(),
+                " cells (a batch [B, C, H, W] fills B cells); give one caption per cell (\"\" for none)");
+  for (std::size_t c = 0; c < labels.size(); ++c)
+    detail::check_grid_text(labels[c], "column label " + std::to_string(c));
+  for (std::size_t r = 0; r < captions.size(); ++r)
+    for (std::size_t c = 0; c < captions[r].size(); ++c)
+      detail::check_grid_text(captions[r][c],
+                              "the caption of row " + std::to_string(r) + ", column " + std::to_string(c));
+
   std::vector<int64_t> row_height(cells.size(), 0), column_width(columns, 0);
   for (std::size_t r = 0; r < cells.size(); ++r) {
     for (std::size_t c = 0; c < cells[r].size(); ++c) {
@@ -796,22 +890,72 @@ inline void save_grid(const std::vector<std::vector<torch::Tensor>>& rows, const
       column_width[c] = std::max(column_width[c], cells[r][c].size(2));
     }
   }
+  const int64_t widest = *std::max_element(column_width.begin(), column_width.end());
+  const int64_t scale = options.text_scale() > 0 ? options.text_scale() : std::max<int64_t>(1, widest / 128);
+  // The text, as ink masks: captions widen their columns, then labels are turned if any does not fit.
+  std::vector<torch::Tensor> label_ink;
+  std::vector<std::vector<torch::Tensor>> caption_ink;
+  int64_t caption_band = 0;
+  for (std::size_t r = 0; r < captions.size(); ++r) {
+    caption_ink.emplace_back();
+    for (std::size_t c = 0; c < captions[r].size(); ++c) {
+      caption_ink[r].push_back(detail::grid_text_ink(captions[r][c], scale));
+      column_width[c] = std::max(column_width[c], caption_ink[r][c].size(1));
+      caption_band = std::max(caption_band, caption_ink[r][c].size(0));
+    }
+  }
+  const int64_t text_margin = 2 * scale;  // between an image and its caption, and below the labels
+  if (caption_band > 0) caption_band += text_margin;
+  bool turned = false;
+  for (std::size_t c = 0; c < labels.size(); ++c) {
+    label_ink.push_back(detail::grid_text_ink(labels[c], scale));
+    turned = turned || label_ink[c].size(1) > column_width[c];
+  }
+  int64_t header = 0;
+  for (std::size_t c = 0; c < labels.size(); ++c) {
+    if (turned) {
+      label_ink[c] = torch::rot90(label_ink[c], 1, {0, 1});  // counterclockwise: reads bottom to top
+      column_width[c] = std::max(column_width[c], label_ink[c].size(1));
+    }
+    header = std::max(header, label_ink[c].size(0));
+  }
+  if (header > 0) header += text_margin;
+
   const int64_t gap = options.gap();
-  int64_t total_height = gap, total_width = gap;
-  for (auto h : row_height) total_height += h + gap;
+  int64_t total_height = gap + header, total_width = gap;
+  for (auto h : row_height) total_height += h + caption_band + gap;
   for (auto w : column_width) total_width += w + gap;
   auto canvas = torch::full({channels, total_height, total_width}, options.background(), torch::kFloat64);
-  int64_t top = gap;
+  const double ink_value = options.background() >= 0.0 ? -1.0 : 1.0;
+  const auto draw = [&](const torch::Tensor& ink, int64_t top, int64_t left) {
+    if (ink.numel() == 0) return;
+    canvas.slice(1, top, top + ink.size(0)).slice(2, left, left + ink.size(1)).masked_fill_(ink, ink_value);
+  };
+  int64_t left = gap;
+  for (std::size_t c = 0; c < label_ink.size(); ++c) {
+    // Bottom-aligned over the column, so that one-line and turned labels start just above the images.
+    draw(label_ink[c], gap + header - text_margin - label_ink[c].size(0),
+         left + (column_width[c] - label_ink[c].size(1)) / 2);
+    left += column_width[c] + gap;
+  }
+  int64_t top = gap + header;
   for (std::size_t r = 0; r < cells.size(); ++r) {
-    int64_t left = gap;
+    left = gap;
     for (std::size_t c = 0; c < cells[r].size(); ++c) {
       const auto& image = cells[r][c];
       canvas.slice(1, top, top + image.size(1))
           .slice(2, left, left + image.size(2))
           .copy_(image.expand({channels, image.size(1), image.size(2)}));
+      if (r < caption_ink.size()) {
+        // Under its own image, centred on it as far as the column allows (a caption may be wider).
+        const auto& ink = caption_ink[r][c];
+        draw(
+            ink, top + image.size(1) + text_margin,
+            std::clamp(left + (image.size(2) - ink.size(1)) / 2, left, left + column_width[c] - ink.size(1)));
+      }
       left += column_width[c] + gap;
     }
-    top += row_height[r] + gap;
+    top += row_height[r] + caption_band + gap;
   }
   detail::write_png(detail::to_pixels(canvas, "save_grid"), path, options.overwrite(), "save_grid");
 }
