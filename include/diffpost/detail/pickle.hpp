@@ -135,7 +135,7 @@ class PickleGraph {
   PickleGraph& operator=(const PickleGraph&) = delete;
   ~PickleGraph() { clear_containers(containers_); }
 
-  const PickleValuePtr& root() const { return root_; }
+  [[nodiscard]] const PickleValuePtr& root() const { return root_; }
 
   static void clear_containers(const std::vector<std::weak_ptr<PickleValue>>& containers) {
     std::vector<PickleValuePtr> released;

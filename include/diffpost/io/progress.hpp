@@ -79,7 +79,7 @@ class ProgressBar {
 
   /// The text of the progress line at `elapsed` seconds, without carriage return or newline; what `draw`
   /// prints, exposed for tests.
-  std::string line(double elapsed) const {
+  [[nodiscard]] std::string line(double elapsed) const {
     const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
     // Rates below one unit per second read better as seconds per unit.
     const std::string rate_text = rate >= 1.0 || rate == 0.0 ? fmt::format("{:.2f} it/s", rate)

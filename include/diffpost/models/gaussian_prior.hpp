@@ -121,8 +121,8 @@ class GaussianPrior {
   void init_tables() { alphas_cumprod_ = torch::tensor(schedule_.alphas_cumprod(), torch::kFloat64); }
 
   // (x_t - sqrt(abar) mu) flattened to [B, D], and abar as [B, 1], in x_t's dtype and device.
-  std::pair<torch::Tensor, torch::Tensor> centered_input(const torch::Tensor& x_t,
-                                                         const torch::Tensor& t) const {
+  [[nodiscard]] std::pair<torch::Tensor, torch::Tensor> centered_input(const torch::Tensor& x_t,
+                                                                       const torch::Tensor& t) const {
     TORCH_CHECK(x_t.dim() == 4 && x_t.sizes().slice(1).vec() == image_shape_,
                 "GaussianPrior: x_t must be [B, ", image_shape_[0], ", ", image_shape_[1], ", ",
                 image_shape_[2], "], got ", x_t.sizes());
@@ -137,8 +137,8 @@ class GaussianPrior {
   }
 
   // (abar Sigma + (1 - abar) I)^{-1} applied to each row of `centered`.
-  torch::Tensor apply_inverse_marginal_covariance(const torch::Tensor& centered,
-                                                  const torch::Tensor& abar) const {
+  [[nodiscard]] torch::Tensor apply_inverse_marginal_covariance(const torch::Tensor& centered,
+                                                                const torch::Tensor& abar) const {
     auto lambda = eigenvalues_.to(centered.options());
     auto inverse_variance = 1.0 / (abar * lambda + (1.0 - abar));
     if (!eigenvectors_.defined()) return centered * inverse_variance;
