@@ -175,7 +175,7 @@ inline torch::Tensor random_motion_kernel(int64_t size, double intensity, at::Ge
   }
   const auto shrink = resize_matrix(canvas, size, 0.5, ResampleKernel::Lanczos3, /*antialias=*/true);
   auto kernel = torch::matmul(torch::matmul(shrink, image), shrink.transpose(0, 1)).clamp_min(0.0);
-  const double total = kernel.sum().item<double>();
+  const auto total = kernel.sum().item<double>();
   if (total <= 0.0) {  // a path that left the canvas entirely: fall back to no blur
     kernel.zero_();
     kernel[size / 2][size / 2] = 1.0;

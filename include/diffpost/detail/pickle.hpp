@@ -288,7 +288,7 @@ class Unpickler {
         case '.': {  // STOP
           TORCH_CHECK(stack_.size() == 1 && marks_.empty(), context_, ": malformed pickle, ", stack_.size(),
                       " values on the stack at STOP (expected 1)");
-          return PickleGraph(stack_.back(), std::move(containers_));  // the graph owns the containers now
+          return {stack_.back(), std::move(containers_)};  // the graph owns the containers now
         }
         case '(':
           marks_.push_back(stack_.size());
@@ -646,7 +646,7 @@ class Unpickler {
     }
     // The view's element count (and LibTorch's contiguous strides for an empty one) must fit in int64, bytes
     // included.
-    const int64_t element_size = static_cast<int64_t>(storage.tensor.element_size());
+    const auto element_size = static_cast<int64_t>(storage.tensor.element_size());
     int64_t elements = 1;
     for (int64_t s : size) {
       const int64_t factor = std::max<int64_t>(s, 1);

@@ -48,7 +48,7 @@ class StateDict {
     entries_.emplace_back(std::move(name), std::move(tensor));
   }
 
-  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+  bool contains(const std::string& name) const { return index_.contains(name); }
 
   /// The tensor stored under `name`, or nullptr.
   const torch::Tensor* find(const std::string& name) const {

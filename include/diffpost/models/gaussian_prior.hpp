@@ -44,13 +44,13 @@ class GaussianPrior {
                 "GaussianPrior::with_covariance: covariance must be [", dim, ", ", dim, "] for a mean of ",
                 dim, " elements, got ", covariance.sizes());
     const auto sigma = covariance.detach().to(torch::kFloat64).cpu().contiguous();
-    const double asymmetry = (sigma - sigma.t()).abs().max().item<double>();
-    const double largest_entry = sigma.abs().max().item<double>();
+    const auto asymmetry = (sigma - sigma.t()).abs().max().item<double>();
+    const auto largest_entry = sigma.abs().max().item<double>();
     TORCH_CHECK(asymmetry <= 1e-9 * std::max(1.0, largest_entry),
                 "GaussianPrior::with_covariance: covariance is not symmetric (max |S - S^T| = ", asymmetry,
                 ")");
     auto [eigenvalues, eigenvectors] = at::linalg_eigh(sigma);  // ascending eigenvalues, orthonormal columns
-    const double smallest = eigenvalues.min().item<double>();
+    const auto smallest = eigenvalues.min().item<double>();
     TORCH_CHECK(
         smallest >= -1e-9 * std::max(1.0, eigenvalues.max().item<double>()),
         "GaussianPrior::with_covariance: covariance is not positive semi-definite (smallest eigenvalue ",

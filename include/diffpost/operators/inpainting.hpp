@@ -79,7 +79,7 @@ struct RandomPixelMask {
                 "RandomPixelMask: need 0 <= fraction_low <= fraction_high <= 1, got [", fraction_low_, ", ",
                 fraction_high_, "]");
     const auto draw_options = torch::TensorOptions().dtype(torch::kFloat64);
-    const double u = at::rand({1}, generator, draw_options).item<double>();
+    const auto u = at::rand({1}, generator, draw_options).item<double>();
     const double missing = fraction_low_ + (fraction_high_ - fraction_low_) * u;
     const int64_t total = height * width;
     const auto count = static_cast<int64_t>(static_cast<double>(total) * missing);

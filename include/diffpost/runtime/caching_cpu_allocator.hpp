@@ -103,7 +103,7 @@ class CachingCpuAllocator final : public detail::AllocatorBase {
   /// Whether `data` is a live block handed out by this allocator.
   bool owns(const void* data) const {
     std::lock_guard lock(mutex_);
-    return live_blocks_.count(const_cast<void*>(data)) != 0;
+    return live_blocks_.contains(const_cast<void*>(data));
   }
 
  private:
