@@ -313,10 +313,10 @@ class Unpickler {
           break;
         }
         case 'K':
-          push(PickleValue::make_int(read_uint(1)));
+          push(PickleValue::make_int(static_cast<int64_t>(read_uint(1))));
           break;  // BININT1
         case 'M':
-          push(PickleValue::make_int(read_uint(2)));
+          push(PickleValue::make_int(static_cast<int64_t>(read_uint(2))));
           break;  // BININT2
         case 'J':
           push(PickleValue::make_int(static_cast<int32_t>(read_uint(4))));
