@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -185,7 +186,7 @@ inline std::string describe(const PickleValue& value) {
 
 /// Element type of a `torch.<Name>Storage` global, or nullopt when the name is not a supported storage class.
 inline std::optional<torch::ScalarType> storage_scalar_type(std::string_view global_name) {
-  static const std::pair<std::string_view, torch::ScalarType> known[] = {
+  static const auto known = std::to_array<std::pair<std::string_view, torch::ScalarType>>({
       {"torch.FloatStorage", torch::kFloat32},
       {"torch.DoubleStorage", torch::kFloat64},
       {"torch.HalfStorage", torch::kFloat16},
@@ -198,7 +199,7 @@ inline std::optional<torch::ScalarType> storage_scalar_type(std::string_view glo
       {"torch.BoolStorage", torch::kBool},
       {"torch.ComplexFloatStorage", torch::kComplexFloat},
       {"torch.ComplexDoubleStorage", torch::kComplexDouble},
-  };
+  });
   for (const auto& [name, type] : known) {
     if (name == global_name) return type;
   }
