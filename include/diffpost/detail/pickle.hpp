@@ -437,9 +437,10 @@ class Unpickler {
           push(memo_get(read_uint(4)));
           break;     // LONG_BINGET
         case 'c': {  // GLOBAL "module\nname\n"
-          auto module = read_line();
-          auto name = read_line();
-          push(PickleValue::make_string(module + "." + name, PickleValue::Kind::Global));
+          auto global = read_line();
+          global += '.';
+          global += read_line();
+          push(PickleValue::make_string(std::move(global), PickleValue::Kind::Global));
           break;
         }
         case 0x93: {  // STACK_GLOBAL

@@ -39,7 +39,14 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  ~ProgressBar() { finish(); }
+  ~ProgressBar() {
+    try {
+      finish();
+    } catch (...) {
+      // Formatting the last line failed (out of memory): the bar is only output, and a destructor, which may
+      // run while another exception unwinds the stack, must not throw.
+    }
+  }
 
   /// Sets the number of completed units to `done` and the trailing text to `text`, and redraws if the last
   /// redraw (or log line) is old enough.
