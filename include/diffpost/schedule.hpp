@@ -53,10 +53,10 @@ class DiffusionSchedule {
     const double start = scale * beta_start;
     const double end = scale * beta_end;
     std::vector<double> betas(static_cast<size_t>(num_timesteps));
+    // numpy.linspace: start + i * step, with the last point set to `end` exactly.
+    const double step = num_timesteps == 1 ? 0.0 : (end - start) / static_cast<double>(num_timesteps - 1);
     for (int64_t i = 0; i < num_timesteps; ++i) {
-      // numpy.linspace: start + i * step, with the last point set to `end` exactly.
-      betas[i] =
-          num_timesteps == 1 ? start : start + static_cast<double>(i) * ((end - start) / (num_timesteps - 1));
+      betas[i] = num_timesteps == 1 ? start : start + static_cast<double>(i) * step;
     }
     if (num_timesteps > 1) betas.back() = end;
     return DiffusionSchedule(std::move(betas));
@@ -73,8 +73,8 @@ class DiffusionSchedule {
     };
     std::vector<double> betas(static_cast<size_t>(num_timesteps));
     for (int64_t i = 0; i < num_timesteps; ++i) {
-      const double t1 = static_cast<double>(i) / num_timesteps;
-      const double t2 = static_cast<double>(i + 1) / num_timesteps;
+      const double t1 = static_cast<double>(i) / static_cast<double>(num_timesteps);
+      const double t2 = static_cast<double>(i + 1) / static_cast<double>(num_timesteps);
       betas[i] = std::min(1.0 - alpha_bar(t2) / alpha_bar(t1), 0.999);
     }
     return DiffusionSchedule(std::move(betas));

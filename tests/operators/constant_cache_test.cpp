@@ -92,7 +92,7 @@ TEST_CASE("inpainting converts its mask once per device and dtype, shared by cop
   CHECK(op.constants_built() == 1);
   const InpaintingOperator copy = op;  // copies share the cache
   CHECK(torch::equal(copy.forward(x), expected));
-  op.forward(x.to(torch::kFloat64));
+  static_cast<void>(op.forward(x.to(torch::kFloat64)));
   CHECK(copy.constants_built() == 2);
   const auto on_meta = op.forward(torch::empty({2, 3, 16, 16}, kMeta));
   CHECK(on_meta.device().type() == torch::kMeta);
@@ -126,10 +126,10 @@ TEST_CASE("super-resolution builds each matrix and pseudo-inverse once, equal to
     CHECK(torch::equal(op.naive_inverse(y), per_call(up_rows, up_cols, y)));
     CHECK(op.constants_built() == 8);  // four kinds, two lengths
     for (int repeat = 0; repeat < 3; ++repeat) {
-      op.forward(x);
-      op.adjoint(y);
-      op.pseudo_inverse(y);
-      op.naive_inverse(y);
+      static_cast<void>(op.forward(x));
+      static_cast<void>(op.adjoint(y));
+      static_cast<void>(op.pseudo_inverse(y));
+      static_cast<void>(op.naive_inverse(y));
     }
     CHECK(op.constants_built() == 8);
     const auto on_meta = op.forward(torch::empty({2, 3, 32, 24}, kMeta));
@@ -145,20 +145,20 @@ TEST_CASE("blur computes its kernel spectrum and padding indices once per size, 
   const auto x = random_images({1, 3, 20, 20}, torch::kFloat32);
   const auto y = op.forward(x);
   CHECK(op.constants_built() == 2);  // the spectrum, one index table (H = W)
-  op.adjoint(y);
+  static_cast<void>(op.adjoint(y));
   CHECK(op.constants_built() == 2);  // the adjoint uses the same spectrum and indices
   // A new operator with the same kernel computes everything afresh; the cached results are the same bits.
   const BlurOperator<Custom> fresh(Custom(op.kernel()));
   CHECK(torch::equal(op.forward(x), fresh.forward(x)));
   CHECK(torch::equal(op.adjoint(y), fresh.adjoint(y)));
-  op.forward(random_images({1, 3, 20, 12}, torch::kFloat32));
+  static_cast<void>(op.forward(random_images({1, 3, 20, 12}, torch::kFloat32)));
   CHECK(op.constants_built() == 4);  // a new padded size and a new width
-  op.forward(x.to(torch::kFloat64));
+  static_cast<void>(op.forward(x.to(torch::kFloat64)));
   CHECK(op.constants_built() == 5);  // the indices are dtype-free, the spectrum is not
   // Four threads blurring at once with a fresh operator build every constant once.
   const BlurOperator<Custom> shared(Custom(op.kernel()));
   std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { shared.forward(x); });
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { static_cast<void>(shared.forward(x)); });
   for (auto& thread : threads) thread.join();
   CHECK(shared.constants_built() == 2);
 }

@@ -155,12 +155,12 @@ TEST_CASE("super-resolution adjoints, pseudo-inverses and naive inverse") {
   SUBCASE("sizes that are not multiples of the factor are rejected with the reason") {
     CHECK(throws_with(
         [] {
-          SuperResolutionOperator(4).forward(torch::zeros({1, 3, 30, 32}));
+          static_cast<void>(SuperResolutionOperator(4).forward(torch::zeros({1, 3, 30, 32})));
         },
         "multiples of the factor"));
     CHECK(throws_with(
         [] {
-          SuperResolutionOperator(4).forward(torch::zeros({3, 32, 32}));
+          static_cast<void>(SuperResolutionOperator(4).forward(torch::zeros({3, 32, 32})));
         },
         "got shape [3, 32, 32]"));
   }
@@ -294,7 +294,7 @@ TEST_CASE("inpainting is linear with exact adjoint and pseudo-inverse") {
   }
   const auto y = torch::randn({1, 3, 16, 16});
   CHECK(torch::equal(box.naive_inverse(y), y * box.mask().to(torch::kFloat32)));
-  CHECK(throws_with([&] { box.forward(torch::zeros({1, 3, 8, 16})); }, "mask is 16x16"));
+  CHECK(throws_with([&] { static_cast<void>(box.forward(torch::zeros({1, 3, 8, 16}))); }, "mask is 16x16"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ TEST_CASE("colorization uses the BT.601 luma weights and is pseudo-invertible") 
   CHECK(op.naive_inverse(torch::zeros({2, 1, 3, 3})).sizes() == torch::IntArrayRef({2, 3, 3, 3}));
   CHECK(throws_with(
       [&] {
-        op.forward(torch::zeros({1, 1, 4, 4}));
+        static_cast<void>(op.forward(torch::zeros({1, 1, 4, 4})));
       },
       "expected an RGB image batch [B, 3, H, W]"));
 }

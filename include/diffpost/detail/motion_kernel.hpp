@@ -67,6 +67,7 @@ class UniformStream {
 /// Normalised 1-D Gaussian weights exp(-d^2 / (2 sigma^2)) at integer offsets d in [-half, half], truncated
 /// at radius int(4 sigma + 0.5) like scipy.ndimage.gaussian_filter, float64.
 inline torch::Tensor gaussian_weights_1d(int64_t half, double sigma) {
+  // NOLINTNEXTLINE(bugprone-incorrect-roundings): scipy's int(4 sigma + 0.5); std::lround can differ by one
   const auto radius = static_cast<int64_t>(4.0 * sigma + 0.5);
   auto weights = torch::zeros({2 * half + 1}, torch::kFloat64);
   auto w = weights.accessor<double, 1>();
@@ -166,6 +167,7 @@ inline torch::Tensor random_motion_kernel(int64_t size, double intensity, at::Ge
   // "Gaussian blur for realism" with sigma = int(0.01 * diagonal), as the reference generator.
   const double blur_sigma = std::floor(0.01 * diagonal);
   if (blur_sigma >= 1.0) {
+    // NOLINTNEXTLINE(bugprone-incorrect-roundings): int(4 sigma + 0.5), as in gaussian_weights_1d
     const auto radius = static_cast<int64_t>(4.0 * blur_sigma + 0.5);
     const auto g = gaussian_weights_1d(radius, blur_sigma);
     auto batch = image.view({1, 1, canvas, canvas});
@@ -175,7 +177,7 @@ inline torch::Tensor random_motion_kernel(int64_t size, double intensity, at::Ge
   }
   const auto shrink = resize_matrix(canvas, size, 0.5, ResampleKernel::Lanczos3, /*antialias=*/true);
   auto kernel = torch::matmul(torch::matmul(shrink, image), shrink.transpose(0, 1)).clamp_min(0.0);
-  const double total = kernel.sum().item<double>();
+  const auto total = kernel.sum().item<double>();
   if (total <= 0.0) {  // a path that left the canvas entirely: fall back to no blur
     kernel.zero_();
     kernel[size / 2][size / 2] = 1.0;

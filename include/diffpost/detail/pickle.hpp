@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -135,7 +136,7 @@ class PickleGraph {
   PickleGraph& operator=(const PickleGraph&) = delete;
   ~PickleGraph() { clear_containers(containers_); }
 
-  const PickleValuePtr& root() const { return root_; }
+  [[nodiscard]] const PickleValuePtr& root() const { return root_; }
 
   static void clear_containers(const std::vector<std::weak_ptr<PickleValue>>& containers) {
     std::vector<PickleValuePtr> released;
@@ -185,7 +186,7 @@ inline std::string describe(const PickleValue& value) {
 
 /// Element type of a `torch.<Name>Storage` global, or nullopt when the name is not a supported storage class.
 inline std::optional<torch::ScalarType> storage_scalar_type(std::string_view global_name) {
-  static const std::pair<std::string_view, torch::ScalarType> known[] = {
+  static const auto known = std::to_array<std::pair<std::string_view, torch::ScalarType>>({
       {"torch.FloatStorage", torch::kFloat32},
       {"torch.DoubleStorage", torch::kFloat64},
       {"torch.HalfStorage", torch::kFloat16},
@@ -198,7 +199,7 @@ inline std::optional<torch::ScalarType> storage_scalar_type(std::string_view glo
       {"torch.BoolStorage", torch::kBool},
       {"torch.ComplexFloatStorage", torch::kComplexFloat},
       {"torch.ComplexDoubleStorage", torch::kComplexDouble},
-  };
+  });
   for (const auto& [name, type] : known) {
     if (name == global_name) return type;
   }
@@ -288,7 +289,7 @@ class Unpickler {
         case '.': {  // STOP
           TORCH_CHECK(stack_.size() == 1 && marks_.empty(), context_, ": malformed pickle, ", stack_.size(),
                       " values on the stack at STOP (expected 1)");
-          return PickleGraph(stack_.back(), std::move(containers_));  // the graph owns the containers now
+          return {stack_.back(), std::move(containers_)};  // the graph owns the containers now
         }
         case '(':
           marks_.push_back(stack_.size());
@@ -313,10 +314,10 @@ class Unpickler {
           break;
         }
         case 'K':
-          push(PickleValue::make_int(read_uint(1)));
+          push(PickleValue::make_int(static_cast<int64_t>(read_uint(1))));
           break;  // BININT1
         case 'M':
-          push(PickleValue::make_int(read_uint(2)));
+          push(PickleValue::make_int(static_cast<int64_t>(read_uint(2))));
           break;  // BININT2
         case 'J':
           push(PickleValue::make_int(static_cast<int32_t>(read_uint(4))));
@@ -436,9 +437,10 @@ class Unpickler {
           push(memo_get(read_uint(4)));
           break;     // LONG_BINGET
         case 'c': {  // GLOBAL "module\nname\n"
-          auto module = read_line();
-          auto name = read_line();
-          push(PickleValue::make_string(module + "." + name, PickleValue::Kind::Global));
+          auto global = read_line();
+          global += '.';
+          global += read_line();
+          push(PickleValue::make_string(std::move(global), PickleValue::Kind::Global));
           break;
         }
         case 0x93: {  // STACK_GLOBAL
@@ -646,7 +648,7 @@ class Unpickler {
     }
     // The view's element count (and LibTorch's contiguous strides for an empty one) must fit in int64, bytes
     // included.
-    const int64_t element_size = static_cast<int64_t>(storage.tensor.element_size());
+    const auto element_size = static_cast<int64_t>(storage.tensor.element_size());
     int64_t elements = 1;
     for (int64_t s : size) {
       const int64_t factor = std::max<int64_t>(s, 1);

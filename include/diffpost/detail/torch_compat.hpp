@@ -59,7 +59,7 @@ class AllocatorBase : public c10::Allocator {
     default_copy_data(destination, source, bytes);
   }
 #else
-  c10::DataPtr allocate(std::size_t bytes) const override {
+  [[nodiscard]] c10::DataPtr allocate(std::size_t bytes) const override {
     return const_cast<AllocatorBase*>(this)->allocate_bytes(bytes);
   }
 #endif

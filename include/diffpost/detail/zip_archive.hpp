@@ -162,7 +162,7 @@ class ZipArchiveReader {
     const auto tail = read_bytes_at(file_size_ - tail_size, tail_size, "the end of the archive");
     const auto* bytes = reinterpret_cast<const unsigned char*>(tail.data());
     int64_t found = -1;
-    for (int64_t i = static_cast<int64_t>(tail_size - zip::kEndSize); i >= 0; --i) {
+    for (auto i = static_cast<int64_t>(tail_size - zip::kEndSize); i >= 0; --i) {
       if (zip::read_le(bytes + i, 4) == zip::kEndSignature &&
           static_cast<uint64_t>(i) + zip::kEndSize + zip::read_le(bytes + i + 20, 2) == tail_size) {
         found = i;

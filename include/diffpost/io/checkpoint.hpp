@@ -13,6 +13,7 @@
 #include <diffpost/detail/zip_archive.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -48,7 +49,7 @@ class StateDict {
     entries_.emplace_back(std::move(name), std::move(tensor));
   }
 
-  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+  bool contains(const std::string& name) const { return index_.contains(name); }
 
   /// The tensor stored under `name`, or nullptr.
   const torch::Tensor* find(const std::string& name) const {
@@ -302,9 +303,9 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
   {
     std::ifstream probe(path, std::ios::binary);
     TORCH_CHECK(probe.good(), context, " cannot be opened for reading");
-    char head[4] = {};
-    probe.read(head, 4);
-    const std::string_view first(head, static_cast<size_t>(probe.gcount()));
+    std::array<char, 4> head{};
+    probe.read(head.data(), 4);
+    const std::string_view first(head.data(), static_cast<size_t>(probe.gcount()));
     TORCH_CHECK(!first.empty(), context, " is empty");
     if (detail::looks_like_legacy_torch_save(first)) {
       probe.close();

@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -63,8 +64,8 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
       total += static_cast<size_t>(got);
     }
   };
-  unsigned char magic[4] = {0, 0, 0, 0};
-  read_exactly(magic, 4, "the magic number");
+  std::array<unsigned char, 4> magic{};
+  read_exactly(magic.data(), 4, "the magic number");
   TORCH_CHECK(magic[0] == 0 && magic[1] == 0, "read_idx: ", name,
               " is not an IDX file (its first two bytes are not zero)");
   TORCH_CHECK(magic[2] == 0x08, "read_idx: ", name, " holds IDX type 0x", std::hex,
@@ -75,8 +76,8 @@ inline IdxArray read_idx(const std::filesystem::path& path) {
   IdxArray array;
   int64_t count = 1;
   for (int d = 0; d < rank; ++d) {
-    unsigned char bytes[4];
-    read_exactly(bytes, 4, "the header");
+    std::array<unsigned char, 4> bytes{};
+    read_exactly(bytes.data(), 4, "the header");
     const int64_t size =
         (int64_t{bytes[0]} << 24) | (int64_t{bytes[1]} << 16) | (int64_t{bytes[2]} << 8) | int64_t{bytes[3]};
     array.dims.push_back(size);

@@ -22,7 +22,7 @@ inline InpaintingOperator inpainting_operator_from_file(const std::string& path)
 /// normalised to sum one, since pixel values are intensities.
 inline Custom blur_kernel_from_file(const std::string& path) {
   const auto pixels = (load_image(path, 1).squeeze(0).squeeze(0).to(torch::kFloat64) + 1.0) / 2.0;
-  const double total = pixels.sum().item<double>();
+  const auto total = pixels.sum().item<double>();
   TORCH_CHECK(total > 0.0, "blur_kernel_from_file: kernel image '", path, "' is entirely black");
   return Custom(pixels / total);
 }

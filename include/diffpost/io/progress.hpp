@@ -39,7 +39,14 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  ~ProgressBar() { finish(); }
+  ~ProgressBar() {
+    try {
+      finish();
+    } catch (...) {
+      // Formatting the last line failed (out of memory): the bar is only output, and a destructor, which may
+      // run while another exception unwinds the stack, must not throw.
+    }
+  }
 
   /// Sets the number of completed units to `done` and the trailing text to `text`, and redraws if the last
   /// redraw (or log line) is old enough.
@@ -79,7 +86,7 @@ class ProgressBar {
 
   /// The text of the progress line at `elapsed` seconds, without carriage return or newline; what `draw`
   /// prints, exposed for tests.
-  std::string line(double elapsed) const {
+  [[nodiscard]] std::string line(double elapsed) const {
     const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
     // Rates below one unit per second read better as seconds per unit.
     const std::string rate_text = rate >= 1.0 || rate == 0.0 ? fmt::format("{:.2f} it/s", rate)

@@ -143,7 +143,7 @@ class DivergenceMonitor {
 
   /// Throws a c10::Error naming the first bad step when the run diverged; one device sync.
   void check(const char* method, const char* remedy) const {
-    const int64_t step = first_bad_step_.item<int64_t>();
+    const auto step = first_bad_step_.item<int64_t>();
     TORCH_CHECK(step < 0, method, " diverged: the sample became NaN or infinite at step ", step, ". ",
                 remedy);
   }

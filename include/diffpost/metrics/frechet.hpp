@@ -51,7 +51,7 @@ struct GaussianStatistics {
   }
 
   /// The feature dimension D.
-  int64_t dimension() const { return static_cast<int64_t>(mean.size()); }
+  [[nodiscard]] int64_t dimension() const { return static_cast<int64_t>(mean.size()); }
 };
 
 namespace detail {

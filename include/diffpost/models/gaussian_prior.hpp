@@ -44,13 +44,13 @@ class GaussianPrior {
                 "GaussianPrior::with_covariance: covariance must be [", dim, ", ", dim, "] for a mean of ",
                 dim, " elements, got ", covariance.sizes());
     const auto sigma = covariance.detach().to(torch::kFloat64).cpu().contiguous();
-    const double asymmetry = (sigma - sigma.t()).abs().max().item<double>();
-    const double largest_entry = sigma.abs().max().item<double>();
+    const auto asymmetry = (sigma - sigma.t()).abs().max().item<double>();
+    const auto largest_entry = sigma.abs().max().item<double>();
     TORCH_CHECK(asymmetry <= 1e-9 * std::max(1.0, largest_entry),
                 "GaussianPrior::with_covariance: covariance is not symmetric (max |S - S^T| = ", asymmetry,
                 ")");
     auto [eigenvalues, eigenvectors] = at::linalg_eigh(sigma);  // ascending eigenvalues, orthonormal columns
-    const double smallest = eigenvalues.min().item<double>();
+    const auto smallest = eigenvalues.min().item<double>();
     TORCH_CHECK(
         smallest >= -1e-9 * std::max(1.0, eigenvalues.max().item<double>()),
         "GaussianPrior::with_covariance: covariance is not positive semi-definite (smallest eigenvalue ",
@@ -121,8 +121,8 @@ class GaussianPrior {
   void init_tables() { alphas_cumprod_ = torch::tensor(schedule_.alphas_cumprod(), torch::kFloat64); }
 
   // (x_t - sqrt(abar) mu) flattened to [B, D], and abar as [B, 1], in x_t's dtype and device.
-  std::pair<torch::Tensor, torch::Tensor> centered_input(const torch::Tensor& x_t,
-                                                         const torch::Tensor& t) const {
+  [[nodiscard]] std::pair<torch::Tensor, torch::Tensor> centered_input(const torch::Tensor& x_t,
+                                                                       const torch::Tensor& t) const {
     TORCH_CHECK(x_t.dim() == 4 && x_t.sizes().slice(1).vec() == image_shape_,
                 "GaussianPrior: x_t must be [B, ", image_shape_[0], ", ", image_shape_[1], ", ",
                 image_shape_[2], "], got ", x_t.sizes());
@@ -137,8 +137,8 @@ class GaussianPrior {
   }
 
   // (abar Sigma + (1 - abar) I)^{-1} applied to each row of `centered`.
-  torch::Tensor apply_inverse_marginal_covariance(const torch::Tensor& centered,
-                                                  const torch::Tensor& abar) const {
+  [[nodiscard]] torch::Tensor apply_inverse_marginal_covariance(const torch::Tensor& centered,
+                                                                const torch::Tensor& abar) const {
     auto lambda = eigenvalues_.to(centered.options());
     auto inverse_variance = 1.0 / (abar * lambda + (1.0 - abar));
     if (!eigenvectors_.defined()) return centered * inverse_variance;

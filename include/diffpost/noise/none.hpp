@@ -22,7 +22,7 @@ class NoNoise {
   torch::Tensor sample(const torch::Tensor& clean, at::Generator& /*generator*/) const { return clean; }
 
   /// ||y_b - predicted_b||_2 per batch element, shape [B], differentiable in `predicted`.
-  torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
+  [[nodiscard]] torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
     return detail::l2_residual(y, predicted, "NoNoise::data_fidelity");
   }
 };

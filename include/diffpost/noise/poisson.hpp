@@ -35,7 +35,7 @@ class PoissonLikelihood {
 
   /// r_b = ||y_b - predicted_b||_2 * mean_i 1 / max(|y_b,i|, 1 / (255 rate)), shape [B], differentiable in
   /// `predicted`.
-  torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
+  [[nodiscard]] torch::Tensor data_fidelity(const torch::Tensor& y, const torch::Tensor& predicted) const {
     TORCH_CHECK(y.sizes() == predicted.sizes(), "PoissonLikelihood::data_fidelity: y has shape ", y.sizes(),
                 " but the predicted measurement has shape ", predicted.sizes());
     TORCH_CHECK(y.dim() >= 1, "PoissonLikelihood::data_fidelity: expected a batch [B, ...], got a scalar");
@@ -46,9 +46,9 @@ class PoissonLikelihood {
     return residual_norm * inverse_magnitude.mean(1);
   }
 
-  double rate() const { return rate_; }
+  [[nodiscard]] double rate() const { return rate_; }
   /// The floor on |y| in the residual's division: 1 / (255 rate).
-  double min_abs_measurement() const { return 1.0 / (255.0 * rate_); }
+  [[nodiscard]] double min_abs_measurement() const { return 1.0 / (255.0 * rate_); }
 
  private:
   double rate_;

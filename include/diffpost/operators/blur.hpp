@@ -28,13 +28,13 @@ struct Gaussian {
 
  public:
   /// The size x size float64 kernel.
-  torch::Tensor make_kernel() const {
+  [[nodiscard]] torch::Tensor make_kernel() const {
     const auto [rows, cols] = make_factors();
     return torch::outer(rows, cols);
   }
 
   /// The 1-D float64 factors g of the separable kernel g g^T, for rows and for columns.
-  std::pair<torch::Tensor, torch::Tensor> make_factors() const {
+  [[nodiscard]] std::pair<torch::Tensor, torch::Tensor> make_factors() const {
     TORCH_CHECK(size_ >= 1 && size_ % 2 == 1, "Gaussian: kernel size must be a positive odd number, got ",
                 size_);
     TORCH_CHECK(sigma_ > 0.0, "Gaussian: sigma must be positive, got ", sigma_);
@@ -79,7 +79,7 @@ class Custom {
                 "Custom: the kernel contains NaN or infinite values");
   }
 
-  torch::Tensor make_kernel() const { return kernel_; }
+  [[nodiscard]] torch::Tensor make_kernel() const { return kernel_; }
 
  private:
   torch::Tensor kernel_;
@@ -124,7 +124,7 @@ class BlurOperator {
       : policy_(std::move(policy)), kernel_(policy_.make_kernel(generator)) {}
 
   /// y = k (*) pad(x): [B, C, H, W] -> [B, C, H, W].
-  torch::Tensor forward(const torch::Tensor& x) const {
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     detail::check_image_batch(x, "BlurOperator::forward");
     const auto h = x.size(2), w = x.size(3);
     const auto padded =
@@ -139,7 +139,7 @@ class BlurOperator {
   /// Exact adjoint: the transposed correlation (a full convolution onto the padded grid), then the border of
   /// the padded result added back onto the pixels the reflect padding read it from (index_add, the adjoint of
   /// index_select).
-  torch::Tensor adjoint(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const {
     detail::check_image_batch(y, "BlurOperator::adjoint");
     const auto h = y.size(2), w = y.size(3);
     const auto size = padded_size(h, w);
@@ -152,7 +152,7 @@ class BlurOperator {
   }
 
   /// The blurred measurement itself: the image a user has without deblurring.
-  torch::Tensor naive_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "BlurOperator::naive_inverse");
     return y;
   }
@@ -161,8 +161,8 @@ class BlurOperator {
   /// when the kernel is separable (SeparableBlurKernel: Gaussian): reflect padding and correlation then act
   /// on rows and columns separately, A x = B_h x B_w^T, and the SVD is built from those of the two 1-D
   /// matrices (DecomposableOperator).
-  SeparableSVD svd(const Shape& image_shape,
-                   const torch::TensorOptions& options) const requires SeparableBlurKernel<Kernel> {
+  [[nodiscard]] SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const requires
+      SeparableBlurKernel<Kernel> {
     detail::check_image_shape(image_shape, "BlurOperator::svd");
     return svds_->get(detail::svd_key(image_shape, options), [&] {
       const auto [rows, cols] = policy_.make_factors();
@@ -188,25 +188,27 @@ class BlurOperator {
   }
 
   /// Blurring keeps the shape.
-  Shape measurement_shape(const Shape& image_shape) const {
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "BlurOperator::measurement_shape");
     return image_shape;
   }
 
   /// The [kh, kw] float64 CPU kernel, e.g. to save it or to reuse a drawn motion kernel with Custom.
-  const torch::Tensor& kernel() const { return kernel_; }
-  const Kernel& policy() const { return policy_; }
+  [[nodiscard]] const torch::Tensor& kernel() const { return kernel_; }
+  [[nodiscard]] const Kernel& policy() const { return policy_; }
 
   /// Spectra and index tables built so far (one per size, device and dtype), shared by the copies of this
   /// operator; for tests and diagnostics.
-  int64_t constants_built() const { return constants_->builds(); }
+  [[nodiscard]] int64_t constants_built() const { return constants_->builds(); }
 
  private:
-  std::vector<int64_t> padded_size(int64_t h, int64_t w) const { return {h + 2 * pad_h(), w + 2 * pad_w()}; }
+  [[nodiscard]] std::vector<int64_t> padded_size(int64_t h, int64_t w) const {
+    return {h + 2 * pad_h(), w + 2 * pad_w()};
+  }
 
   /// rfft2 of the kernel zero-padded to the size of `grid`'s last two dimensions, in `grid`'s dtype and
   /// device; computed there (so that it is the spectrum a per-call transform would give) once per size.
-  torch::Tensor kernel_spectrum(const torch::Tensor& grid) const {
+  [[nodiscard]] torch::Tensor kernel_spectrum(const torch::Tensor& grid) const {
     const auto options = detail::constant_options(grid);
     return constants_->get({"spectrum", {grid.size(2), grid.size(3)}, options}, [&] {
       return torch::fft::rfft2(kernel_.to(options), std::vector<int64_t>{grid.size(2), grid.size(3)});
@@ -214,14 +216,14 @@ class BlurOperator {
   }
 
   /// `pad_indices(length, pad)` on `like`'s device, cached.
-  torch::Tensor padding_indices(int64_t length, int64_t pad, const torch::Tensor& like) const {
+  [[nodiscard]] torch::Tensor padding_indices(int64_t length, int64_t pad, const torch::Tensor& like) const {
     const auto options = torch::TensorOptions().device(like.device()).dtype(torch::kLong);
     return constants_->get({"pad", {length, pad}, options},
                            [&] { return pad_indices(length, pad, like.device()); });
   }
 
-  int64_t pad_h() const { return kernel_.size(0) / 2; }
-  int64_t pad_w() const { return kernel_.size(1) / 2; }
+  [[nodiscard]] int64_t pad_h() const { return kernel_.size(0) / 2; }
+  [[nodiscard]] int64_t pad_w() const { return kernel_.size(1) / 2; }
 
   /// Source index of every position of a reflect-padded axis (length + 2 pad entries).
   static torch::Tensor pad_indices(int64_t length, int64_t pad, const torch::Device& device) {

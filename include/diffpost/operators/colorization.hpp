@@ -18,34 +18,34 @@ namespace diffpost {
 class ColorizationOperator {
  public:
   /// y = w . x over the channels.
-  torch::Tensor forward(const torch::Tensor& x) const {
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     check(x, 3, "ColorizationOperator::forward", "an RGB image batch [B, 3, H, W]");
     return (x * weights_like(x)).sum(1, /*keepdim=*/true);
   }
 
   /// A^T y = w y: [B, 1, H, W] -> [B, 3, H, W].
-  torch::Tensor adjoint(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const {
     check(y, 1, "ColorizationOperator::adjoint", "a gray measurement batch [B, 1, H, W]");
     return y * weights_like(y);
   }
 
   /// A^+ y = w y / |w|^2, the minimum-norm colour image with gray level y.
-  torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
     check(y, 1, "ColorizationOperator::pseudo_inverse", "a gray measurement batch [B, 1, H, W]");
     const auto w = weights_like(y);
     return y * w / (w * w).sum();
   }
 
   /// The gray image in all three channels.
-  torch::Tensor naive_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const {
     check(y, 1, "ColorizationOperator::naive_inverse", "a gray measurement batch [B, 1, H, W]");
     return y.repeat({1, 3, 1, 1});
   }
 
   /// The SVD of the 1 x 3 channel map w^T for image batches of `image_shape` [B, 3, H, W], in `options`'
   /// dtype and device: one singular value |w| per pixel, V's first channel along w (DecomposableOperator).
-  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
-    measurement_shape(image_shape);  // checks the shape
+  [[nodiscard]] SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+    static_cast<void>(measurement_shape(image_shape));  // checks the shape
     return svds_->get(detail::svd_key(image_shape, options), [&] {
       const auto w = luma_weights().view({1, 3});
       return SeparableSVD::from_factors({w, torch::Tensor{}, torch::Tensor{}}, image_shape, options);
@@ -53,7 +53,7 @@ class ColorizationOperator {
   }
 
   /// [B, 3, H, W] -> [B, 1, H, W].
-  Shape measurement_shape(const Shape& image_shape) const {
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "ColorizationOperator::measurement_shape");
     TORCH_CHECK(image_shape[1] == 3,
                 "ColorizationOperator::measurement_shape: expected 3 channels, got shape ",
@@ -63,7 +63,7 @@ class ColorizationOperator {
 
   /// Conversions of the weights made so far (one per device and dtype), shared by the copies of this
   /// operator; for tests and diagnostics.
-  int64_t constants_built() const { return constants_->builds(); }
+  [[nodiscard]] int64_t constants_built() const { return constants_->builds(); }
 
  private:
   /// w = (0.299, 0.587, 0.114), float64 on the CPU.
@@ -74,7 +74,7 @@ class ColorizationOperator {
     TORCH_CHECK(t.size(1) == channels, caller, ": expected ", expected, ", got shape ", t.sizes());
   }
   /// w as [1, 3, 1, 1] in `t`'s device and dtype.
-  torch::Tensor weights_like(const torch::Tensor& t) const {
+  [[nodiscard]] torch::Tensor weights_like(const torch::Tensor& t) const {
     const auto options = detail::constant_options(t);
     return constants_->get({"weights", {}, options}, [&] {
       return luma_weights().to(options).view({1, 3, 1, 1});

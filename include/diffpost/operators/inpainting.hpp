@@ -79,7 +79,7 @@ struct RandomPixelMask {
                 "RandomPixelMask: need 0 <= fraction_low <= fraction_high <= 1, got [", fraction_low_, ", ",
                 fraction_high_, "]");
     const auto draw_options = torch::TensorOptions().dtype(torch::kFloat64);
-    const double u = at::rand({1}, generator, draw_options).item<double>();
+    const auto u = at::rand({1}, generator, draw_options).item<double>();
     const double missing = fraction_low_ + (fraction_high_ - fraction_low_) * u;
     const int64_t total = height * width;
     const auto count = static_cast<int64_t>(static_cast<double>(total) * missing);
@@ -122,31 +122,31 @@ class InpaintingOperator {
       : InpaintingOperator(policy.make_mask(height, width, generator)) {}
 
   /// y = m . x: [B, C, H, W] -> [B, C, H, W], zeros at missing pixels.
-  torch::Tensor forward(const torch::Tensor& x) const {
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     return x * mask_for(x, "InpaintingOperator::forward");
   }
 
   /// A^T y = m . y (a diagonal operator is self-adjoint).
-  torch::Tensor adjoint(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const {
     return y * mask_for(y, "InpaintingOperator::adjoint");
   }
 
   /// A^+ y = y / m on observed pixels, 0 on missing ones (equal to m . y for a 0/1 mask).
-  torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
     const auto m = mask_for(y, "InpaintingOperator::pseudo_inverse");
     const auto observed = m != 0;
     return torch::where(observed, y / torch::where(observed, m, torch::ones_like(m)), torch::zeros_like(y));
   }
 
   /// The zero-filled image m . y.
-  torch::Tensor naive_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const {
     return y * mask_for(y, "InpaintingOperator::naive_inverse");
   }
 
   /// The SVD of the diagonal operator for image batches of `image_shape` [B, C, H, W], in `options`' dtype
   /// and device: V = I, singular values |m|, U = diag(+-1) with the signs of m
   /// (DecomposableOperator).
-  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+  [[nodiscard]] SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
     detail::check_image_shape(image_shape, "InpaintingOperator::svd");
     check_size(image_shape[2], image_shape[3], "InpaintingOperator::svd");
     return svds_->get(detail::svd_key(image_shape, options),
@@ -154,18 +154,18 @@ class InpaintingOperator {
   }
 
   /// The measurement keeps the image shape.
-  Shape measurement_shape(const Shape& image_shape) const {
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "InpaintingOperator::measurement_shape");
     check_size(image_shape[2], image_shape[3], "InpaintingOperator::measurement_shape");
     return image_shape;
   }
 
   /// The [H, W] float64 CPU mask (1 = observed).
-  const torch::Tensor& mask() const { return mask_; }
+  [[nodiscard]] const torch::Tensor& mask() const { return mask_; }
 
   /// Device and dtype conversions of the mask made so far, shared by the copies of this operator: one per
   /// device and dtype it was applied in (for tests and diagnostics).
-  int64_t constants_built() const { return constants_->builds(); }
+  [[nodiscard]] int64_t constants_built() const { return constants_->builds(); }
 
  private:
   void check_size(int64_t height, int64_t width, const char* caller) const {

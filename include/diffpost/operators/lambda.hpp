@@ -24,8 +24,10 @@ class LambdaOperator {
     TORCH_CHECK(forward_ && measurement_shape_, "LambdaOperator: both functions must be set");
   }
 
-  torch::Tensor forward(const torch::Tensor& x) const { return forward_(x); }
-  Shape measurement_shape(const Shape& image_shape) const { return measurement_shape_(image_shape); }
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const { return forward_(x); }
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
+    return measurement_shape_(image_shape);
+  }
 
  private:
   Function forward_;
@@ -49,9 +51,11 @@ class LinearLambdaOperator {
                 "LinearLambdaOperator: all three functions must be set");
   }
 
-  torch::Tensor forward(const torch::Tensor& x) const { return forward_(x); }
-  torch::Tensor adjoint(const torch::Tensor& y) const { return adjoint_(y); }
-  Shape measurement_shape(const Shape& image_shape) const { return measurement_shape_(image_shape); }
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const { return forward_(x); }
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const { return adjoint_(y); }
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
+    return measurement_shape_(image_shape);
+  }
 
  private:
   Function forward_;

@@ -24,7 +24,7 @@ class PhaseRetrievalOperator {
   }
 
   /// |F pad(x)|: [B, C, H, W] -> [B, C, H + 2 pad_h, W + 2 pad_w].
-  torch::Tensor forward(const torch::Tensor& x) const {
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     detail::check_image_batch(x, "PhaseRetrievalOperator::forward");
     const auto ph = padding(x.size(2)), pw = padding(x.size(3));
     const auto padded = torch::constant_pad_nd(x, {pw, pw, ph, ph}, 0.0);
@@ -34,18 +34,18 @@ class PhaseRetrievalOperator {
   }
 
   /// [B, C, H, W] -> [B, C, H + 2 pad_h, W + 2 pad_w].
-  Shape measurement_shape(const Shape& image_shape) const {
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "PhaseRetrievalOperator::measurement_shape");
     return {image_shape[0], image_shape[1], image_shape[2] + 2 * padding(image_shape[2]),
             image_shape[3] + 2 * padding(image_shape[3])};
   }
 
   /// Zero padding added on each side of an axis of `length` pixels: int(oversample / 8 * length).
-  int64_t padding(int64_t length) const {
+  [[nodiscard]] int64_t padding(int64_t length) const {
     return static_cast<int64_t>(oversample_ / 8.0 * static_cast<double>(length));
   }
 
-  double oversample() const { return oversample_; }
+  [[nodiscard]] double oversample() const { return oversample_; }
 
  private:
   double oversample_;

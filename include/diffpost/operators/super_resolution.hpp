@@ -41,13 +41,13 @@ class SuperResolutionOperator {
   }
 
   /// y = D x: [B, C, H, W] -> [B, C, H / factor, W / factor].
-  torch::Tensor forward(const torch::Tensor& x) const {
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     check_image(x);
     return detail::apply_separable(matrix(Matrix::down, x.size(2), x), matrix(Matrix::down, x.size(3), x), x);
   }
 
   /// Exact adjoint D^T y: [B, C, h, w] -> [B, C, h * factor, w * factor].
-  torch::Tensor adjoint(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::adjoint");
     return detail::apply_separable(matrix(Matrix::down_transposed, y.size(2) * factor_, y),
                                    matrix(Matrix::down_transposed, y.size(3) * factor_, y), y);
@@ -55,7 +55,7 @@ class SuperResolutionOperator {
 
   /// Moore-Penrose pseudo-inverse D^+ y = R_h^+ y (R_w^+)^T (the pseudo-inverse of a Kronecker product is the
   /// Kronecker product of the pseudo-inverses). For AveragePool this is nearest upsampling.
-  torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::pseudo_inverse");
     return detail::apply_separable(matrix(Matrix::pseudo_inverse, y.size(2) * factor_, y),
                                    matrix(Matrix::pseudo_inverse, y.size(3) * factor_, y), y);
@@ -63,7 +63,7 @@ class SuperResolutionOperator {
 
   /// Bicubic upsampling by the factor (imresize(y, factor), no antialiasing when enlarging): what a user gets
   /// without a prior.
-  torch::Tensor naive_inverse(const torch::Tensor& y) const {
+  [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const {
     detail::check_image_batch(y, "SuperResolutionOperator::naive_inverse");
     return detail::apply_separable(matrix(Matrix::upsample, y.size(2) * factor_, y),
                                    matrix(Matrix::upsample, y.size(3) * factor_, y), y);
@@ -71,7 +71,7 @@ class SuperResolutionOperator {
 
   /// The SVD of D = R_h (x) R_w for image batches of `image_shape` [B, C, H, W], in `options`' dtype and
   /// device, from the SVDs of the two 1-D downsampling matrices (DecomposableOperator).
-  SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
+  [[nodiscard]] SeparableSVD svd(const Shape& image_shape, const torch::TensorOptions& options) const {
     detail::check_image_shape(image_shape, "SuperResolutionOperator::svd");
     check_divisible(image_shape[2], image_shape[3]);
     return svds_->get(detail::svd_key(image_shape, options), [&] {
@@ -82,7 +82,7 @@ class SuperResolutionOperator {
   }
 
   /// [B, C, H, W] -> [B, C, H / factor, W / factor].
-  Shape measurement_shape(const Shape& image_shape) const {
+  [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     detail::check_image_shape(image_shape, "SuperResolutionOperator::measurement_shape");
     check_divisible(image_shape[2], image_shape[3]);
     return {image_shape[0], image_shape[1], image_shape[2] / factor_, image_shape[3] / factor_};
@@ -90,18 +90,18 @@ class SuperResolutionOperator {
 
   /// The 1-D [length / factor, length] float64 matrix applied along an axis of `length` pixels; the 2-D
   /// operator is its Kronecker product over rows and columns. Exposed for tests and for building solvers.
-  torch::Tensor downsampling_matrix(int64_t length) const {
+  [[nodiscard]] torch::Tensor downsampling_matrix(int64_t length) const {
     if (mode_ == DownsamplingMode::AveragePool) return detail::block_average_matrix(length, factor_);
     return detail::resize_matrix(length, length / factor_, 1.0 / static_cast<double>(factor_),
                                  detail::ResampleKernel::Cubic, /*antialias=*/true);
   }
 
-  int64_t factor() const { return factor_; }
-  DownsamplingMode mode() const { return mode_; }
+  [[nodiscard]] int64_t factor() const { return factor_; }
+  [[nodiscard]] DownsamplingMode mode() const { return mode_; }
 
   /// Matrices built so far (one per kind, length, device and dtype), shared by the copies of this operator;
   /// for tests and diagnostics.
-  int64_t constants_built() const { return constants_->builds(); }
+  [[nodiscard]] int64_t constants_built() const { return constants_->builds(); }
 
  private:
   /// The 1-D matrices the operator applies along an axis of `length` image pixels.
@@ -114,7 +114,7 @@ class SuperResolutionOperator {
 
   /// Matrix `kind` for axes of `length` image pixels in `like`'s device and dtype, built in float64 on the
   /// CPU the first time and cached.
-  torch::Tensor matrix(Matrix kind, int64_t length, const torch::Tensor& like) const {
+  [[nodiscard]] torch::Tensor matrix(Matrix kind, int64_t length, const torch::Tensor& like) const {
     const auto options = detail::constant_options(like);
     return constants_->get({"matrix", {static_cast<int64_t>(kind), length}, options}, [&] {
       switch (kind) {

@@ -51,12 +51,14 @@ class CachingCpuAllocator final : public detail::AllocatorBase {
  public:
   /// The single instance. It is never destroyed, so tensors that outlive `main` can still be freed.
   static CachingCpuAllocator& instance() {
+    // NOLINTNEXTLINE(cppcoreguidelines-avoid-non-const-global-variables): the one allocator, thread-safe
     static auto* allocator = new CachingCpuAllocator();
     return *allocator;
   }
 
   CachingCpuAllocator(const CachingCpuAllocator&) = delete;
   CachingCpuAllocator& operator=(const CachingCpuAllocator&) = delete;
+  ~CachingCpuAllocator() override = default;
 
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
@@ -103,7 +105,7 @@ class CachingCpuAllocator final : public detail::AllocatorBase {
   /// Whether `data` is a live block handed out by this allocator.
   bool owns(const void* data) const {
     std::lock_guard lock(mutex_);
-    return live_blocks_.count(const_cast<void*>(data)) != 0;
+    return live_blocks_.contains(const_cast<void*>(data));
   }
 
  private:

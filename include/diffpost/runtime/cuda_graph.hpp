@@ -135,7 +135,7 @@ class CudaGraphModel {
   }
 
   /// Whether the model's output carries learned-variance channels (ScoreModel).
-  bool learns_variance() const {
+  [[nodiscard]] bool learns_variance() const {
     return model_.learns_variance();
   }
 
@@ -162,7 +162,8 @@ class CudaGraphModel {
 
  private:
   /// Why a call with these inputs cannot replay or capture a graph; empty when it can.
-  std::string why_not(const torch::Tensor& x_t, const torch::Tensor& t, bool differentiable) const {
+  [[nodiscard]] std::string why_not(const torch::Tensor& x_t, const torch::Tensor& t,
+                                    bool differentiable) const {
 #if DIFFPOST_HAS_CUDA
     if (!x_t.is_cuda() || !t.is_cuda())
       return "the tensors are on " + x_t.device().str() + ": CUDA graphs need CUDA tensors";

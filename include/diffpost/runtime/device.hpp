@@ -55,6 +55,7 @@ inline void check_device(const torch::Device& device, std::string_view what = "d
       libtorch_has_cuda(), what, " ", device.str(),
       ": this LibTorch has no CUDA support (a CPU-only build, such as Debian's libtorch); use cpu, or "
       "build against a CUDA LibTorch (docs/libtorch.md)");
+  // NOLINTNEXTLINE(bugprone-signed-char-misuse): a count, never negative (LibTorch 2.x: an int8 DeviceIndex)
   const auto count = static_cast<int64_t>(torch::cuda::device_count());
   TORCH_CHECK(
       count > 0, what, " ", device.str(),
