@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -91,8 +92,8 @@ inline std::optional<AdmStateDictSummary> summarize_adm_state_dict(const StateDi
     block_has_attention.push_back(attention);
     if (upsampler) levels.emplace_back();
   }
-  const int64_t level_count = static_cast<int64_t>(levels.size());
-  const int64_t blocks_per_level = static_cast<int64_t>(levels.front().size());
+  const auto level_count = static_cast<int64_t>(levels.size());
+  const auto blocks_per_level = static_cast<int64_t>(levels.front().size());
   if (blocks_per_level < 2) return std::nullopt;
   for (const auto& level : levels)
     if (static_cast<int64_t>(level.size()) != blocks_per_level) return std::nullopt;
@@ -117,6 +118,7 @@ inline std::optional<AdmStateDictSummary> summarize_adm_state_dict(const StateDi
     }
   }
   std::vector<int64_t> resolutions;
+  resolutions.reserve(rates.size());
   for (int64_t rate : rates) resolutions.push_back(image_size / rate);
   const auto* label_emb = state.find("label_emb.weight");
   summary.options = AdmUNetOptions(image_size, model_channels, blocks_per_level - 1)
@@ -135,11 +137,10 @@ inline std::optional<AdmStateDictSummary> summarize_adm_state_dict(const StateDi
 inline bool adm_state_dict_matches(const StateDict& state, const AdmUNetOptions& options) {
   const auto expected = adm_state_dict_shapes(options);
   if (expected.size() != state.size()) return false;
-  for (const auto& [name, shape] : expected) {
-    const auto* tensor = state.find(name);
-    if (!tensor || tensor->sizes().vec() != shape) return false;
-  }
-  return true;
+  return std::ranges::all_of(expected, [&](const auto& entry) {
+    const auto* tensor = state.find(entry.first);
+    return tensor != nullptr && tensor->sizes().vec() == entry.second;
+  });
 }
 
 /// One paragraph describing the configuration an ADM UNet state dict was made for, in the words of the

@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -22,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -115,7 +117,7 @@ inline std::string find_jpeg_table_problem(std::string_view data) {
   const size_t size = data.size();
   auto byte_at = [&](size_t i) -> unsigned { return i < size ? static_cast<uint8_t>(data[i]) : 0u; };
   auto length_at = [&](size_t i) -> size_t { return (byte_at(i) << 8) | byte_at(i + 1); };
-  bool quant_defined[4] = {}, dc_defined[4] = {}, ac_defined[4] = {};
+  std::array<bool, 4> quant_defined{}, dc_defined{}, ac_defined{};
   struct Component {
     unsigned id, quant;
   };
@@ -181,22 +183,23 @@ inline std::string find_jpeg_table_problem(std::string_view data) {
       if (count == 0 || count > 4 || length != 8 + 3 * count)
         return "";  // stb: "bad component count/SOF len"
       for (unsigned c = 0; c < count; ++c) {
-        const unsigned quant = byte_at(position + 8 + 3 * c + 2);
+        const unsigned quant = byte_at(position + 8 + 3 * size_t{c} + 2);
         if (quant > 3) return "";  // stb: "bad TQ"
-        frame.push_back({byte_at(position + 8 + 3 * c), quant});
+        frame.push_back({byte_at(position + 8 + 3 * size_t{c}), quant});
       }
     }
     if (marker == 0xDA) {            // SOS: every table its components need must be defined by now
       if (frame.empty()) return "";  // stb rejects a scan before the frame header
       const unsigned count = byte_at(position + 2);
       if (count == 0 || count > frame.size() || length != 6 + 2 * count) return "";  // stb: "bad SOS"
-      const unsigned spectral_start = byte_at(position + 3 + 2 * count);
-      const unsigned high_bit = byte_at(position + 5 + 2 * count) >> 4;
+      const unsigned spectral_start = byte_at(position + 3 + 2 * size_t{count});
+      const unsigned high_bit = byte_at(position + 5 + 2 * size_t{count}) >> 4;
       if (!progressive) {
         if (auto problem = undefined_quant(marker_at); !problem.empty()) return problem;
       }
       for (unsigned c = 0; c < count; ++c) {
-        const unsigned id = byte_at(position + 3 + 2 * c), tables = byte_at(position + 4 + 2 * c);
+        const unsigned id = byte_at(position + 3 + 2 * size_t{c}),
+                       tables = byte_at(position + 4 + 2 * size_t{c});
         size_t which = 0;
         while (which < frame.size() && frame[which].id != id) ++which;  // stb takes the first match
         if (which == frame.size() || (tables >> 4) > 3 || (tables & 15) > 3) return "";  // stb: "bad SOS"
@@ -304,7 +307,7 @@ struct BmpLayout {
   int64_t height = 0;  ///< rows, whatever their order
   bool top_down = false;
   int bits_per_pixel = 0;
-  uint32_t masks[3] = {};  ///< red, green, blue; 16 and 32 bits per pixel
+  std::array<uint32_t, 3> masks{};  ///< red, green, blue; 16 and 32 bits per pixel
   size_t palette_offset = 0;
   size_t palette_entries = 0;  ///< 1, 4 and 8 bits per pixel
   size_t palette_entry_size = 4;
@@ -397,8 +400,8 @@ inline torch::Tensor decode_bmp(std::string_view data, const std::string& name, 
   auto* out = samples.data_ptr<uint8_t>();
   // stb's scaling of an n-bit channel to 8 bits: the top bits, repeated into the low ones.
   auto channel = [](uint32_t value, uint32_t mask) -> uint8_t {
-    static const unsigned multiply[9] = {0, 0xff, 0x55, 0x49, 0x11, 0x21, 0x41, 0x81, 0x01};
-    static const unsigned shift[9] = {0, 0, 0, 1, 0, 2, 4, 6, 0};
+    static constexpr std::array<unsigned, 9> multiply = {0, 0xff, 0x55, 0x49, 0x11, 0x21, 0x41, 0x81, 0x01};
+    static constexpr std::array<unsigned, 9> shift = {0, 0, 0, 1, 0, 2, 4, 6, 0};
     const int bits = __builtin_popcount(mask);
     const int high = 31 - __builtin_clz(mask);
     uint32_t v = value & mask;
@@ -559,7 +562,7 @@ inline torch::Tensor convert_channels(const torch::Tensor& samples, int wanted) 
     const auto gray = samples.index({Slice(), Slice(), Slice(0, 1)});
     return wanted == 1 ? gray : gray.expand({-1, -1, 3});
   }
-  const auto rgb = samples.index({Slice(), Slice(), Slice(0, 3)});
+  auto rgb = samples.index({Slice(), Slice(), Slice(0, 3)});
   if (wanted == 3) return rgb;
   const auto wide = rgb.to(torch::kInt32);
   return (wide.select(2, 0) * 77 + wide.select(2, 1) * 150 + wide.select(2, 2) * 29)
@@ -619,10 +622,7 @@ inline torch::Tensor decode_with_stb(std::string_view data, const ImageHeader& h
               " needs (", limit, " bytes; corrupt or hostile file?)");
   TORCH_CHECK(pixels != nullptr, caller, ": cannot decode ", name, ": ", stbi_failure_reason(), " (corrupt ",
               format, "?)");
-  struct Free {
-    void* pixels;
-    ~Free() { stbi_image_free(pixels); }
-  } free_pixels{pixels};
+  const std::unique_ptr<void, decltype(&stbi_image_free)> free_pixels(pixels, &stbi_image_free);
   TORCH_CHECK(width == header.width && height == header.height && channels >= 1 && channels <= 4, caller,
               ": cannot decode ", name, ": its header declares ", header.width, "x", header.height,
               " pixels but the decoder produced ", width, "x", height, "x", channels, " (corrupt ", format,
@@ -789,12 +789,12 @@ inline torch::Tensor grid_text_ink(const std::string& text, int64_t scale) {
   };
   std::vector<Rectangle> rectangles;
   int64_t width = 0;
-  for (int q = 0; q < quads; ++q) {
+  for (std::size_t q = 0; q < static_cast<std::size_t>(quads); ++q) {
     // Four vertices of 16 bytes (x, y, z as floats, then a colour): the first is the top-left corner, the
     // third the bottom-right one.
-    float top_left[2], bottom_right[2];
-    std::memcpy(top_left, vertices.data() + 64 * q, sizeof(top_left));
-    std::memcpy(bottom_right, vertices.data() + 64 * q + 32, sizeof(bottom_right));
+    std::array<float, 2> top_left{}, bottom_right{};
+    std::memcpy(top_left.data(), vertices.data() + 64 * q, sizeof(top_left));
+    std::memcpy(bottom_right.data(), vertices.data() + 64 * q + 32, sizeof(bottom_right));
     rectangles.push_back({std::lround(top_left[0]), std::lround(top_left[1]), std::lround(bottom_right[0]),
                           std::lround(bottom_right[1])});
     width = std::max(width, rectangles.back().right);

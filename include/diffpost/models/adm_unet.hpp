@@ -113,7 +113,7 @@ struct AdmUNetOptions {
   }
 
   /// Channels of the raw output: in_channels, or twice that when the model learns its variance.
-  int64_t out_channels() const { return learn_sigma_ ? 2 * in_channels_ : in_channels_; }
+  [[nodiscard]] int64_t out_channels() const { return learn_sigma_ ? 2 * in_channels_ : in_channels_; }
 
   /// The reference's default channel_mult per image size (guided-diffusion `create_model`), for an empty
   /// `channel_mult`: 256: 1,1,2,2,4,4; 128: 1,1,2,3,4; 64: 1,2,3,4.
@@ -124,7 +124,7 @@ struct AdmUNetOptions {
   }
 
   /// `channel_mult`, or the reference default for `image_size` when it is empty.
-  std::vector<int64_t> resolved_channel_mult() const {
+  [[nodiscard]] std::vector<int64_t> resolved_channel_mult() const {
     if (!channel_mult_.empty()) return channel_mult_;
     for (const auto& [size, mult] : default_channel_mults())
       if (size == image_size_) return mult;
@@ -138,7 +138,7 @@ struct AdmUNetOptions {
   }
 
   /// Attention downsample rates image_size / resolution, as the reference `create_model` computes them.
-  std::vector<int64_t> attention_downsample_rates() const {
+  [[nodiscard]] std::vector<int64_t> attention_downsample_rates() const {
     std::vector<int64_t> rates;
     for (int64_t resolution : attention_resolutions_) {
       TORCH_CHECK(resolution > 0 && image_size_ % resolution == 0, "AdmUNetOptions: attention resolution ",
@@ -150,7 +150,7 @@ struct AdmUNetOptions {
   }
 
   /// Attention heads of a block with `channels` channels; `upsample` selects `num_heads_upsample`.
-  int64_t heads_for(int64_t channels, bool upsample) const {
+  [[nodiscard]] int64_t heads_for(int64_t channels, bool upsample) const {
     if (num_head_channels_ != -1) return channels / num_head_channels_;
     return (upsample && num_heads_upsample_ != -1) ? num_heads_upsample_ : num_heads_;
   }
@@ -225,7 +225,7 @@ struct AdmUNetOptions {
 /// not a failed multi-terabyte allocation. For lists the range holds per entry; `unset_allowed` admits -1,
 /// the reference's "not given"; `required` fields are the constructor arguments.
 struct AdmOptionField {
-  const char* name;
+  const char* name = nullptr;
   int64_t min = 0;
   int64_t max = 0;
   bool unset_allowed = false;
@@ -935,7 +935,7 @@ class AdmUNet : public torch::nn::ModuleHolder<AdmUNetImpl> {
   explicit AdmUNet(const AdmUNetOptions& options) : ModuleHolder(std::make_shared<AdmUNetImpl>(options)) {}
 
   /// True when the output has 2C channels (eps, then the variance interpolation v of improved DDPM).
-  bool learns_variance() const { return impl_->options().learn_sigma(); }
+  [[nodiscard]] bool learns_variance() const { return impl_->options().learn_sigma(); }
 
   /// eps (and v) for x_t [B, C, H, W] and original timesteps t [B]; for unconditional models.
   torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& t) {

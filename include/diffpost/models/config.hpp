@@ -142,18 +142,18 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
   }
   AdmUNetOptions options(1, 1, 1);
   for_each_adm_option(options, [&](const AdmOptionField& field, const auto&) {
-    TORCH_CHECK(!field.required || seen.count(field.name), origin, ": missing required key '", field.name,
+    TORCH_CHECK(!field.required || seen.contains(field.name), origin, ": missing required key '", field.name,
                 "'");
   });
   // class_cond first, so that the diffpost extension num_classes overrides it.
-  if (seen.count("class_cond"))
+  if (seen.contains("class_cond"))
     options.num_classes(config_value<bool>(root["class_cond"], "class_cond", "true or false", origin)
                             ? 1000  // NUM_CLASSES of guided-diffusion
                             : 0);
   // use_checkpoint only trades time for memory: read for its type, then ignored.
-  if (seen.count("use_checkpoint"))
+  if (seen.contains("use_checkpoint"))
     config_value<bool>(root["use_checkpoint"], "use_checkpoint", "true or false", origin);
-  if (seen.count("use_fp16"))
+  if (seen.contains("use_fp16"))
     TORCH_CHECK(
         !config_value<bool>(root["use_fp16"], "use_fp16", "true or false", origin), origin,
         ": use_fp16: true is not supported in a configuration (the published checkpoints are float32; "
@@ -161,7 +161,7 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
         "--precision); set use_fp16: false");
   // Every field present in the file is read with its type and range.
   for_each_adm_option(options, [&](const AdmOptionField& field, auto& value) {
-    if (!seen.count(field.name)) return;
+    if (!seen.contains(field.name)) return;
     const auto& node = root[field.name];
     using Value = std::decay_t<decltype(value)>;
     if constexpr (std::is_same_v<Value, bool>)
@@ -184,7 +184,7 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
               " parameters, more than the ", kAdmConfigMaxParameters,
               " diffpost builds from a config file; check num_channels, channel_mult and num_res_blocks");
   AdmModelConfig config{options, ""};
-  if (seen.count("model_path"))
+  if (seen.contains("model_path"))
     config.model_path = config_value<std::string>(root["model_path"], "model_path", "a path", origin);
   return config;
 }

@@ -49,7 +49,8 @@ concept StepIndex = std::integral<Index> || std::same_as<Index, torch::Tensor>;
 namespace detail {
 
 /// `coefficients[index]`: a double for one step, a [B, 1, ...] tensor like `like` for per-sample steps.
-inline double step_coefficient(const std::vector<double>& coefficients, int64_t index, const torch::Tensor&) {
+inline double step_coefficient(const std::vector<double>& coefficients, int64_t index,
+                               const torch::Tensor& /*like*/) {
   return coefficients[static_cast<size_t>(index)];
 }
 inline torch::Tensor step_coefficient(const std::vector<double>& coefficients, const torch::Tensor& indices,
@@ -58,7 +59,7 @@ inline torch::Tensor step_coefficient(const std::vector<double>& coefficients, c
 }
 
 /// log beta of `index` (see step_coefficient).
-inline double step_log_beta(const DiffusionSchedule& schedule, int64_t index, const torch::Tensor&) {
+inline double step_log_beta(const DiffusionSchedule& schedule, int64_t index, const torch::Tensor& /*like*/) {
   return std::log(schedule.betas()[static_cast<size_t>(index)]);
 }
 inline torch::Tensor step_log_beta(const DiffusionSchedule& schedule, const torch::Tensor& indices,
@@ -71,7 +72,7 @@ inline torch::Tensor step_log_beta(const DiffusionSchedule& schedule, const torc
 inline void check_step_index(const DiffusionSchedule& schedule, int64_t index) {
   schedule.check_index(index);
 }
-inline void check_step_index(const DiffusionSchedule&, const torch::Tensor& indices) {
+inline void check_step_index(const DiffusionSchedule& /*schedule*/, const torch::Tensor& indices) {
   TORCH_CHECK(indices.dim() == 1, "step indices must be 1-D [B], got shape ", indices.sizes());
 }
 
