@@ -5,6 +5,7 @@
 // end), refused from their headers or within the decoder's memory budget.
 #include <diffpost/io/image.hpp>
 #include "support/doctest_with_torch.hpp"
+
 #include <zlib.h>
 
 #include "support/error_of.hpp"
