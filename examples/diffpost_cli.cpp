@@ -106,12 +106,14 @@ int run_degrade(int argc, char** argv) {
   prepare_output_folder(out);
   check_no_overwrite(planned, force);
   std::vector<std::vector<torch::Tensor>> rows;
+  bool shows_naive = false;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const auto& input = inputs[i];
     const auto& op = operators[i];
     const auto y = measure(op, noise, input.image, seed, static_cast<int64_t>(i));
     save_image(measurement_to_save(task, op, y), (out / (input.name + "_measurement.png")).string(), force);
     const auto naive = naive_inverse(op, y);
+    shows_naive = naive.defined();  // the measurement picture is the naive inverse where there is one
     if (naive.defined())
       save_image(naive.clamp(-1.0, 1.0), (out / (input.name + "_naive.png")).string(), force);
     if (const auto picture = operator_picture(op, 0); picture.defined()) {
@@ -120,7 +122,8 @@ int run_degrade(int argc, char** argv) {
     }
     rows.push_back({input.image, measurement_picture(op, y)});
   }
-  save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  save_grid(rows, (out / "grid.png").string(),
+            GridOptions{}.overwrite(force).column_labels({"truth", shows_naive ? "naive" : "measurement"}));
   fmt::print("{}: {} measurement(s) with noise {} written to {}\n", task, inputs.size(),
              noise_description(options.noise), out.string());
   return 0;
@@ -280,6 +283,7 @@ int run_denoise(int argc, char** argv) {
   Scores noisy_scores, denoised_scores;
   std::string csv = "image,method,psnr,ssim\n";
   std::vector<std::vector<torch::Tensor>> rows;
+  std::vector<std::vector<std::string>> captions;  // PSNR against the clean image, when there is one
   const GaussianLikelihood noise(sigma);
   for (int64_t first = 0; first < count; first += batch_size) {
     const int64_t n = std::min(batch_size, count - first);
@@ -313,6 +317,7 @@ int run_denoise(int argc, char** argv) {
         csv += fmt::format("{},noisy,{},{}\n{},tweedie,{},{}\n", name, csv_number(a.psnr[0]),
                            csv_number(a.ssim[0]), name, csv_number(b.psnr[0]), csv_number(b.ssim[0]));
         rows.push_back({clean_i, noisy_i, denoised_i});
+        captions.push_back({kPsnrCaptionTitle, psnr_caption(a.psnr[0]), psnr_caption(b.psnr[0])});
       } else {
         rows.push_back({noisy_i, denoised_i});
       }
@@ -320,7 +325,12 @@ int run_denoise(int argc, char** argv) {
     progress.update(first + n);
   }
   progress.finish();
-  save_grid(rows, (out / "grid.png").string(), GridOptions{}.overwrite(force));
+  auto grid_options = GridOptions{}.overwrite(force).cell_captions(captions);
+  if (add_noise)
+    grid_options.column_labels({"clean", "noisy", "denoised"});
+  else
+    grid_options.column_labels({"noisy", "denoised"});
+  save_grid(rows, (out / "grid.png").string(), grid_options);
   if (add_noise) {
     for (const auto& [method, scores] :
          {std::pair{"noisy", &noisy_scores}, std::pair{"tweedie", &denoised_scores}}) {
