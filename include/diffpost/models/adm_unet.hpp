@@ -239,21 +239,26 @@ struct AdmOptionField {
 template <class Options, class Visitor>
 requires std::same_as<std::remove_const_t<Options>, AdmUNetOptions>
 void for_each_adm_option(Options& options, Visitor&& visit) {
-  visit(AdmOptionField{"image_size", 1, 4096, false, true}, options.image_size());
-  visit(AdmOptionField{"in_channels", 1, 64}, options.in_channels());
-  visit(AdmOptionField{"num_channels", 1, 4096, false, true}, options.num_channels());
-  visit(AdmOptionField{"num_res_blocks", 1, 16, false, true}, options.num_res_blocks());
-  visit(AdmOptionField{"channel_mult", 1, 64}, options.channel_mult());
-  visit(AdmOptionField{"attention_resolutions", 1, 4096}, options.attention_resolutions());
-  visit(AdmOptionField{"num_heads", 1, 1024}, options.num_heads());
-  visit(AdmOptionField{"num_head_channels", 1, 4096, true}, options.num_head_channels());
-  visit(AdmOptionField{"num_heads_upsample", 1, 1024, true}, options.num_heads_upsample());
-  visit(AdmOptionField{"use_scale_shift_norm"}, options.use_scale_shift_norm());
-  visit(AdmOptionField{"resblock_updown"}, options.resblock_updown());
-  visit(AdmOptionField{"learn_sigma"}, options.learn_sigma());
-  visit(AdmOptionField{"dropout"}, options.dropout());
-  visit(AdmOptionField{"use_new_attention_order"}, options.use_new_attention_order());
-  visit(AdmOptionField{"num_classes", 0, 1'000'000}, options.num_classes());
+  visit(AdmOptionField{.name = "image_size", .min = 1, .max = 4096, .required = true}, options.image_size());
+  visit(AdmOptionField{.name = "in_channels", .min = 1, .max = 64}, options.in_channels());
+  visit(AdmOptionField{.name = "num_channels", .min = 1, .max = 4096, .required = true},
+        options.num_channels());
+  visit(AdmOptionField{.name = "num_res_blocks", .min = 1, .max = 16, .required = true},
+        options.num_res_blocks());
+  visit(AdmOptionField{.name = "channel_mult", .min = 1, .max = 64}, options.channel_mult());
+  visit(AdmOptionField{.name = "attention_resolutions", .min = 1, .max = 4096},
+        options.attention_resolutions());
+  visit(AdmOptionField{.name = "num_heads", .min = 1, .max = 1024}, options.num_heads());
+  visit(AdmOptionField{.name = "num_head_channels", .min = 1, .max = 4096, .unset_allowed = true},
+        options.num_head_channels());
+  visit(AdmOptionField{.name = "num_heads_upsample", .min = 1, .max = 1024, .unset_allowed = true},
+        options.num_heads_upsample());
+  visit(AdmOptionField{.name = "use_scale_shift_norm"}, options.use_scale_shift_norm());
+  visit(AdmOptionField{.name = "resblock_updown"}, options.resblock_updown());
+  visit(AdmOptionField{.name = "learn_sigma"}, options.learn_sigma());
+  visit(AdmOptionField{.name = "dropout"}, options.dropout());
+  visit(AdmOptionField{.name = "use_new_attention_order"}, options.use_new_attention_order());
+  visit(AdmOptionField{.name = "num_classes", .min = 0, .max = 1'000'000}, options.num_classes());
 }
 
 /// An option value as configuration files and messages write it: integers and numbers as such, true / false,
