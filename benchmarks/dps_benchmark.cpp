@@ -8,7 +8,7 @@
 //                 [--batch N] [--graphs on|off] [--checkpointing] [--generator cpu|device]
 //                 [--warmup N] [--steps N] [--threads N] [--cpu-allocator caching|default]
 #include <diffpost/dps.hpp>
-#include <diffpost/models/config.hpp>
+#include <diffpost/io/model_config.hpp>
 #include <diffpost/runtime/cuda_graph.hpp>
 #include <diffpost/runtime/device.hpp>
 #include <diffpost/runtime/memory.hpp>

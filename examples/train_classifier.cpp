@@ -8,11 +8,11 @@
 // Recipe: Adam with a cosine-decayed learning rate, cross-entropy, random horizontal flips (clothes are
 // roughly mirror-symmetric). The training split alone is used for training; the test split only for the
 // final accuracy. Run with --help for every flag.
-#include <diffpost/detail/random.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/io/progress.hpp>
 #include <diffpost/models/classifier.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 
 #include "training_common.hpp"

@@ -11,15 +11,16 @@
 // L_simple alone with `--fixed-variance`. Adam, an exponential moving average of the weights, and a training
 // state in the output folder written atomically every `--checkpoint-every` steps and on SIGINT / SIGTERM.
 // Run with --help for every flag.
-#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
 #include <diffpost/io/image.hpp>
+#include <diffpost/io/model_config.hpp>
 #include <diffpost/io/progress.hpp>
 #include <diffpost/methods/unconditional.hpp>
 #include <diffpost/models/adm_unet.hpp>
-#include <diffpost/models/config.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 #include <diffpost/samplers/ddpm.hpp>
 #include <diffpost/schedule.hpp>

@@ -3,8 +3,8 @@
 // writing text files atomically.
 #pragma once
 
-#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
 #include <diffpost/io/image.hpp>
 
 #include <algorithm>

@@ -4,7 +4,7 @@
 
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
-#include <diffpost/models/config.hpp>
+#include <diffpost/io/model_config.hpp>
 #include <diffpost/runtime/device.hpp>
 
 #include <cstdlib>

@@ -5,8 +5,8 @@
 // `diffpost merge` when it was sharded, so that both give the same bytes.
 #pragma once
 
-#include <diffpost/detail/atomic_file.hpp>
 #include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
 
 #include <yaml-cpp/yaml.h>
 #include <zlib.h>

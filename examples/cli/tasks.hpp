@@ -2,10 +2,10 @@
 // noise types of the library, with per-task defaults chosen for 28 x 28 Fashion-MNIST images.
 #pragma once
 
-#include <diffpost/detail/random.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/samplers.hpp>
 
 #include <cstdint>

@@ -7,6 +7,6 @@
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/io/image.hpp>
+#include <diffpost/io/model_config.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/io/progress.hpp>
-#include <diffpost/models/config.hpp>

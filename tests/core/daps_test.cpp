@@ -1,8 +1,8 @@
 // DAPS: its annealing levels and ODE paths on the model's discrete timesteps, its samples against the exact
 // Gaussian posterior, and phase retrieval.
-#include "support/doctest_with_torch.hpp"
 #include <diffpost/dps.hpp>
 #include <diffpost/methods/daps.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/linear_problem.hpp"
 

@@ -1,8 +1,8 @@
 // DDNM, DiffPIR, PiGDM and DDRM on a correlated Gaussian prior with linear operators, against closed forms
 // (Eigen) and the exact posterior.
-#include "support/doctest_with_torch.hpp"
 #include <diffpost/dps.hpp>
 #include <diffpost/methods.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/linear_problem.hpp"
 

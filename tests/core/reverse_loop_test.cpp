@@ -1,8 +1,8 @@
 // The one reverse loop: what it reports per step, and the network work every method says a run costs, counted
 // on the model itself.
-#include "support/doctest_with_torch.hpp"
 #include <diffpost/dps.hpp>
 #include <diffpost/methods.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/linear_problem.hpp"
 

@@ -1,7 +1,7 @@
 // Training objectives and weight averaging against closed forms: the Gaussian KL, the tanh normal CDF
 // against std::erf, the discretized Gaussian likelihood against exact bin masses, the variational-bound
 // terms at their known zeros and values, the stop-gradient of the hybrid loss, and the EMA update rule.
-#include <diffpost/detail/random.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/schedule.hpp>
 #include <diffpost/training/ema.hpp>
 #include <diffpost/training/losses.hpp>

@@ -1,6 +1,7 @@
 // libFuzzer harness: read_state_dict(path) on a file holding the input, through the public API only: the zip
-// reader (detail/zip_archive.hpp), the legacy torch.save format and the pickle interpreter together. Seeds:
-// the repository's small checkpoints (tests/data/checkpoints: stored, deflated and zip64 archives, legacy).
+// reader (io/detail/zip_archive.hpp), the legacy torch.save format and the pickle interpreter together.
+// Seeds: the repository's small checkpoints (tests/data/checkpoints: stored, deflated and zip64 archives,
+// legacy).
 #include <diffpost/io/checkpoint.hpp>
 
 #include "fuzz_support.hpp"

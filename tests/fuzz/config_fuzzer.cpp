@@ -2,7 +2,7 @@
 // validate() again and describe a network within the documented bounds (its parameters counted without
 // building it). Seeds: the repository's config files (tests/data/adm_config, tests/data/cli,
 // examples/prior).
-#include <diffpost/models/config.hpp>
+#include <diffpost/io/model_config.hpp>
 
 #include "fuzz_support.hpp"
 

@@ -5,8 +5,8 @@
 // every supported format, written here), <corpus>/config (the config files) and <corpus>/checkpoint (the
 // small test checkpoints).
 #include <zlib.h>
-#include <diffpost/detail/pickle.hpp>
-#include <diffpost/detail/zip_archive.hpp>
+#include <diffpost/io/detail/pickle.hpp>
+#include <diffpost/io/detail/zip_archive.hpp>
 #include <diffpost/io/image.hpp>
 
 #include <cstdint>

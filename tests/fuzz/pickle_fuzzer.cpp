@@ -2,7 +2,7 @@
 // storages as the checkpoint readers do (refusing what the record could not hold), then a walk over the graph
 // the way read_state_dict walks it. Seeds: the data.pkl records of the repository's checkpoints and the
 // consecutive pickles of its legacy files (diffpost_fuzz_seeds).
-#include <diffpost/detail/pickle.hpp>
+#include <diffpost/io/detail/pickle.hpp>
 
 #include "fuzz_support.hpp"
 

@@ -2,7 +2,7 @@
 // any recursion could follow, tensor views whose offset, size or stride overflow, memo indices near 2^32,
 // dicts with many keys, and failures of the storage loader. Each ends in one c10::Error naming the file and
 // the problem, or in a correct parse.
-#include <diffpost/detail/pickle.hpp>
+#include <diffpost/io/detail/pickle.hpp>
 
 #include "support/doctest_with_torch.hpp"
 #include "support/error_of.hpp"

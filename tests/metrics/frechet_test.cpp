@@ -1,8 +1,8 @@
 // frechet_distance and GaussianStatistics against closed forms (1-D, diagonal, shifted and scaled sets),
 // against an independent computation through the eigenvalues of S_a S_b and a value from scipy, and on large
 // samples of two known Gaussians.
-#include <diffpost/detail/random.hpp>
 #include <diffpost/metrics.hpp>
+#include <diffpost/random.hpp>
 
 #include <torch/torch.h>
 #include "support/doctest_with_torch.hpp"

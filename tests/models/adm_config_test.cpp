@@ -2,8 +2,8 @@
 // errors that name it.
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/model_config.hpp>
 #include <diffpost/models/adm_unet.hpp>
-#include <diffpost/models/config.hpp>
 
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"

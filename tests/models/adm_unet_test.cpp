@@ -1,10 +1,10 @@
 // AdmUNet against the reference guided-diffusion UNetModel: state-dict key names and shapes, outputs of two
 // small reference runs (tests/data/adm_small/README.md says how they were made), option validation.
 #include <diffpost/concepts.hpp>
-#include <diffpost/detail/random.hpp>
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/models/adm_unet.hpp>
+#include <diffpost/random.hpp>
 
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"

@@ -5,6 +5,7 @@
 #include <diffpost/detail/constant_cache.hpp>
 #include <diffpost/detail/resampling.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/random.hpp>
 #include "support/doctest_with_torch.hpp"
 
 #include <atomic>

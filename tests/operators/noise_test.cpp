@@ -1,6 +1,7 @@
 // Noise models: sample moments against the closed forms, data-fidelity residuals against hand computations.
 #include <diffpost/noise.hpp>
 #include <diffpost/operators/identity.hpp>
+#include <diffpost/random.hpp>
 #include "support/doctest_with_torch.hpp"
 
 #include <cmath>

@@ -1,5 +1,6 @@
 // Measurement operators: numbers against closed forms, published constants and reference runs.
 #include <diffpost/operators.hpp>
+#include <diffpost/random.hpp>
 #include "support/doctest_with_torch.hpp"
 
 #include <cmath>

@@ -1,10 +1,11 @@
 // The SVDs the decomposable operators expose, and the closed-form data steps built on them, against the dense
 // matrices of the operators.
-#include "support/doctest_with_torch.hpp"
 #include <diffpost/methods/diffpir.hpp>
 #include <diffpost/methods/pigdm.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/random.hpp>
+#include "support/doctest_with_torch.hpp"
 
 #include "support/gaussian_posterior.hpp"
 

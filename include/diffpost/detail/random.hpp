@@ -4,8 +4,6 @@
 // target's device, so that a CPU generator gives the same numbers whatever device the tensors live on.
 #pragma once
 
-#include <diffpost/random.hpp>
-
 #include <torch/torch.h>
 
 namespace diffpost::detail {

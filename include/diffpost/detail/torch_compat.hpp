@@ -9,7 +9,7 @@
 //   * fmt: LibTorch 2.x ships fmt 11+ headers that shadow the system's; diffpost uses fmt header-only
 //     (fmt::fmt-header-only), and fmt::join needs <fmt/ranges.h> there.
 //   * caffe2::serialize's zip reader and writer changed behaviour between releases: diffpost reads and
-//     writes torch.save archives itself (detail/zip_archive.hpp).
+//     writes torch.save archives itself (io/detail/zip_archive.hpp).
 //   * CUDA: every LibTorch ships the ATen/cuda and c10/cuda headers, but only a CUDA build has their symbols
 //     (libtorch_cuda, libc10_cuda). DIFFPOST_HAS_CUDA says whether the CUDA-only code (CUDA graphs, the CUDA
 //     caching allocator's statistics) is compiled; everything else reaches CUDA through LibTorch's hooks

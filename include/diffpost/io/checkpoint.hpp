@@ -2,15 +2,15 @@
 // (`torch.save(model.state_dict(), path)`: a zip archive holding `<archive>/data.pkl`, one record
 // `<archive>/data/<key>` per storage and `<archive>/version`), without Python and without LibTorch's
 // `torch::pickle_load`, which in LibTorch 1.13 rejects the `collections.OrderedDict` such files hold.
-// The pickle is interpreted by a small inert stack machine (detail/pickle.hpp) that never executes anything.
-// See docs/checkpoints.md for the format, the supported variants and the errors.
+// The pickle is interpreted by a small inert stack machine (io/detail/pickle.hpp) that never executes
+// anything. See docs/checkpoints.md for the format, the supported variants and the errors.
 #pragma once
 
 #include <torch/torch.h>
 
-#include <diffpost/detail/atomic_file.hpp>
-#include <diffpost/detail/pickle.hpp>
-#include <diffpost/detail/zip_archive.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
+#include <diffpost/io/detail/pickle.hpp>
+#include <diffpost/io/detail/zip_archive.hpp>
 
 #include <algorithm>
 #include <array>

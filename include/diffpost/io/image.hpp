@@ -4,11 +4,11 @@
 // Images are float tensors in [-1, 1], x = 2 * sample / max - 1 (max = 255 for 8-bit files, 65535 for 16-bit
 // PNGs, the declared maxval for PGM/PPM), NCHW. Files are treated as hostile: the header is read first and an
 // image larger than the caller's limit is refused before anything of its size is allocated; PGM/PPM and BMP
-// are decoded here, PNG, JPEG, GIF and TGA by a private copy of stb_image (diffpost/detail/stb.hpp: formats,
-// allocation budget, zeroed memory, the DIFFPOST_EXTERNAL_STB opt-out), after checks of what stb 2.27 gets
-// wrong (JPEG tables, empty PNG IDAT chunks). docs/operators.md ("Images") lists what is read and what is
-// refused; docs/fuzzing.md how it is fuzzed. Grids of images (save_grid) may carry column labels and
-// captions, drawn with stb_easy_font's built-in bitmap font.
+// are decoded here, PNG, JPEG, GIF and TGA by a private copy of stb_image (diffpost/io/detail/stb.hpp:
+// formats, allocation budget, zeroed memory, the DIFFPOST_EXTERNAL_STB opt-out), after checks of what
+// stb 2.27 gets wrong (JPEG tables, empty PNG IDAT chunks). docs/operators.md ("Images") lists what is read
+// and what is refused; docs/fuzzing.md how it is fuzzed. Grids of images (save_grid) may carry column labels
+// and captions, drawn with stb_easy_font's built-in bitmap font.
 #pragma once
 
 #include <torch/torch.h>
@@ -29,8 +29,8 @@
 #include <system_error>
 #include <vector>
 
-#include <diffpost/detail/atomic_file.hpp>
-#include <diffpost/detail/stb.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
+#include <diffpost/io/detail/stb.hpp>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>

@@ -234,7 +234,7 @@ struct AdmOptionField {
 
 /// Calls `visit(field, value)` for every field of `options` (an AdmUNetOptions, const or not; `value` is a
 /// reference to the member: int64_t, bool, double or std::vector<int64_t>), in the order `operator<<`
-/// prints them. The one list of fields behind printing, reading configuration files (`models/config.hpp`)
+/// prints them. The one list of fields behind printing, reading configuration files (`io/model_config.hpp`)
 /// and writing them.
 template <class Options, class Visitor>
 requires std::same_as<std::remove_const_t<Options>, AdmUNetOptions>
