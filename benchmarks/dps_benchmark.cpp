@@ -1,6 +1,6 @@
 // Times DPS steps on a device: super-resolution (x4 on the FFHQ-256 UNet, x2 on the bundled prior's
 // configuration), Gaussian noise sigma 0.05, scale 0.3, with random weights. Reports the milliseconds of one
-// DPS step (network forward, sampler step, operator, residual, input gradient, update) and of the bare
+// DPS step(sampler step, network forward, operator, residual, input gradient, update) and of the bare
 // network forward + input gradient measured in the same run, their ratio (what DPS adds around the network),
 // the seconds of a 1000-step image, and the peak memory of the timed steps (docs/performance.md).
 //
@@ -46,7 +46,7 @@ struct Settings {
 
 Settings parse(int argc, char** argv) {
   Settings s;
-  CLI::App app("Times DPS steps (SR, sigma 0.05) against the bare network on a device (docs/performance.md).",
+  CLI::App app("Times DPS steps(sigma 0.05, SR) against the bare network on a device (docs/performance.md).",
                "dps_benchmark");
   app.add_option("--config", s.config,
                  "small: the bundled prior's configuration (28x28, SR x2); ffhq: FFHQ-256 (SR x4)")
@@ -131,10 +131,11 @@ int main(int argc, char** argv) try {
       (at::rand({s.batch, channels, size, size}, generator, image_options.device(generator.device())) * 2 - 1)
           .to(device);
   const auto y = likelihood.sample(op.forward(truth), generator);
-  const diffpost::DPS<diffpost::GaussianLikelihood, diffpost::SuperResolutionOperator> dps(
-      op, likelihood, diffpost::DDPMSampler(diffpost::DiffusionSchedule::linear()),
-      diffpost::DPSOptions{}.scale(0.3));
-  const int64_t num_steps = dps.schedule().num_steps();
+  const diffpost::PosteriorSampler dps(
+      diffpost::DPS<diffpost::GaussianLikelihood, diffpost::SuperResolutionOperator>(
+          likelihood, op, diffpost::DDPMSampler(diffpost::DiffusionSchedule::linear()),
+          diffpost::DPSOptions{}.scale(0.3)));
+  const int64_t num_steps = dps.num_steps();
 
   fmt::print(
       "dps_benchmark: config {} ({}x{}, {} channels), SR x{}, sigma 0.05, device {}, precision {}, batch {}, "
@@ -147,7 +148,7 @@ int main(int argc, char** argv) try {
     auto x = diffpost::detail::randn_like(truth, generator);
     int64_t index = num_steps - 1;
     auto dps_step = [&](int) {
-      x = dps.step(network, x, y, index, generator).x_prev;
+      x = dps.step(network, x, y, index, diffpost::detail::randn_like(x, generator), generator).x_prev;
       index = index > 0 ? index - 1 : num_steps - 1;
     };
     const auto t = torch::full({s.batch}, 500, torch::TensorOptions().dtype(torch::kLong).device(device));

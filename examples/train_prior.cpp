@@ -491,7 +491,7 @@ int run(const Flags& flags) {
     }
     auto t = at::randint(0, schedule.num_steps(), {flags.batch_size}, generator, torch::kLong).to(device);
     auto noise = diffpost::detail::randn_like(x0, generator);
-    auto x_t = schedule.q_sample(x0, t, noise);
+    auto x_t = q_sample(schedule, x0, t, noise);
     auto output = model(x_t, t);
     auto terms = diffpost::diffusion_loss(schedule, output, x0, x_t, t, noise);
     auto loss = terms.loss.mean();

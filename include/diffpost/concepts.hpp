@@ -4,6 +4,8 @@
 //   NoiseModel       y ~ p(y | A(x))     how the measurement was corrupted, and the data-fidelity term
 //   ScoreModel       eps(x_t, t)         the pretrained diffusion prior
 //   Sampler          x_t -> x_{t-1}      one reverse step of the diffusion process
+//   PosteriorStep    (x_t, eps) -> x_{t-1} a method's correction of that step by the measurement (DPS, DDRM,
+//   ...)
 //
 // Each concept is split into small named requirements so that a type which misses one gets an error that
 // names the missing piece. Conventions shared by all of them: tensors are NCHW, images live in [-1, 1],
@@ -14,6 +16,8 @@
 
 #include <concepts>
 #include <cstdint>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace diffpost {
@@ -210,5 +214,103 @@ concept HasReverseStep = requires(const S& sampler, const torch::Tensor& model_o
 /// Not required: drawing its own noise (the caller passes it, so steps can be compared number for number).
 template <class S>
 concept Sampler = HasSchedule<S> && HasReverseStep<S>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// PosteriorStep
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One evaluation of the score model, as the reverse loop hands it to a method.
+struct NetworkPrediction {
+  torch::Tensor x_t;     ///< the iterate the network saw; a leaf requiring grad when `output` keeps its graph
+  torch::Tensor output;  ///< the raw model output at x_t (eps, possibly followed by variance channels)
+  int64_t index;         ///< the schedule step of x_t
+};
+
+/// What a method makes of one prediction.
+struct MethodStep {
+  torch::Tensor x_prev;    ///< x_{t-1}, detached
+  torch::Tensor x0_hat;    ///< estimate of x_0 at x_t, detached
+  torch::Tensor residual;  ///< data fidelity per sample [B], detached; undefined where a method has none
+};
+
+namespace detail {
+
+/// A ScoreModel used only to state PosteriorStep's requirement on `correct`, which takes any score model.
+struct ScoreModelArchetype {
+  torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& t);
+  [[nodiscard]] bool learns_variance() const;
+};
+
+}  // namespace detail
+
+/// Optional part of PosteriorStep: `method.prepare(y, like)` computes the constants of one run (the
+/// measurement, an operator's SVD, U^T y, ...) once, for measurements y and iterates shaped like `like`.
+template <class M>
+concept HasRunContext = requires(const M& method, const torch::Tensor& y, const torch::Tensor& like) {
+  method.prepare(y, like);
+};
+
+/// What a method's `correct` receives as its run's constants: what `prepare` returns, or the measurement
+/// batch itself for methods without `prepare`.
+template <class M>
+struct method_context {
+  using type = torch::Tensor;
+};
+template <HasRunContext M>
+struct method_context<M> {
+  using type = std::remove_cvref_t<decltype(std::declval<const M&>().prepare(
+      std::declval<const torch::Tensor&>(), std::declval<const torch::Tensor&>()))>;
+};
+template <class M>
+using method_context_t = typename method_context<M>::type;
+
+/// Requirement 2 of PosteriorStep: `M::differentiates_network` is a compile-time bool: whether the reverse
+/// loop evaluates the network with its graph (DPS and PiGDM backpropagate through it) or without.
+template <class M>
+concept DeclaresNetworkGradient = requires {
+  typename std::bool_constant<M::differentiates_network>;
+};
+
+/// Requirement 3 of PosteriorStep: `method.measurement_operator()` gives the ForwardOperator of y = A(x), by
+/// which the sampler checks the measurement against the image shape.
+template <class M>
+concept HasMeasurementOperator = requires(const M& method) {
+  method.measurement_operator();
+}
+&&ForwardOperator<std::remove_cvref_t<decltype(std::declval<const M&>().measurement_operator())>>;
+
+/// Requirement 4 of PosteriorStep: `method.correct(model, context, prediction, noise, generator)` turns the
+/// loop's network prediction at x_t into x_{t-1}, for any ScoreModel (checked with an archetype), given the
+/// run's context (method_context_t), the standard-normal `noise` the loop drew for this step, and the
+/// generator for any further draws.
+template <class M, class Model = detail::ScoreModelArchetype>
+concept HasCorrection = requires(const M& method, Model& model, const method_context_t<M>& context,
+                                 const NetworkPrediction& prediction, const torch::Tensor& noise,
+                                 at::Generator& generator) {
+  { method.correct(model, context, prediction, noise, generator) } -> std::same_as<MethodStep>;
+};
+
+/// Requirement 5 of PosteriorStep: `M::method_name()` and `M::divergence_remedy()` name the method and say
+/// what to change when a run diverges, for the loop's error message.
+template <class M>
+concept NamesItself = requires {
+  { M::method_name() } -> std::convertible_to<std::string_view>;
+  { M::divergence_remedy() } -> std::convertible_to<std::string_view>;
+};
+
+/// A posterior sampling method: how the measurement corrects each reverse step. Requirements:
+///   1. `method.schedule() -> const DiffusionSchedule&`: the steps the reverse loop runs (HasSchedule);
+///   2. `M::differentiates_network`, a constant bool (DeclaresNetworkGradient);
+///   3. `method.measurement_operator()`, a ForwardOperator (HasMeasurementOperator);
+///   4. `method.correct(model, context, prediction, noise, generator) -> MethodStep` (HasCorrection);
+///   5. `M::method_name()` and `M::divergence_remedy()` (NamesItself).
+/// Optional, with defaults: `prepare(y, like)` (HasRunContext; default: the measurement is the context),
+/// `start_index()` and `initial_state(y, like, generator)` where a method starts elsewhere than at x_T ~
+/// N(0, I) (SDEdit), `network_evaluations(index)` where a step evaluates the network more than once (DAPS).
+/// Not required: drawing the loop's noise (the loop draws it, so steps compare number for number), or
+/// knowing how many samples are drawn per measurement (PosteriorSampler owns that).
+template <class M>
+concept PosteriorStep = HasSchedule<M> && DeclaresNetworkGradient<M> && HasMeasurementOperator<M> &&
+    HasCorrection<M> && NamesItself<M>;
 
 }  // namespace diffpost

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <diffpost/methods/daps.hpp>
+#include <diffpost/methods/data_fidelity.hpp>
 #include <diffpost/methods/ddnm.hpp>
 #include <diffpost/methods/ddrm.hpp>
 #include <diffpost/methods/diffpir.hpp>

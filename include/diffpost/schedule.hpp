@@ -218,14 +218,21 @@ class DiffusionSchedule {
     return values.view(shape);
   }
 
-  /// Forward process sample x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al. eq. 4), per-sample
-  /// steps.
-  [[nodiscard]] torch::Tensor q_sample(const torch::Tensor& x0, const torch::Tensor& indices,
-                                       const torch::Tensor& noise) const {
-    TORCH_CHECK(x0.sizes() == noise.sizes(), "q_sample: noise shape ", noise.sizes(),
-                " differs from x0 shape ", x0.sizes());
-    return gather(sqrt_alphas_cumprod_, indices, x0) * x0 +
-           gather(sqrt_one_minus_alphas_cumprod_, indices, x0) * noise;
+  /// The step whose noise-to-signal ratio sqrt(1 / abar - 1) (the noise level sigma of x_t / sqrt(abar), on
+  /// the variance-exploding scale) is nearest to `sigma` in log scale; step 0 for sigma = 0. An image
+  /// corrupted as x + sigma n is the diffusion state x_t / sqrt(abar) at that step.
+  [[nodiscard]] int64_t nearest_step(double sigma) const {
+    TORCH_CHECK(sigma >= 0.0 && !std::isnan(sigma), "noise level sigma must be >= 0, got ", sigma);
+    int64_t best = 0;
+    double best_error = INFINITY;
+    for (int64_t i = 0; i < num_steps(); ++i) {
+      const double error = std::abs(std::log(sqrt_recipm1_alphas_cumprod_[i]) - std::log(sigma));
+      if (error < best_error) {
+        best_error = error;
+        best = i;
+      }
+    }
+    return best;
   }
 
  private:

@@ -12,9 +12,9 @@ int main() {
   auto generator = make_generator(0);
   GaussianPrior prior(torch::zeros({1, 8, 8}), torch::full({1, 8, 8}, 0.5), DiffusionSchedule::linear());
   BlurOperator<Motion> blur(Motion{}.size(5).intensity(0.5), generator);
-  DPS<GaussianLikelihood, BlurOperator<Motion>> dps(blur, GaussianLikelihood(0.05),
-                                                    DDPMSampler(DiffusionSchedule::linear().respaced("10")),
-                                                    DPSOptions{}.scale(0.3));
+  PosteriorSampler dps(DPS<GaussianLikelihood, BlurOperator<Motion>>(
+      GaussianLikelihood(0.05), blur, DDPMSampler(DiffusionSchedule::linear().respaced("10")),
+      DPSOptions{}.scale(0.3)));
   auto y = GaussianLikelihood(0.05).sample(blur.forward(prior.sample(1, generator).to(torch::kFloat32)),
                                            generator);
   auto x = dps.sample(prior, y, {1, 8, 8}, generator);

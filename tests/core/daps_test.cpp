@@ -27,13 +27,14 @@ static_assert(DAPSAccepts<PhaseRetrievalOperator> && DAPSAccepts<LambdaOperator>
 
 TEST_CASE("DAPS's annealing levels and ODE paths follow EDM's spacing on the model's timesteps") {
   const auto model_schedule = DiffusionSchedule::linear();
-  const DAPS<GaussianLikelihood, SubsampleOperator> daps(SubsampleOperator{}, GaussianLikelihood(0.05),
+  const DAPS<GaussianLikelihood, SubsampleOperator> daps(GaussianLikelihood(0.05), SubsampleOperator{},
                                                          model_schedule);
   const auto& levels = daps.schedule();
   const auto sigma_of = [&](int64_t model_step) {
     return model_schedule.sqrt_recipm1_alphas_cumprod()[model_step];
   };
-  INFO("levels ", levels.num_steps(), ", network evaluations ", daps.network_cost().forwards);
+  INFO("levels ", levels.num_steps(), ", network evaluations ",
+       PosteriorSampler(daps).network_cost().forwards);
   // 200 levels from sigma 100 to just above 0.1, on distinct timesteps of the linear schedule (none merge).
   CHECK(levels.num_steps() == 200);
   const auto top = daps.ode_path(levels.num_steps() - 1).front();
@@ -50,7 +51,7 @@ TEST_CASE("DAPS's annealing levels and ODE paths follow EDM's spacing on the mod
     CHECK(path.size() <= 6);
     evaluations += static_cast<int64_t>(path.size()) - 1;
   }
-  CHECK((daps.network_cost() == NetworkCost{evaluations, 0}));
+  CHECK((PosteriorSampler(daps).network_cost() == NetworkCost{evaluations, 0}));
   CHECK(evaluations == 1000);  // 5 per level: the official name of these settings is DAPS-1K
   // The Langevin step decays linearly over the levels, from step_size at the first (noisiest).
   const int64_t n = levels.num_steps();
@@ -67,14 +68,11 @@ TEST_CASE("DAPS samples have the exact posterior's mean and spread when tau matc
   // widens the samples; the official settings (tau 0.01) trade the spread for the fit.
   auto problem = make_problem(0.05, 71);
   const int64_t count = 64;
-  DAPS<GaussianLikelihood, SubsampleOperator> daps(SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-                                                   DiffusionSchedule::linear(),
-                                                   DAPSOptions{}
-                                                       .sigma_min(0.01)
-                                                       .ode_steps(1)
-                                                       .step_size(5e-4)
-                                                       .tau(std::sqrt(2.0) * problem.sigma)
-                                                       .num_samples(count));
+  PosteriorSampler daps(
+      DAPS<GaussianLikelihood, SubsampleOperator>(
+          GaussianLikelihood(problem.sigma), SubsampleOperator{}, DiffusionSchedule::linear(),
+          DAPSOptions{}.sigma_min(0.01).ode_steps(1).step_size(5e-4).tau(std::sqrt(2.0) * problem.sigma)),
+      count);
   auto generator = make_generator(8);
   const auto samples = daps.sample(problem.prior, problem.y, {1, 6, 6}, generator).reshape({count, -1});
   const auto mean = testing::to_eigen(samples.mean(0));
@@ -99,15 +97,12 @@ TEST_CASE("DAPS solves phase retrieval on the Gaussian prior to the noise level"
   const PhaseRetrievalOperator op(2.0);
   auto generator = make_generator(9);
   const auto y = GaussianLikelihood(problem.sigma).sample(op.forward(problem.x_true), generator);
-  DAPS<GaussianLikelihood, PhaseRetrievalOperator> daps(op, GaussianLikelihood(problem.sigma),
-                                                        DiffusionSchedule::linear(),
-                                                        DAPSOptions{}
-                                                            .annealing_steps(50)
-                                                            .ode_steps(2)
-                                                            .langevin_steps(50)
-                                                            .step_size(5e-4)
-                                                            .tau(std::sqrt(2.0) * problem.sigma)
-                                                            .num_samples(8));
+  PosteriorSampler daps(
+      DAPS<GaussianLikelihood, PhaseRetrievalOperator>(
+          GaussianLikelihood(problem.sigma), op, DiffusionSchedule::linear(),
+          DAPSOptions{}.annealing_steps(50).ode_steps(2).langevin_steps(50).step_size(5e-4).tau(
+              std::sqrt(2.0) * problem.sigma)),
+      8);
   const auto samples = daps.sample(problem.prior, y, {1, 6, 6}, generator);
   REQUIRE(samples.isfinite().all().item<bool>());
   // A posterior sample misfits y by about sqrt(2) sigma (the noise plus its own spread): every sample must

@@ -13,13 +13,13 @@ TEST_CASE("one DPS step equals the sampler step minus scale times the closed-for
   const auto schedule = DiffusionSchedule::linear().respaced("100");
   DDPMSampler sampler(schedule, DDPMOptions{}.clip_denoised(false));
   const double scale = 0.7;
-  DPS<GaussianLikelihood, SubsampleOperator> dps(SubsampleOperator{}, GaussianLikelihood(0.05), sampler,
+  DPS<GaussianLikelihood, SubsampleOperator> dps(GaussianLikelihood(0.05), SubsampleOperator{}, sampler,
                                                  DPSOptions{}.scale(scale));
   auto generator = make_generator(5);
   auto x_t = diffpost::detail::randn_like(torch::empty({1, 1, 6, 6}, torch::kFloat64), generator);
   auto noise = diffpost::detail::randn_like(x_t, generator);
   const int64_t index = 60;
-  auto result = dps.step(problem.prior, x_t, problem.y, index, noise);
+  auto result = PosteriorSampler(dps).step(problem.prior, x_t, problem.y, index, noise, generator);
 
   // Closed form: x0_hat = mu + J (x_t - sqrt(abar) mu) with J = sqrt(abar) S M^{-1}, M = abar S + (1 - abar)
   // I, so grad_x ||y - A x0_hat|| = J^T A^T (A x0_hat - y) / ||A x0_hat - y||.
@@ -45,10 +45,12 @@ TEST_CASE("one DPS step equals the sampler step minus scale times the closed-for
 TEST_CASE(
     "DPS on a Gaussian prior lands near the exact posterior mean and fits the measurement to the noise") {
   auto problem = make_problem(0.05, 21);
-  DPS<GaussianLikelihood, SubsampleOperator> dps(
-      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-      DDPMSampler(DiffusionSchedule::linear().respaced("250"), DDPMOptions{}.clip_denoised(false)),
-      DPSOptions{}.scale(0.5).num_samples(32));
+  PosteriorSampler dps(
+      DPS<GaussianLikelihood, SubsampleOperator>(
+          GaussianLikelihood(problem.sigma), SubsampleOperator{},
+          DDPMSampler(DiffusionSchedule::linear().respaced("250"), DDPMOptions{}.clip_denoised(false)),
+          DPSOptions{}.scale(0.5)),
+      32);
   auto generator = make_generator(7);
   auto samples = dps.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   REQUIRE(samples.sizes() == torch::IntArrayRef{32, 1, 6, 6});
@@ -71,10 +73,12 @@ TEST_CASE("DPS on few-step DDIM lands near the exact posterior mean, and its sam
   // The reference's DDIM path returns black images; here DPS on 25 deterministic DDIM steps must behave like
   // the 250-step DDPM case above: posterior mean, measurement fit, and samples that differ from each other.
   auto problem = make_problem(0.05, 21);
-  DPS<GaussianLikelihood, SubsampleOperator, DDIMSampler> dps(
-      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-      DDIMSampler(DiffusionSchedule::linear().respaced("ddim25"), DDIMOptions{}.clip_denoised(false)),
-      DPSOptions{}.scale(0.5).num_samples(32));
+  PosteriorSampler dps(
+      DPS<GaussianLikelihood, SubsampleOperator, DDIMSampler>(
+          GaussianLikelihood(problem.sigma), SubsampleOperator{},
+          DDIMSampler(DiffusionSchedule::linear().respaced("ddim25"), DDIMOptions{}.clip_denoised(false)),
+          DPSOptions{}.scale(0.5)),
+      32);
   auto generator = make_generator(7);
   auto samples = dps.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   REQUIRE(samples.sizes() == torch::IntArrayRef{32, 1, 6, 6});
@@ -106,9 +110,10 @@ TEST_CASE("DPS on few-step DDIM lands near the exact posterior mean, and its sam
 
 TEST_CASE("DPS runs are reproducible bit for bit from a seed, and report every step") {
   auto problem = make_problem(0.05, 31);
-  DPS<GaussianLikelihood, SubsampleOperator> dps(SubsampleOperator{}, GaussianLikelihood(0.05),
-                                                 DDPMSampler(DiffusionSchedule::linear().respaced("20")),
-                                                 DPSOptions{}.scale(0.3).num_samples(2));
+  PosteriorSampler dps(DPS<GaussianLikelihood, SubsampleOperator>(
+                           GaussianLikelihood(0.05), SubsampleOperator{},
+                           DDPMSampler(DiffusionSchedule::linear().respaced("20")), DPSOptions{}.scale(0.3)),
+                       2);
   auto first_generator = make_generator(99);
   int64_t calls = 0;
   int64_t last_index = -1;
@@ -134,7 +139,7 @@ TEST_CASE("step-size schedules follow their definitions") {
   const auto schedule = DiffusionSchedule::linear().respaced("10");
   auto make = [&](StepSizeSchedule kind) {
     return DPS<GaussianLikelihood, IdentityOperator>(
-        IdentityOperator{}, GaussianLikelihood(0.1), DDPMSampler(schedule),
+        GaussianLikelihood(0.1), IdentityOperator{}, DDPMSampler(schedule),
         DPSOptions{}.scale(2.0).step_size_schedule(kind).decay_rate(3.0));
   };
   CHECK(make(StepSizeSchedule::constant).step_size(4) == 2.0);
@@ -147,12 +152,12 @@ TEST_CASE("step-size schedules follow their definitions") {
 TEST_CASE("bad DPS input is an error that names the value and what was expected") {
   const auto schedule = DiffusionSchedule::linear().respaced("10");
   CHECK_THROWS_WITH_AS(
-      (DPS<GaussianLikelihood, IdentityOperator>(IdentityOperator{}, GaussianLikelihood(0.1),
+      (DPS<GaussianLikelihood, IdentityOperator>(GaussianLikelihood(0.1), IdentityOperator{},
                                                  DDPMSampler(schedule), DPSOptions{}.scale(-1.0))),
       doctest::Contains("scale must be a finite number >= 0, got -1"), c10::Error);
   CHECK_THROWS_WITH_AS(GaussianLikelihood(-0.1), doctest::Contains("sigma must be >= 0"), c10::Error);
-  DPS<GaussianLikelihood, IdentityOperator> dps(IdentityOperator{}, GaussianLikelihood(0.1),
-                                                DDPMSampler(schedule));
+  PosteriorSampler dps(DPS<GaussianLikelihood, IdentityOperator>(GaussianLikelihood(0.1), IdentityOperator{},
+                                                                 DDPMSampler(schedule)));
   auto prior = GaussianPrior(torch::zeros({1, 4, 4}), torch::ones({1, 4, 4}), DiffusionSchedule::linear());
   auto generator = make_generator(0);
   CHECK_THROWS_WITH_AS(dps.sample(prior, torch::zeros({1, 1, 5, 5}), {1, 4, 4}, generator),
@@ -162,17 +167,17 @@ TEST_CASE("bad DPS input is an error that names the value and what was expected"
                        doctest::Contains("image_shape must be [C, H, W]"), c10::Error);
   CHECK_THROWS_WITH_AS(dps.sample(prior, torch::zeros({1, 1, 4, 4}, torch::kLong), {1, 4, 4}, generator),
                        doctest::Contains("floating-point"), c10::Error);
-  CHECK_THROWS_WITH_AS(
-      dps.step(prior, torch::zeros({1, 1, 4, 4}), torch::zeros({1, 1, 4, 4}), 10, torch::zeros({1, 1, 4, 4})),
-      doctest::Contains("step index 10 is outside"), c10::Error);
+  CHECK_THROWS_WITH_AS(dps.step(prior, torch::zeros({1, 1, 4, 4}), torch::zeros({1, 1, 4, 4}), 10,
+                                torch::zeros({1, 1, 4, 4}), generator),
+                       doctest::Contains("step index 10 is outside"), c10::Error);
 }
 
 TEST_CASE("a diverging run is reported with the step where it happened") {
   auto prior = GaussianPrior(torch::zeros({1, 4, 4}), torch::ones({1, 4, 4}), DiffusionSchedule::linear());
-  DPS<GaussianLikelihood, IdentityOperator> dps(IdentityOperator{}, GaussianLikelihood(0.1),
+  DPS<GaussianLikelihood, IdentityOperator> dps(GaussianLikelihood(0.1), IdentityOperator{},
                                                 DDPMSampler(DiffusionSchedule::linear().respaced("10")),
                                                 DPSOptions{}.scale(1e300));
   auto generator = make_generator(0);
-  CHECK_THROWS_WITH_AS(dps.sample(prior, torch::ones({1, 1, 4, 4}), {1, 4, 4}, generator),
+  CHECK_THROWS_WITH_AS(PosteriorSampler(dps).sample(prior, torch::ones({1, 1, 4, 4}), {1, 4, 4}, generator),
                        doctest::Contains("DPS diverged"), c10::Error);
 }

@@ -55,10 +55,12 @@ TEST_CASE("projection onto the measurement set satisfies A x = y exactly") {
 
 TEST_CASE("MCG's output satisfies the measurement within the noise, and lands near the posterior mean") {
   auto problem = make_problem(0.05, 41);
-  MCG<GaussianLikelihood, SubsampleOperator> mcg(
-      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-      DDPMSampler(DiffusionSchedule::linear().respaced("100"), DDPMOptions{}.clip_denoised(false)),
-      DPSOptions{}.scale(0.5).num_samples(16));
+  PosteriorSampler mcg(
+      MCG<GaussianLikelihood, SubsampleOperator>(
+          GaussianLikelihood(problem.sigma), SubsampleOperator{},
+          DDPMSampler(DiffusionSchedule::linear().respaced("100"), DDPMOptions{}.clip_denoised(false)),
+          DPSOptions{}.scale(0.5)),
+      16);
   auto generator = make_generator(3);
   auto samples = mcg.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   REQUIRE(samples.sizes() == torch::IntArrayRef{16, 1, 6, 6});
@@ -71,9 +73,10 @@ TEST_CASE("MCG's output satisfies the measurement within the noise, and lands ne
 
 TEST_CASE("Score-SDE projection fits the measurement exactly up to the diffused noise") {
   auto problem = make_problem(0.05, 42);
-  ScoreSDEProjection<SubsampleOperator> projection(SubsampleOperator{},
-                                                   DDPMSampler(DiffusionSchedule::linear().respaced("100")),
-                                                   ProjectionOptions{}.num_samples(8));
+  PosteriorSampler projection(
+      ScoreSDEProjection<SubsampleOperator>(SubsampleOperator{},
+                                            DDPMSampler(DiffusionSchedule::linear().respaced("100"))),
+      8);
   auto generator = make_generator(4);
   auto samples = projection.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   CHECK(rms(SubsampleOperator{}.forward(samples) - problem.y) < 0.02);
@@ -83,14 +86,16 @@ TEST_CASE("Score-SDE projection fits the measurement exactly up to the diffused 
 
 TEST_CASE("ScoreALD pulls samples to the measurement and toward the posterior") {
   auto problem = make_problem(0.05, 43);
-  ScoreALD<GaussianLikelihood, SubsampleOperator> ald(
-      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-      DDPMSampler(DiffusionSchedule::linear().respaced("250"), DDPMOptions{}.clip_denoised(false)),
-      ScoreALDOptions{}.sigma(problem.sigma).num_samples(16));
+  PosteriorSampler ald(
+      ScoreALD<GaussianLikelihood, SubsampleOperator>(
+          GaussianLikelihood(problem.sigma), SubsampleOperator{},
+          DDPMSampler(DiffusionSchedule::linear().respaced("250"), DDPMOptions{}.clip_denoised(false)),
+          ScoreALDOptions{}.sigma(problem.sigma)),
+      16);
   for (int64_t i : {0, 100, 249}) {
-    const auto& schedule = ald.sampler().schedule();
+    const auto& schedule = ald.method().sampler().schedule();
     const double gamma_squared = 1.0 - schedule.alphas_cumprod()[i];
-    CHECK(ald.step_size(i) == doctest::Approx(schedule.betas()[i] / (0.05 * 0.05 + gamma_squared)));
+    CHECK(ald.method().step_size(i) == doctest::Approx(schedule.betas()[i] / (0.05 * 0.05 + gamma_squared)));
   }
   auto generator = make_generator(5);
   int64_t calls = 0;
@@ -109,15 +114,15 @@ TEST_CASE("SDEdit with t* = 0 returns its input; with t* = T it forgets it") {
   auto generator = make_generator(6);
   SDEdit<SubsampleOperator> identity(SubsampleOperator{}, sampler, SDEditOptions{}.t_star(0));
   CHECK(identity.start_index() == -1);
-  CHECK(torch::equal(identity.sample(problem.prior, problem.y, {1, 6, 6}, generator),
+  CHECK(torch::equal(PosteriorSampler(identity).sample(problem.prior, problem.y, {1, 6, 6}, generator),
                      SubsampleOperator{}.naive_inverse(problem.y)));
 
   SDEdit<SubsampleOperator> full(SubsampleOperator{}, sampler, SDEditOptions{}.t_star(1000));
   CHECK(full.start_index() == 49);
   auto first_generator = make_generator(7);
   auto second_generator = make_generator(7);
-  auto from_y = full.sample(problem.prior, problem.y, {1, 6, 6}, first_generator);
-  auto from_other = full.sample(problem.prior, -problem.y, {1, 6, 6}, second_generator);
+  auto from_y = PosteriorSampler(full).sample(problem.prior, problem.y, {1, 6, 6}, first_generator);
+  auto from_other = PosteriorSampler(full).sample(problem.prior, -problem.y, {1, 6, 6}, second_generator);
   // abar at t = 999 is 4e-5: the input survives with weight sqrt(abar) = 0.006 and is then mixed by the
   // prior.
   CHECK(rms(from_y - from_other) < 0.05);

@@ -141,8 +141,7 @@ TEST_CASE("DDNM's output satisfies A x = y exactly for noise-free measurements")
   const auto schedule = DiffusionSchedule::linear().respaced("ddim50");
   SUBCASE("pseudo-inverse only") {
     const auto y = SubsampleOperator{}.forward(problem.x_true);
-    DDNM<NoNoise, SubsampleOperator> ddnm(SubsampleOperator{}, NoNoise{}, schedule,
-                                          DDNMOptions{}.num_samples(4));
+    PosteriorSampler ddnm(DDNM<NoNoise, SubsampleOperator>(NoNoise{}, SubsampleOperator{}, schedule), 4);
     auto generator = make_generator(1);
     const auto samples = ddnm.sample(problem.prior, y, {1, 6, 6}, generator);
     REQUIRE(samples.sizes() == torch::IntArrayRef{4, 1, 6, 6});
@@ -151,7 +150,7 @@ TEST_CASE("DDNM's output satisfies A x = y exactly for noise-free measurements")
   SUBCASE("with the operator's SVD") {
     const InpaintingOperator op(testing::even_column_mask());
     const auto y = op.forward(problem.x_true);
-    DDNM<NoNoise, InpaintingOperator> ddnm(op, NoNoise{}, schedule, DDNMOptions{}.num_samples(4));
+    PosteriorSampler ddnm(DDNM<NoNoise, InpaintingOperator>(NoNoise{}, op, schedule), 4);
     auto generator = make_generator(2);
     const auto samples = ddnm.sample(problem.prior, y, {1, 6, 6}, generator);
     CHECK(max_difference(op.forward(samples), y.expand({4, -1, -1, -1})) < 1e-10);
@@ -162,9 +161,10 @@ TEST_CASE("DDNM's output satisfies A x = y exactly for noise-free measurements")
 
 TEST_CASE("DDNM+ fits noisy measurements to the noise and lands near the exact posterior mean") {
   auto problem = make_problem(0.05, 52);
-  DDNM<GaussianLikelihood, SubsampleOperator> ddnm(SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-                                                   DiffusionSchedule::linear().respaced("ddim100"),
-                                                   DDNMOptions{}.num_samples(32));
+  PosteriorSampler ddnm(
+      DDNM<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(problem.sigma), SubsampleOperator{},
+                                                  DiffusionSchedule::linear().respaced("ddim100")),
+      32);
   auto generator = make_generator(3);
   const auto samples = ddnm.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   check_posterior_fit(samples, SubsampleOperator{}.forward(samples), problem, 2.0, 0.5);
@@ -176,10 +176,11 @@ TEST_CASE("DDNM+ per singular value equals its simplified form when A A^T = I") 
   auto generator = make_generator(4);
   const auto y = GaussianLikelihood(problem.sigma).sample(op.forward(problem.x_true), generator);
   const auto schedule = DiffusionSchedule::linear().respaced("ddim50");
-  DDNM<GaussianLikelihood, InpaintingOperator> spectral(op, GaussianLikelihood(problem.sigma), schedule,
-                                                        DDNMOptions{}.num_samples(3));
-  DDNM<GaussianLikelihood, InpaintingWithoutSvd> simplified(
-      InpaintingWithoutSvd{op}, GaussianLikelihood(problem.sigma), schedule, DDNMOptions{}.num_samples(3));
+  PosteriorSampler spectral(
+      DDNM<GaussianLikelihood, InpaintingOperator>(GaussianLikelihood(problem.sigma), op, schedule), 3);
+  PosteriorSampler simplified(DDNM<GaussianLikelihood, InpaintingWithoutSvd>(
+                                  GaussianLikelihood(problem.sigma), InpaintingWithoutSvd{op}, schedule),
+                              3);
   auto first = make_generator(5);
   auto second = make_generator(5);
   const auto a = spectral.sample(problem.prior, y, {1, 6, 6}, first);
@@ -198,26 +199,27 @@ TEST_CASE("DiffPIR's data step equals its closed form (A^T A + rho I)^{-1} (A^T 
     const double sigmabar = schedule.sqrt_recipm1_alphas_cumprod()[index];
     const double rho = 7.0 * (sigma / 2) * (sigma / 2) / (sigmabar * sigmabar);
     SUBCASE("linear operator without SVD: conjugate gradients") {
-      DiffPIR<GaussianLikelihood, AdjointOnlySubsample> diffpir(AdjointOnlySubsample{},
-                                                                GaussianLikelihood(sigma), schedule, options);
+      DiffPIR<GaussianLikelihood, AdjointOnlySubsample> diffpir(GaussianLikelihood(sigma),
+                                                                AdjointOnlySubsample{}, schedule, options);
       CHECK(diffpir.rho(index) == doctest::Approx(rho).epsilon(1e-12));
       const auto y = diffpost::detail::randn_like(torch::empty({2, 18}, torch::kFloat64), generator);
-      CHECK(max_difference(diffpir.data_step(x0, y, index),
+      CHECK(max_difference(diffpir.data_step(diffpir.prepare(y, x0), x0, index),
                            dense_data_step(AdjointOnlySubsample{}, x0, y, rho)) < 1e-9);
     }
     SUBCASE("operator with an SVD: closed form in its coordinates") {
       const InpaintingOperator op(testing::even_column_mask());
-      DiffPIR<GaussianLikelihood, InpaintingOperator> diffpir(op, GaussianLikelihood(sigma), schedule,
+      DiffPIR<GaussianLikelihood, InpaintingOperator> diffpir(GaussianLikelihood(sigma), op, schedule,
                                                               options);
       const auto y = diffpost::detail::randn_like(x0, generator);
-      CHECK(max_difference(diffpir.data_step(x0, y, index), dense_data_step(op, x0, y, rho)) < 1e-12);
+      CHECK(max_difference(diffpir.data_step(diffpir.prepare(y, x0), x0, index),
+                           dense_data_step(op, x0, y, rho)) < 1e-12);
     }
     SUBCASE("operator with a forward map only: one gradient step, exact when A^T A is a projection") {
       const LambdaOperator op([](const torch::Tensor& x) { return SubsampleOperator{}.forward(x); },
                               [](const Shape& s) { return SubsampleOperator{}.measurement_shape(s); });
-      DiffPIR<GaussianLikelihood, LambdaOperator> diffpir(op, GaussianLikelihood(sigma), schedule, options);
+      DiffPIR<GaussianLikelihood, LambdaOperator> diffpir(GaussianLikelihood(sigma), op, schedule, options);
       const auto y = diffpost::detail::randn_like(torch::empty({2, 18}, torch::kFloat64), generator);
-      CHECK(max_difference(diffpir.data_step(x0, y, index),
+      CHECK(max_difference(diffpir.data_step(diffpir.prepare(y, x0), x0, index),
                            dense_data_step(SubsampleOperator{}, x0, y, rho)) < 1e-12);
     }
   }
@@ -225,10 +227,11 @@ TEST_CASE("DiffPIR's data step equals its closed form (A^T A + rho I)^{-1} (A^T 
 
 TEST_CASE("DiffPIR lands near the exact posterior mean and fits the measurement") {
   auto problem = make_problem(0.05, 54);
-  DiffPIR<GaussianLikelihood, SubsampleOperator> diffpir(
-      SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-      DiffusionSchedule::linear().restricted_to(diffpir_timesteps(100)),
-      DiffPIROptions{}.clip_denoised(false).num_samples(32));
+  PosteriorSampler diffpir(DiffPIR<GaussianLikelihood, SubsampleOperator>(
+                               GaussianLikelihood(problem.sigma), SubsampleOperator{},
+                               DiffusionSchedule::linear().restricted_to(diffpir_timesteps(100)),
+                               DiffPIROptions{}.clip_denoised(false)),
+                           32);
   auto generator = make_generator(7);
   const auto samples = diffpir.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   check_posterior_fit(samples, SubsampleOperator{}.forward(samples), problem, 2.0, 0.5);
@@ -264,9 +267,9 @@ TEST_CASE("one PiGDM step equals its formula, with and without the operator's SV
   };
 
   SUBCASE("conjugate gradients in measurement space") {
-    PiGDM<GaussianLikelihood, AdjointOnlySubsample> pigdm(AdjointOnlySubsample{}, GaussianLikelihood(sigma),
+    PiGDM<GaussianLikelihood, AdjointOnlySubsample> pigdm(GaussianLikelihood(sigma), AdjointOnlySubsample{},
                                                           schedule, options);
-    const auto result = pigdm.step(problem.prior, x_t, problem.y, index, noise);
+    const auto result = PosteriorSampler(pigdm).step(problem.prior, x_t, problem.y, index, noise, generator);
     const Matrix a = testing::dense_matrix(
         [](const torch::Tensor& x) { return SubsampleOperator{}.forward(x); }, {1, 6, 6});
     const Vector expected = expected_step(a, testing::to_eigen(problem.y.reshape({-1})));
@@ -276,8 +279,8 @@ TEST_CASE("one PiGDM step equals its formula, with and without the operator's SV
   SUBCASE("per singular value") {
     const InpaintingOperator op(testing::even_column_mask());
     const auto y = diffpost::detail::randn_like(x_t, generator) * 0.3;
-    PiGDM<GaussianLikelihood, InpaintingOperator> pigdm(op, GaussianLikelihood(sigma), schedule, options);
-    const auto result = pigdm.step(problem.prior, x_t, y, index, noise);
+    PiGDM<GaussianLikelihood, InpaintingOperator> pigdm(GaussianLikelihood(sigma), op, schedule, options);
+    const auto result = PosteriorSampler(pigdm).step(problem.prior, x_t, y, index, noise, generator);
     const Matrix a = testing::dense_matrix([&](const torch::Tensor& x) { return op.forward(x); }, {1, 6, 6});
     const Vector expected = expected_step(a, testing::to_eigen(y.reshape({-1})));
     CHECK((testing::to_eigen(result.x_prev.reshape({-1})) - expected).cwiseAbs().maxCoeff() < 1e-10);
@@ -286,9 +289,10 @@ TEST_CASE("one PiGDM step equals its formula, with and without the operator's SV
 
 TEST_CASE("PiGDM lands near the exact posterior mean and fits the measurement") {
   auto problem = make_problem(0.05, 56);
-  PiGDM<GaussianLikelihood, SubsampleOperator> pigdm(SubsampleOperator{}, GaussianLikelihood(problem.sigma),
-                                                     DiffusionSchedule::linear().respaced("ddim100"),
-                                                     PiGDMOptions{}.num_samples(32));
+  PosteriorSampler pigdm(
+      PiGDM<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(problem.sigma), SubsampleOperator{},
+                                                   DiffusionSchedule::linear().respaced("ddim100")),
+      32);
   auto generator = make_generator(9);
   const auto samples = pigdm.sample(problem.prior, problem.y, {1, 6, 6}, generator);
   check_posterior_fit(samples, SubsampleOperator{}.forward(samples), problem, 2.0, 0.5);
@@ -301,8 +305,7 @@ TEST_CASE("DDRM on a Gaussian prior lands near the exact posterior mean, for a m
   auto check = [&](const auto& op, uint64_t seed) {
     using Op = std::decay_t<decltype(op)>;
     auto problem = make_linear_problem(op, 0.05, seed);
-    DDRM<GaussianLikelihood, Op> ddrm(op, GaussianLikelihood(problem.sigma), schedule,
-                                      DDRMOptions{}.num_samples(32));
+    PosteriorSampler ddrm(DDRM<GaussianLikelihood, Op>(GaussianLikelihood(problem.sigma), op, schedule), 32);
     auto generator = make_generator(seed);
     const auto samples = ddrm.sample(problem.prior, problem.y, {1, 6, 6}, generator);
     const double misfit = rms(op.forward(samples) - problem.y);
@@ -325,18 +328,18 @@ TEST_CASE("DDRM on a Gaussian prior lands near the exact posterior mean, for a m
 TEST_CASE("bad options of the new methods are errors that name the value") {
   const auto schedule = DiffusionSchedule::linear().respaced("10");
   CHECK_THROWS_WITH_AS((DDNM<GaussianLikelihood, SubsampleOperator>(
-                           SubsampleOperator{}, GaussianLikelihood(0.1), schedule, DDNMOptions{}.eta(1.5))),
+                           GaussianLikelihood(0.1), SubsampleOperator{}, schedule, DDNMOptions{}.eta(1.5))),
                        doctest::Contains("DDNMOptions::eta must lie in [0, 1], got 1.5"), c10::Error);
   CHECK_THROWS_WITH_AS(
-      (DiffPIR<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.1), schedule,
+      (DiffPIR<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.1), SubsampleOperator{}, schedule,
                                                       DiffPIROptions{}.lambda(0.0))),
       doctest::Contains("DiffPIROptions::lambda must be a finite number > 0, got 0"), c10::Error);
   CHECK_THROWS_WITH_AS(
-      (PiGDM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.1), schedule,
+      (PiGDM<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.1), SubsampleOperator{}, schedule,
                                                     PiGDMOptions{}.guidance_scale(-1))),
       doctest::Contains("guidance_scale must be a finite number >= 0, got -1"), c10::Error);
   CHECK_THROWS_WITH_AS((DDRM<GaussianLikelihood, InpaintingOperator>(
-                           InpaintingOperator(testing::even_column_mask()), GaussianLikelihood(0.1), schedule,
+                           GaussianLikelihood(0.1), InpaintingOperator(testing::even_column_mask()), schedule,
                            DDRMOptions{}.eta_b(2.0))),
                        doctest::Contains("DDRMOptions::eta_b must lie in [0, 1], got 2"), c10::Error);
 }

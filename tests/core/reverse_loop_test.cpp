@@ -15,9 +15,10 @@ using testing::SubsampleOperator;
 
 TEST_CASE("step reports hold their tensors by value: a callback may keep them") {
   auto problem = make_problem(0.05, 62);
-  DPS<GaussianLikelihood, SubsampleOperator> dps(SubsampleOperator{}, GaussianLikelihood(0.05),
-                                                 DDPMSampler(DiffusionSchedule::linear().respaced("10")),
-                                                 DPSOptions{}.scale(0.3).num_samples(2));
+  PosteriorSampler dps(DPS<GaussianLikelihood, SubsampleOperator>(
+                           GaussianLikelihood(0.05), SubsampleOperator{},
+                           DDPMSampler(DiffusionSchedule::linear().respaced("10")), DPSOptions{}.scale(0.3)),
+                       2);
   std::vector<StepInfo> kept;
   auto generator = make_generator(2);
   const auto result = dps.sample(problem.prior, problem.y, {1, 6, 6}, generator,
@@ -45,23 +46,24 @@ TEST_CASE("every method's network_cost() is the work a run does on the network")
   const auto schedule = DiffusionSchedule::linear().respaced("ddim10");
   // Runs `method` with a model that counts its evaluations and the backpropagations through them.
   auto check = [&](const auto& method, const torch::Tensor& measurement, NetworkCost expected) {
-    CHECK(method.network_cost() == expected);
+    const PosteriorSampler sampler(method);
+    CHECK(sampler.network_cost() == expected);
     CountingModel model{&problem.prior};
     auto generator = make_generator(1);
-    method.sample(model, measurement, {1, 6, 6}, generator);
+    sampler.sample(model, measurement, {1, 6, 6}, generator);
     CHECK(model.cost().forwards == expected.forwards);
     CHECK(model.cost().backwards == expected.backwards);
   };
   SUBCASE("DPS and MCG: one forward and one backward per step") {
-    check(DPS<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), ddpm), y,
+    check(DPS<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{}, ddpm), y,
           {12, 12});
-    check(MCG<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), ddpm), y,
+    check(MCG<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{}, ddpm), y,
           {12, 12});
   }
   SUBCASE("projection, ScoreALD and SDEdit: forwards only") {
     check(ScoreSDEProjection<SubsampleOperator>(SubsampleOperator{}, ddpm), y, {12, 0});
     check(
-        ScoreALD<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), ddpm),
+        ScoreALD<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{}, ddpm),
         y, {12, 0});
     const SDEdit<SubsampleOperator> sdedit(SubsampleOperator{}, ddpm, SDEditOptions{}.t_star(500));
     check(sdedit, y, {sdedit.start_index() + 1, 0});
@@ -69,20 +71,20 @@ TEST_CASE("every method's network_cost() is the work a run does on the network")
   }
   SUBCASE("DDNM, DiffPIR, DDRM: forwards only; PiGDM: a backward per step") {
     check(
-        DDNM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), schedule),
+        DDNM<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{}, schedule),
         y, {10, 0});
-    check(DiffPIR<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05),
+    check(DiffPIR<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{},
                                                          schedule),
           y, {10, 0});
-    check(DDRM<GaussianLikelihood, InpaintingOperator>(mask, GaussianLikelihood(0.05), schedule), y_image,
+    check(DDRM<GaussianLikelihood, InpaintingOperator>(GaussianLikelihood(0.05), mask, schedule), y_image,
           {10, 0});
     check(
-        PiGDM<GaussianLikelihood, SubsampleOperator>(SubsampleOperator{}, GaussianLikelihood(0.05), schedule),
+        PiGDM<GaussianLikelihood, SubsampleOperator>(GaussianLikelihood(0.05), SubsampleOperator{}, schedule),
         y, {10, 10});
   }
   SUBCASE("DAPS: the ODE's evaluations at every level") {
     const DAPS<GaussianLikelihood, SubsampleOperator> daps(
-        SubsampleOperator{}, GaussianLikelihood(0.05), DiffusionSchedule::linear(),
+        GaussianLikelihood(0.05), SubsampleOperator{}, DiffusionSchedule::linear(),
         DAPSOptions{}.annealing_steps(8).ode_steps(3).langevin_steps(2));
     int64_t expected = 0;
     for (int64_t i = 0; i < daps.schedule().num_steps(); ++i)

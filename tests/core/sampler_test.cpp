@@ -145,3 +145,58 @@ TEST_CASE("samplers reject outputs and noise that do not fit x_t") {
   CHECK_THROWS_WITH_AS(learned.step(torch::zeros({1, 3, 4, 4}), x_t, 3, torch::zeros_like(x_t)),
                        doctest::Contains("learned_range needs a model output of 6 channels"), c10::Error);
 }
+
+TEST_CASE("the two forms of the noise implied by x0 agree, and invert Tweedie's estimate") {
+  const auto schedule = DiffusionSchedule::linear().respaced("50");
+  const auto x_t = torch::randn({2, 1, 4, 4}, torch::kFloat64);
+  const auto eps = torch::randn_like(x_t);
+  for (int64_t index : {0, 17, 49}) {
+    const auto x0 = predict_x0_from_eps(schedule, x_t, eps, index, false);
+    CHECK(torch::allclose(predict_eps_from_x0(schedule, x_t, x0, index, EpsForm::guided_diffusion), eps, 1e-9,
+                          1e-9));
+    CHECK(torch::allclose(predict_eps_from_x0(schedule, x_t, x0, index, EpsForm::forward_process), eps, 1e-9,
+                          1e-9));
+    // The forward process from x0 with that noise gives x_t back.
+    CHECK(torch::allclose(q_sample(schedule, x0, index, eps), x_t, 1e-9, 1e-9));
+  }
+}
+
+TEST_CASE("q_sample_previous diffuses to the step before, and is x0 itself at the last step") {
+  const auto schedule = DiffusionSchedule::linear().respaced("20");
+  const auto x0 = torch::randn({1, 1, 3, 3}, torch::kFloat64);
+  const auto noise = torch::randn_like(x0);
+  const double abar_prev = schedule.alphas_cumprod_prev()[7];
+  CHECK(torch::allclose(q_sample_previous(schedule, x0, 7, noise),
+                        std::sqrt(abar_prev) * x0 + std::sqrt(1.0 - abar_prev) * noise, 1e-15, 1e-15));
+  CHECK(torch::equal(q_sample_previous(schedule, x0, 0, noise), x0));
+}
+
+TEST_CASE("DDIM's coefficients keep x_{t-1}'s variance, and eta = 1 gives DDPM's posterior noise") {
+  const auto schedule = DiffusionSchedule::linear().respaced("ddim25");
+  for (int64_t index : {1, 12, 24}) {
+    const double abar_prev = schedule.alphas_cumprod_prev()[index];
+    for (double eta : {0.0, 0.5, 1.0}) {
+      const auto c = ddim_coefficients(schedule, index, eta);
+      CHECK(c.noise_scale * c.noise_scale + c.eps_scale * c.eps_scale == doctest::Approx(1.0 - abar_prev));
+    }
+    CHECK(ddim_coefficients(schedule, index, 0.0).noise_scale == 0.0);
+    CHECK(ddim_coefficients(schedule, index, 1.0).noise_scale ==
+          doctest::Approx(std::sqrt(schedule.posterior_variance()[index])));
+    CHECK(DDIMSampler(schedule, DDIMOptions{}.eta(0.5)).sigma(index) ==
+          ddim_coefficients(schedule, index, 0.5).noise_scale);
+  }
+}
+
+TEST_CASE("nearest_step finds the step whose noise-to-signal ratio is closest in log scale") {
+  const auto schedule = DiffusionSchedule::linear();
+  const auto& ratio = schedule.sqrt_recipm1_alphas_cumprod();
+  for (int64_t step : {0, 10, 250, 999}) CHECK(schedule.nearest_step(ratio[step]) == step);
+  // Between two steps, the geometric midpoint decides.
+  const double low = ratio[100], high = ratio[101];
+  CHECK(schedule.nearest_step(std::sqrt(low * high) * 0.999) == 100);
+  CHECK(schedule.nearest_step(std::sqrt(low * high) * 1.001) == 101);
+  CHECK(schedule.nearest_step(0.0) == 0);
+  CHECK(schedule.nearest_step(1e9) == 999);
+  CHECK_THROWS_WITH_AS(static_cast<void>(schedule.nearest_step(-1.0)),
+                       doctest::Contains("sigma must be >= 0, got -1"), c10::Error);
+}

@@ -1,3 +1,4 @@
+#include <diffpost/samplers/common.hpp>
 #include <diffpost/schedule.hpp>
 #include "support/doctest_with_torch.hpp"
 
@@ -101,7 +102,7 @@ TEST_CASE("gather and q_sample broadcast per-sample coefficients") {
   auto x0 = torch::ones({2, 1, 2, 2});
   auto noise = torch::zeros_like(x0);
   auto t = torch::tensor({0, 999}, torch::kLong);
-  auto x_t = schedule.q_sample(x0, t, noise);
+  auto x_t = q_sample(schedule, x0, t, noise);
   CHECK(x_t[0].mean().item<double>() == doctest::Approx(std::sqrt(0.9999)).epsilon(1e-6));
   CHECK(x_t[1].mean().item<double>() == doctest::Approx(std::sqrt(4.035829765375676e-05)).epsilon(1e-5));
 }

@@ -76,7 +76,7 @@ TEST_CASE("vlb_terms_bits vanishes for the true noise and the posterior variance
   const auto x0 = at::rand({3, 1, 4, 4}, generator, torch::kFloat64) * 2 - 1;
   const auto noise = at::randn({3, 1, 4, 4}, generator, torch::kFloat64);
   const auto t = torch::tensor({1, 500, 999}, torch::kLong);
-  const auto x_t = schedule.q_sample(x0, t, noise);
+  const auto x_t = q_sample(schedule, x0, t, noise);
   // eps = the true noise gives x0_hat = x0, so the model mean is the posterior mean; v = -1 selects the
   // clipped posterior log-variance, exact for t >= 1: KL = 0.
   const auto zero = diffpost::vlb_terms_bits(schedule, x0, x_t, t, noise, torch::full_like(x0, -1.0));
@@ -92,7 +92,7 @@ TEST_CASE("vlb_terms_bits vanishes for the true noise and the posterior variance
   // t = 0: the decoder term -log p(x0 | x1) in bits, with the model mean equal to x0 and sigma^2 = post_var_1
   // (the clipped value at 0).
   const auto t0 = torch::zeros({3}, torch::kLong);
-  const auto x1 = schedule.q_sample(x0, t0, noise);
+  const auto x1 = q_sample(schedule, x0, t0, noise);
   const auto decoder = diffpost::vlb_terms_bits(schedule, x0, x1, t0, noise, torch::full_like(x0, -1.0));
   const auto log_scale = torch::full_like(x0, 0.5 * schedule.posterior_log_variance_clipped()[0]);
   const auto expected =
@@ -106,7 +106,7 @@ TEST_CASE("diffusion_loss: L_simple for eps-only output, hybrid with the mean gr
   const auto x0 = at::rand({2, 1, 3, 3}, generator, torch::kFloat64) * 2 - 1;
   const auto noise = at::randn({2, 1, 3, 3}, generator, torch::kFloat64);
   const auto t = torch::tensor({10, 700}, torch::kLong);
-  const auto x_t = schedule.q_sample(x0, t, noise);
+  const auto x_t = q_sample(schedule, x0, t, noise);
 
   const auto eps_only = at::randn({2, 1, 3, 3}, generator, torch::kFloat64);
   const auto simple = diffpost::diffusion_loss(schedule, eps_only, x0, x_t, t, noise);

@@ -108,14 +108,15 @@ TEST_CASE("a DPS step on CUDA matches the reference's p_sample + PosteriorSampli
   auto model = small_model(cuda());
   const auto reference = read_state_dict(std::string(DIFFPOST_TEST_DATA_DIR) + "/dps_step/reference_step.pt");
   const auto& mask = reference.at("mask");
-  DPS<GaussianLikelihood, InpaintingOperator> dps(InpaintingOperator{mask[0][0]}, GaussianLikelihood(0.05),
-                                                  DDPMSampler(DiffusionSchedule::linear().respaced("50")),
-                                                  DPSOptions{}.scale(0.5));
+  const PosteriorSampler dps(DPS<GaussianLikelihood, InpaintingOperator>(
+      GaussianLikelihood(0.05), InpaintingOperator{mask[0][0]},
+      DDPMSampler(DiffusionSchedule::linear().respaced("50")), DPSOptions{}.scale(0.5)));
+  auto generator = make_generator(0);  // DPS draws nothing beyond the step's given noise
   for (int index : {35, 0}) {
     CAPTURE(index);
     const auto suffix = fmt::format("_{}", index);
     const auto result = dps.step(model, reference.at("x_t" + suffix).to(cuda()), reference.at("y").to(cuda()),
-                                 index, reference.at("noise" + suffix).to(cuda()));
+                                 index, reference.at("noise" + suffix).to(cuda()), generator);
     CHECK(result.x_prev.is_cuda());
     const double x0_error = relative_error(result.x0_hat, reference.at("x0_hat" + suffix));
     const double x_prev_error = relative_error(result.x_prev, reference.at("x_prev" + suffix));
@@ -137,8 +138,8 @@ TEST_CASE("20 DPS steps on CUDA and on the CPU from the same CPU generator agree
     const GaussianLikelihood likelihood(0.05);
     const auto truth = io.at("x").clamp(-1, 1).to(device);
     const auto y = likelihood.sample(op.forward(truth), generator);
-    DPS<GaussianLikelihood, SuperResolutionOperator> dps(
-        op, likelihood, DDPMSampler(DiffusionSchedule::linear().respaced("20")), DPSOptions{}.scale(0.3));
+    const PosteriorSampler dps(DPS<GaussianLikelihood, SuperResolutionOperator>(
+        likelihood, op, DDPMSampler(DiffusionSchedule::linear().respaced("20")), DPSOptions{}.scale(0.3)));
     return dps.sample(model, y, {3, 32, 32}, generator);
   };
   const auto cpu = run(torch::kCPU);

@@ -33,9 +33,9 @@ std::pair<torch::Tensor, torch::Tensor> output_and_gradient(AdmUNet& model, cons
 /// A DPS problem on the small UNet: SR x2 of the reference input, 20 respaced steps.
 struct Problem {
   SuperResolutionOperator op{2};
-  DPS<GaussianLikelihood, SuperResolutionOperator> dps{
-      op, GaussianLikelihood(0.05), DDPMSampler(DiffusionSchedule::linear().respaced("20")),
-      DPSOptions{}.scale(0.3)};
+  PosteriorSampler<DPS<GaussianLikelihood, SuperResolutionOperator>> dps{
+      {GaussianLikelihood(0.05), op, DDPMSampler(DiffusionSchedule::linear().respaced("20")),
+       DPSOptions{}.scale(0.3)}};
   torch::Tensor x;  ///< an iterate x_t on the device
   torch::Tensor y;  ///< its measurement
 };
@@ -122,13 +122,18 @@ TEST_CASE("a DPS step on CUDA with a CUDA generator copies nothing from the host
   auto model = small_model(cuda());
   auto generator = make_generator(0, cuda());
   // The first step fills the caches (operator matrices, the timestep frequencies): copies from the host.
-  auto x = problem.dps.step(model, problem.x, problem.y, 19, generator).x_prev;
+  auto x = problem.dps
+               .step(model, problem.x, problem.y, 19, diffpost::detail::randn_like(problem.x, generator),
+                     generator)
+               .x_prev;
   std::string error = "(no error)";
   {
     [[maybe_unused]] ErrorOnSync error_on_sync;
     error = error_of([&] {
       for (int64_t index = 18; index >= 15; --index)
-        x = problem.dps.step(model, x, problem.y, index, generator).x_prev;
+        x = problem.dps
+                .step(model, x, problem.y, index, diffpost::detail::randn_like(x, generator), generator)
+                .x_prev;
     });
   }
   CHECK(error == "(no error)");
@@ -141,12 +146,13 @@ TEST_CASE("CudaGraphModel captures the network and its input gradient, and repla
   auto model = small_model(cuda());
   CudaGraphModel graphed(model);
   const auto noise = torch::randn_like(problem.x);
-  const auto eager = problem.dps.step(model, problem.x, problem.y, 10, noise);
-  const auto first = problem.dps.step(graphed, problem.x, problem.y, 10, noise);  // captures
+  auto generator = make_generator(0);  // DPS draws nothing beyond the step's given noise
+  const auto eager = problem.dps.step(model, problem.x, problem.y, 10, noise, generator);
+  const auto first = problem.dps.step(graphed, problem.x, problem.y, 10, noise, generator);  // captures
   INFO("fallback reason: " << graphed.fallback_reason());
   REQUIRE(graphed.captured());
   CHECK(graphed.fallback_reason().empty());
-  const auto second = problem.dps.step(graphed, problem.x, problem.y, 10, noise);  // replays
+  const auto second = problem.dps.step(graphed, problem.x, problem.y, 10, noise, generator);  // replays
   CHECK(graphed.replays() == 2);
   for (const auto& result : {first, second}) {
     const double error = relative_error(result.x_prev, eager.x_prev);
@@ -157,8 +163,8 @@ TEST_CASE("CudaGraphModel captures the network and its input gradient, and repla
 
   SUBCASE("a whole run through the graphs equals the eager run") {
     auto run = [&](auto& network) {
-      auto generator = make_generator(9);
-      return problem.dps.sample(network, problem.y, {3, 32, 32}, generator);
+      auto run_generator = make_generator(9);
+      return problem.dps.sample(network, problem.y, {3, 32, 32}, run_generator);
     };
     const auto expected = run(model);
     const auto replays_before = graphed.replays();

@@ -203,13 +203,13 @@ TEST_CASE("CudaGraphModel runs a CPU model eagerly, says why, and changes no num
 
   auto generator = make_generator(0);
   const InpaintingOperator op(BoxMask{}.size(16).margin(4), 32, 32, generator);
-  DPS<GaussianLikelihood, InpaintingOperator> dps(op, GaussianLikelihood(0.05),
-                                                  DDPMSampler(DiffusionSchedule::linear().respaced("20")),
-                                                  DPSOptions{}.scale(0.5));
+  const PosteriorSampler dps(DPS<GaussianLikelihood, InpaintingOperator>(
+      GaussianLikelihood(0.05), op, DDPMSampler(DiffusionSchedule::linear().respaced("20")),
+      DPSOptions{}.scale(0.5)));
   const auto y = op.forward(x);
   const auto noise = torch::randn_like(x);
-  const auto expected = dps.step(model, x, y, 12, noise);
-  const auto got = dps.step(graphed, x, y, 12, noise);
+  const auto expected = dps.step(model, x, y, 12, noise, generator);
+  const auto got = dps.step(graphed, x, y, 12, noise, generator);
   CHECK(torch::equal(got.x_prev, expected.x_prev));
   CHECK(torch::equal(got.x0_hat, expected.x0_hat));
   CHECK(error_of([] {

@@ -46,10 +46,10 @@ Outcome restore(const Op& op, GaussianPrior& prior, double scale, uint64_t seed)
   const Tensor truth = prior.sample(1, generator).to(torch::kFloat32);
   const GaussianLikelihood likelihood(kSigma);
   const Tensor y = likelihood.sample(op.forward(truth), generator);
-  DPS<GaussianLikelihood, Op> dps(
-      op, likelihood,
+  PosteriorSampler dps(DPS<GaussianLikelihood, Op>(
+      likelihood, op,
       DDPMSampler(DiffusionSchedule::linear().respaced("100"), DDPMOptions{}.clip_denoised(false)),
-      DPSOptions{}.scale(scale));
+      DPSOptions{}.scale(scale)));
   const Tensor x = dps.sample(prior, y, shape, generator);
   const Tensor fitted = op.forward(x);
   const Tensor prior_fit = op.forward(torch::zeros_like(truth));
@@ -90,10 +90,10 @@ TEST_CASE("DPS restores Gaussian and motion blur measurements") {
   auto truth_generator = make_generator(6);
   const Tensor truth = prior.sample(1, truth_generator).to(torch::kFloat32);
   const Tensor y = GaussianLikelihood(kSigma).sample(motion.forward(truth), truth_generator);
-  DPS<GaussianLikelihood, BlurOperator<Motion>> dps(
-      motion, GaussianLikelihood(kSigma),
+  PosteriorSampler dps(DPS<GaussianLikelihood, BlurOperator<Motion>>(
+      GaussianLikelihood(kSigma), motion,
       DDPMSampler(DiffusionSchedule::linear().respaced("100"), DDPMOptions{}.clip_denoised(false)),
-      DPSOptions{}.scale(1.0));
+      DPSOptions{}.scale(1.0)));
   const Tensor x = dps.sample(prior, y, {1, 16, 16}, truth_generator);
   const double m = static_cast<double>(y.numel());
   check_restored(

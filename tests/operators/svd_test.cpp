@@ -70,7 +70,7 @@ template <class Op>
 void check_data_step(const Op& op, const Shape& image_shape, int64_t cg_iterations = 30) {
   const auto options = torch::TensorOptions().dtype(torch::kFloat64);
   const auto schedule = DiffusionSchedule::linear().restricted_to(diffpir_timesteps(100));
-  const DiffPIR<GaussianLikelihood, Op> diffpir(op, GaussianLikelihood(0.05), schedule,
+  const DiffPIR<GaussianLikelihood, Op> diffpir(GaussianLikelihood(0.05), op, schedule,
                                                 DiffPIROptions{}.lambda(7.0).cg_iterations(cg_iterations));
   auto generator = make_generator(4);
   const torch::Tensor x0 = at::randn(image_shape, generator, options);
@@ -82,7 +82,7 @@ void check_data_step(const Op& op, const Shape& image_shape, int64_t cg_iteratio
     const Matrix normal = a.transpose() * a + rho * Matrix::Identity(a.cols(), a.cols());
     const Vector expected = normal.ldlt().solve(a.transpose() * testing::to_eigen(y.reshape({-1})) +
                                                 rho * testing::to_eigen(x0.reshape({-1})));
-    const Vector got = testing::to_eigen(diffpir.data_step(x0, y, index).reshape({-1}));
+    const Vector got = testing::to_eigen(diffpir.data_step(diffpir.prepare(y, x0), x0, index).reshape({-1}));
     INFO("rho ", rho);
     CHECK((got - expected).cwiseAbs().maxCoeff() < 1e-8 * std::max(1.0, expected.cwiseAbs().maxCoeff()));
   }
@@ -94,7 +94,7 @@ void check_guidance_vector(const Op& op, const Shape& image_shape) {
   const auto options = torch::TensorOptions().dtype(torch::kFloat64);
   const auto schedule = DiffusionSchedule::linear().respaced("ddim100");
   const double sigma = 0.05;
-  const PiGDM<GaussianLikelihood, Op> pigdm(op, GaussianLikelihood(sigma), schedule,
+  const PiGDM<GaussianLikelihood, Op> pigdm(GaussianLikelihood(sigma), op, schedule,
                                             PiGDMOptions{}.cg_iterations(200));
   auto generator = make_generator(5);
   const torch::Tensor x0 = at::randn(image_shape, generator, options);

@@ -1,7 +1,8 @@
-// The reverse loop every diffusion method runs, and what it hands to a method: per step one network
+// The reverse loop every diffusion method runs, and the sampler that drives it: per step one network
 // evaluation at x_t, then the method's correction (a DPS gradient step, a projection, a data-consistency
-// step, a Langevin phase) produces x_{t-1}. Also the per-step progress report, the network cost of a run, the
-// shape checks between images and measurements, and divergence detection.
+// step, a Langevin phase) produces x_{t-1}. Also what a method holds (its operator, likelihood, steps and
+// options), the per-step progress report, the network cost of a run, the shape checks between images and
+// measurements, and divergence detection.
 #pragma once
 
 #include <torch/torch.h>
@@ -10,8 +11,10 @@
 #include <diffpost/samplers/common.hpp>
 #include <diffpost/schedule.hpp>
 
+#include <concepts>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <utility>
 
 namespace diffpost {
@@ -31,13 +34,6 @@ struct StepInfo {
 /// A per-step callback, for progress bars and trajectories.
 using StepCallback = std::function<void(const StepInfo&)>;
 
-/// Result of one step of a conditional method.
-struct MethodStep {
-  torch::Tensor x_prev;    ///< x_{t-1}, detached
-  torch::Tensor x0_hat;    ///< estimate of x_0 at x_t, detached
-  torch::Tensor residual;  ///< data fidelity per sample [B], detached; undefined where a method has none
-};
-
 /// The network work of one run: `forwards` network evaluations (the NFE of the literature) and `backwards`
 /// backpropagations through the network (vector-Jacobian products with respect to x_t, as DPS and PiGDM
 /// take). Counted per batch: a batch of B images costs the same number of (batched) passes as one image.
@@ -45,13 +41,6 @@ struct NetworkCost {
   int64_t forwards = 0;
   int64_t backwards = 0;
   friend bool operator==(const NetworkCost&, const NetworkCost&) = default;
-};
-
-/// One evaluation of the score model, as the reverse loop hands it to a method's correction.
-struct NetworkPrediction {
-  torch::Tensor x_t;     ///< the iterate the network saw; a leaf requiring grad when `output` keeps its graph
-  torch::Tensor output;  ///< the raw model output at x_t (eps, possibly followed by variance channels)
-  int64_t index;         ///< the schedule step of x_t
 };
 
 namespace detail {
@@ -142,7 +131,7 @@ class DivergenceMonitor {
   }
 
   /// Throws a c10::Error naming the first bad step when the run diverged; one device sync.
-  void check(const char* method, const char* remedy) const {
+  void check(std::string_view method, std::string_view remedy) const {
     const auto step = first_bad_step_.item<int64_t>();
     TORCH_CHECK(step < 0, method, " diverged: the sample became NaN or infinite at step ", step, ". ",
                 remedy);
@@ -152,29 +141,31 @@ class DivergenceMonitor {
   torch::Tensor first_bad_step_;
 };
 
+/// One step of the reverse loop at schedule step `index`: the network at x (with its graph when the method
+/// differentiates through it), then the method's correction with the step's standard-normal `noise`.
+template <class Method, ScoreModel Model, class Context>
+MethodStep take_step(const Method& method, Model& model, const Context& context, const torch::Tensor& x,
+                     int64_t index, const torch::Tensor& noise, at::Generator& generator) {
+  auto prediction = evaluate_network(model, method.schedule(), x, index, Method::differentiates_network);
+  return method.correct(model, context, prediction, noise, generator);
+}
+
 /// The reverse loop, the one place where diffusion methods iterate. From x at schedule step `start_index`
 /// down to step 0, each step draws one standard-normal tensor shaped like x from `generator` (the ancestral
-/// noise, drawn first so that every method keeps the order of its random draws), evaluates the network once
-/// at x_t (`evaluate_network`, with its graph when `Method::differentiates_network`), and lets the method's
-/// correction turn that prediction into x_{t-1}:
-///   `method.correct(model, context, prediction, noise, generator) -> MethodStep`.
-/// A correction draws any further noise from `generator`; it may evaluate the network again only where its
-/// method needs several evaluations per step (DAPS's ODE), which its `network_cost()` then counts. The loop
-/// reports each step to `callback`, tracks divergence on the device and checks it once at the end, naming
-/// `method.method_name()` and `method.divergence_remedy()`. `context` holds the per-run constants the method
-/// prepared (the measurement, an operator's SVD, ...). Returns the last iterate, detached.
+/// noise, drawn first so that every method keeps the order of its random draws) and takes the step
+/// (`take_step`). A correction draws any further noise from `generator`. The loop reports each step to
+/// `callback`, tracks divergence on the device and checks it once at the end, naming the method and its
+/// remedy. `context` holds the per-run constants the method prepared. Returns the last iterate, detached.
 template <class Method, ScoreModel Model, class Context>
 torch::Tensor reverse_loop(const Method& method, Model& model, const Context& context, torch::Tensor x,
                            int64_t start_index, at::Generator& generator, const StepCallback& callback) {
-  const auto& schedule = method.schedule();
-  schedule.check_index(start_index);
+  method.schedule().check_index(start_index);
   x = x.detach();
   DivergenceMonitor monitor(x);
   const int64_t steps = start_index + 1;
   for (int64_t index = start_index; index >= 0; --index) {
     auto noise = randn_like(x, generator);
-    auto prediction = evaluate_network(model, schedule, x, index, Method::differentiates_network);
-    auto result = method.correct(model, context, prediction, noise, generator);
+    auto result = take_step(method, model, context, x, index, noise, generator);
     x = result.x_prev.detach();
     const int64_t step = steps - index;
     monitor.observe(x, step);
@@ -184,20 +175,101 @@ torch::Tensor reverse_loop(const Method& method, Model& model, const Context& co
                         result.residual.defined() ? result.residual.detach() : result.residual});
     }
   }
-  monitor.check(method.method_name(), method.divergence_remedy());
+  monitor.check(Method::method_name(), Method::divergence_remedy());
   return x;
 }
 
-/// The front end of the posterior samplers: shape checks, several samples per measurement, x_T, and the
-/// network cost of a run; the steps themselves run in `reverse_loop`. `Derived` provides what the loop needs
-/// (`schedule()`, `differentiates_network`, `correct(...)`, `method_name()`, `divergence_remedy()`) and
-/// `measurement_operator()` and `num_samples()`; it may provide `prepare(measurements, x_T)` to compute
-/// per-run constants once (the default context is the measurement batch itself).
-template <class Derived>
-class PosteriorSamplerBase {
+/// The sampler's own reverse step on a prediction, without a graph: unconditional sampling, SDEdit, and the
+/// first half of the projection methods.
+template <Sampler SamplerType>
+MethodStep plain_reverse_step(const SamplerType& sampler, const NetworkPrediction& prediction,
+                              const torch::Tensor& noise) {
+  torch::NoGradGuard no_grad;
+  auto result = sampler.step(prediction.output, prediction.x_t, prediction.index, noise);
+  return {result.x_prev, result.x0_hat, {}};
+}
+
+/// The stand-in likelihood of methods that take none (the projection methods ignore the measurement noise).
+struct NoLikelihood {};
+
+/// The options of a method that has none.
+struct NoOptions {};
+
+/// What a method holds: its measurement operator, its likelihood (NoLikelihood for those that take none),
+/// what it steps along (a Sampler, or a DiffusionSchedule for methods that bring their own update) and its
+/// options, with the accessors every method offers. Methods derive from it and add their equation.
+template <class Likelihood, class Operator, class Steps, class Options>
+class MethodParts {
  public:
+  MethodParts(Likelihood likelihood, Operator measurement_operator, Steps steps, Options options)
+      : likelihood_(std::move(likelihood)),
+        operator_(std::move(measurement_operator)),
+        steps_(std::move(steps)),
+        options_(std::move(options)) {}
+
+  MethodParts(Operator measurement_operator, Steps steps,
+              Options options) requires std::same_as<Likelihood, NoLikelihood>
+      : MethodParts(NoLikelihood{}, std::move(measurement_operator), std::move(steps), std::move(options)) {}
+
+  [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
+  [[nodiscard]] const Likelihood& likelihood() const noexcept
+      requires(!std::same_as<Likelihood, NoLikelihood>) {
+    return likelihood_;
+  }
+  [[nodiscard]] const Options& options() const noexcept { return options_; }
+  /// The steps the reverse loop runs: the sampler's schedule, or the schedule itself.
+  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept {
+    if constexpr (Sampler<Steps>) {
+      return steps_.schedule();
+    } else {
+      return steps_;
+    }
+  }
+  [[nodiscard]] const Steps& sampler() const noexcept requires Sampler<Steps> { return steps_; }
+
+ private:
+  [[no_unique_address]] Likelihood likelihood_;
+  Operator operator_;
+  Steps steps_;
+  Options options_;
+};
+
+}  // namespace detail
+
+/// Runs a PosteriorStep method through the reverse loop: checks the measurement against the image shape,
+/// draws `num_samples` posterior samples per measurement in one batch, starts the loop (x_T ~ N(0, I), or the
+/// method's own start) and reports each step. Also the single place to take one step by hand (`step`, with
+/// explicit noise, for comparisons with a reference) and the network cost of a run.
+///
+///   PosteriorSampler dps(DPS<GaussianLikelihood, BlurOperator<Motion>>(likelihood, blur, sampler, options));
+///   torch::Tensor x = dps.sample(model, y, {3, 256, 256}, generator);
+template <PosteriorStep Method>
+class PosteriorSampler {
+ public:
+  explicit PosteriorSampler(Method method, int64_t num_samples = 1)
+      : method_(std::move(method)), num_samples_(num_samples) {
+    TORCH_CHECK(num_samples_ >= 1, Method::method_name(), ": num_samples must be >= 1, got ", num_samples_);
+  }
+
+  [[nodiscard]] const Method& method() const noexcept { return method_; }
+  /// Posterior samples drawn per measurement, in one batch.
+  [[nodiscard]] int64_t num_samples() const noexcept { return num_samples_; }
+
+  /// The schedule step the loop starts from: the last, unless the method starts elsewhere (SDEdit); -1 when
+  /// it takes no step at all.
+  [[nodiscard]] int64_t start_index() const {
+    if constexpr (requires { method_.start_index(); }) {
+      return method_.start_index();
+    } else {
+      return method_.schedule().num_steps() - 1;
+    }
+  }
+
+  /// The reverse steps of one run, as the callback counts them.
+  [[nodiscard]] int64_t num_steps() const { return start_index() + 1; }
+
   /// Runs the whole reverse process for measurements y [B, ...] and images of `image_shape` [C, H, W],
-  /// drawing x_T and all noise from `generator`. Returns x_0 [B * num_samples, C, H, W]: the samples of
+  /// drawing the start and all noise from `generator`. Returns x_0 [B * num_samples, C, H, W]: the samples of
   /// measurement b are rows b * num_samples ... (b + 1) * num_samples - 1. Like the reference it returns the
   /// last iterate.
   template <ScoreModel Model>
@@ -207,70 +279,86 @@ class PosteriorSamplerBase {
                 y.sizes());
     TORCH_CHECK(at::isFloatingType(y.scalar_type()), "measurement y must be a floating-point tensor, got ",
                 y.scalar_type());
-    const int64_t batch = y.size(0) * self().num_samples();
-    auto like = torch::empty(batch_image_shape(image_shape, batch), y.options().requires_grad(false));
-    return sample_from(model, y, randn_like(like, generator), generator, callback);
-  }
-
-  /// As `sample`, starting from a given x_T [B * num_samples, C, H, W].
-  template <ScoreModel Model>
-  torch::Tensor sample_from(Model& model, const torch::Tensor& y, torch::Tensor x_T, at::Generator& generator,
-                            const StepCallback& callback = {}) const {
-    const int64_t samples = self().num_samples();
-    TORCH_CHECK(x_T.dim() == 4, "x_T must be [B, C, H, W], got ", x_T.sizes());
-    TORCH_CHECK(x_T.size(0) == y.size(0) * samples, "x_T has batch ", x_T.size(0), " but ", y.size(0),
-                " measurements x ", samples, " samples need ", y.size(0) * samples);
-    auto measurements = samples > 1 ? y.detach().repeat_interleave(samples, 0) : y.detach();
-    check_measurement_shape(self().measurement_operator(), x_T.sizes().vec(), measurements);
-    TORCH_CHECK(x_T.scalar_type() == y.scalar_type() && x_T.device() == y.device(), "x_T (",
-                x_T.scalar_type(), ", ", x_T.device(), ") and y (", y.scalar_type(), ", ", y.device(),
-                ") must share dtype and device");
-    const int64_t start = self().schedule().num_steps() - 1;
-    if constexpr (requires { self().prepare(measurements, x_T); }) {
-      return reverse_loop(self(), model, self().prepare(measurements, x_T), x_T, start, generator, callback);
+    const auto like = torch::empty(detail::batch_image_shape(image_shape, y.size(0) * num_samples_),
+                                   y.options().requires_grad(false));
+    const auto measurements = repeated(y);
+    detail::check_measurement_shape(method_.measurement_operator(), like.sizes().vec(), measurements);
+    torch::Tensor start;
+    if constexpr (requires { method_.initial_state(measurements, like, generator); }) {
+      start = method_.initial_state(measurements, like, generator);
     } else {
-      return reverse_loop(self(), model, measurements, x_T, start, generator, callback);
+      start = detail::randn_like(like, generator);
     }
+    return run(model, measurements, std::move(start), generator, callback);
   }
 
-  /// The network work of one run over the whole schedule: one evaluation per step, and one backpropagation
-  /// per step for methods that differentiate through the network.
+  /// As `sample`, from a given start [B * num_samples, C, H, W] at `start_index()` (x_T for most methods).
+  template <ScoreModel Model>
+  torch::Tensor sample_from(Model& model, const torch::Tensor& y, torch::Tensor start,
+                            at::Generator& generator, const StepCallback& callback = {}) const {
+    TORCH_CHECK(start.dim() == 4, "the start x_T must be [B, C, H, W], got ", start.sizes());
+    TORCH_CHECK(y.dim() >= 1 && start.size(0) == y.size(0) * num_samples_, "x_T has batch ", start.size(0),
+                " but ", y.dim() >= 1 ? y.size(0) : 0, " measurements x ", num_samples_, " samples need ",
+                (y.dim() >= 1 ? y.size(0) : 0) * num_samples_);
+    const auto measurements = repeated(y);
+    detail::check_measurement_shape(method_.measurement_operator(), start.sizes().vec(), measurements);
+    return run(model, measurements, std::move(start), generator, callback);
+  }
+
+  /// One step at schedule step `index` from x_t, exactly as the loop takes it, with the step's
+  /// standard-normal `noise` given (for number-for-number comparisons with a reference) and any further
+  /// draws from `generator`. `y` has x_t's batch size; the run's constants are prepared for this one step.
+  template <ScoreModel Model>
+  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
+                  const torch::Tensor& noise, at::Generator& generator) const {
+    method_.schedule().check_index(index);
+    return detail::take_step(method_, model, context(y.detach(), x_t), x_t, index, noise, generator);
+  }
+
+  /// The network work of one run: the network evaluations of every step (one, or the method's
+  /// `network_evaluations(index)`), and one backpropagation per step for methods that differentiate through
+  /// the network.
   [[nodiscard]] NetworkCost network_cost() const {
-    const int64_t steps = self().schedule().num_steps();
-    return {steps, Derived::differentiates_network ? steps : 0};
+    NetworkCost cost;
+    for (int64_t index = start_index(); index >= 0; --index) {
+      if constexpr (requires { method_.network_evaluations(index); }) {
+        cost.forwards += method_.network_evaluations(index);
+      } else {
+        cost.forwards += 1;
+      }
+    }
+    if (Method::differentiates_network) cost.backwards = num_steps();
+    return cost;
   }
 
  private:
-  const Derived& self() const { return static_cast<const Derived&>(*this); }
-};
-
-/// What the methods that bring their own re-noising share (DiffPIR, DDNM, PiGDM, DDRM): the operator, the
-/// likelihood, the schedule they run on and their options struct (which has `num_samples`), with accessors.
-template <class Derived, class Likelihood, class Operator, class Options>
-class ScheduledMethod : public PosteriorSamplerBase<Derived> {
- public:
-  ScheduledMethod(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
-                  Options options)
-      : operator_(std::move(measurement_operator)),
-        likelihood_(std::move(likelihood)),
-        schedule_(std::move(schedule)),
-        options_(std::move(options)) {
-    TORCH_CHECK(options_.num_samples() >= 1, Derived::method_name(),
-                "Options::num_samples must be >= 1, got ", options_.num_samples());
+  [[nodiscard]] torch::Tensor repeated(const torch::Tensor& y) const {
+    return num_samples_ > 1 ? y.detach().repeat_interleave(num_samples_, 0) : y.detach();
   }
 
-  [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
-  [[nodiscard]] const Likelihood& likelihood() const noexcept { return likelihood_; }
-  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return schedule_; }
-  [[nodiscard]] const Options& options() const noexcept { return options_; }
-  [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
+  [[nodiscard]] method_context_t<Method> context(const torch::Tensor& measurements,
+                                                 const torch::Tensor& like) const {
+    if constexpr (HasRunContext<Method>) {
+      return method_.prepare(measurements, like);
+    } else {
+      return measurements;
+    }
+  }
 
- protected:
-  Operator operator_;
-  Likelihood likelihood_;
-  DiffusionSchedule schedule_;
-  Options options_;
+  template <ScoreModel Model>
+  torch::Tensor run(Model& model, const torch::Tensor& measurements, torch::Tensor start,
+                    at::Generator& generator, const StepCallback& callback) const {
+    TORCH_CHECK(start.scalar_type() == measurements.scalar_type() && start.device() == measurements.device(),
+                "x_T (", start.scalar_type(), ", ", start.device(), ") and y (", measurements.scalar_type(),
+                ", ", measurements.device(), ") must share dtype and device");
+    const int64_t first = start_index();
+    if (first < 0) return start.detach();
+    const auto run_context = context(measurements, start);
+    return detail::reverse_loop(method_, model, run_context, std::move(start), first, generator, callback);
+  }
+
+  Method method_;
+  int64_t num_samples_;
 };
 
-}  // namespace detail
 }  // namespace diffpost

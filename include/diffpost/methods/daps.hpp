@@ -9,8 +9,10 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/methods/common.hpp>
+#include <diffpost/methods/data_fidelity.hpp>
 #include <diffpost/schedule.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <set>
@@ -36,7 +38,6 @@ struct DAPSOptions {
   TORCH_ARG(double, step_size_min_ratio) = 0.01;
   TORCH_ARG(double, tau) = 0.01;
   TORCH_ARG(bool, clip_denoised) = false;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// DAPS (the paper's Algorithm 1 as the official code runs it). At annealing level sigma (VE scale):
@@ -54,64 +55,44 @@ struct DAPSOptions {
 /// measurement more. Works with any ForwardOperator that autograd can differentiate, phase retrieval
 /// included. The network is evaluated `ode_steps` times per level (`network_cost()`), never differentiated.
 template <NoiseModel Likelihood, ForwardOperator Operator>
-class DAPS : public detail::PosteriorSamplerBase<DAPS<Likelihood, Operator>> {
+class DAPS : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule, DAPSOptions> {
  public:
-  DAPS(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule model_schedule,
-       DAPSOptions options = {})
-      : operator_(std::move(measurement_operator)),
-        likelihood_(std::move(likelihood)),
-        model_schedule_(std::move(model_schedule)),
-        options_(std::move(options)),
-        annealing_(model_schedule_) {
-    TORCH_CHECK(options_.annealing_steps() >= 1, "DAPSOptions::annealing_steps must be >= 1, got ",
-                options_.annealing_steps());
-    TORCH_CHECK(options_.sigma_max() > options_.sigma_min() && options_.sigma_min() > 0.0,
-                "DAPSOptions: need sigma_max > sigma_min > 0, got sigma_max ", options_.sigma_max(),
-                " and sigma_min ", options_.sigma_min());
-    TORCH_CHECK(options_.ode_steps() >= 1 && options_.ode_sigma_min() > 0.0,
-                "DAPSOptions: ode_steps must be >= 1 and ode_sigma_min > 0, got ", options_.ode_steps(),
-                " and ", options_.ode_sigma_min());
-    TORCH_CHECK(options_.langevin_steps() >= 0, "DAPSOptions::langevin_steps must be >= 0, got ",
-                options_.langevin_steps());
-    TORCH_CHECK(options_.step_size() > 0.0 && options_.step_size_min_ratio() > 0.0,
-                "DAPSOptions: step_size and step_size_min_ratio must be > 0, got ", options_.step_size(),
-                " and ", options_.step_size_min_ratio());
-    TORCH_CHECK(options_.tau() > 0.0, "DAPSOptions::tau must be > 0, got ", options_.tau());
-    TORCH_CHECK(options_.num_samples() >= 1, "DAPSOptions::num_samples must be >= 1, got ",
-                options_.num_samples());
-    // Annealing levels: EDM's spacing from sigma_max toward sigma_min, the last point (sigma_min) replaced by
-    // 0 as the official scheduler does, each rounded to a model timestep.
-    const auto sigmas =
-        edm_sigmas(options_.sigma_max(), options_.sigma_min(), options_.annealing_steps() + 1);
-    std::set<int64_t> levels;
-    for (int64_t k = 0; k < options_.annealing_steps(); ++k) levels.insert(nearest_step(sigmas[k]));
-    annealing_ = model_schedule_.restricted_to({levels.begin(), levels.end()});
-    for (int64_t level : levels) ode_paths_.push_back(build_ode_path(level));
-  }
+  DAPS(Likelihood likelihood, Operator measurement_operator, const DiffusionSchedule& model_schedule,
+       const DAPSOptions& options = {})
+      : DAPS(std::move(likelihood), std::move(measurement_operator), model_schedule, options,
+             annealing_levels(model_schedule, options)) {}
+
+  /// The annealing levels actually run (`schedule()`), as a schedule restricted from the model's.
+  [[nodiscard]] const DiffusionSchedule& model_schedule() const noexcept { return model_schedule_; }
 
   /// The model-schedule steps of the ODE at annealing level `index` (an index of `schedule()`): the level's
   /// own step first, then each Euler step's end. One step alone means a single Euler step to sigma = 0, which
   /// is Tweedie's estimate.
   [[nodiscard]] const std::vector<int64_t>& ode_path(int64_t index) const {
-    annealing_.check_index(index);
+    this->schedule().check_index(index);
     return ode_paths_[index];
   }
+
+  /// The network evaluations at annealing level `index`: the ODE's Euler steps.
+  [[nodiscard]] int64_t network_evaluations(int64_t index) const { return evaluations(ode_path(index)); }
 
   /// The Langevin step size at annealing level `index`: step_size (1 + p (step_size_min_ratio - 1)) with p =
   /// k / (K + 1) for the k-th of K levels counted from the noisiest, as the official `get_lr`.
   [[nodiscard]] double langevin_step_size(int64_t index) const {
-    annealing_.check_index(index);
-    const int64_t levels = annealing_.num_steps();
+    this->schedule().check_index(index);
+    const int64_t levels = this->schedule().num_steps();
     const double progress = static_cast<double>(levels - 1 - index) / static_cast<double>(levels + 1);
-    return options_.step_size() * (1.0 + progress * (options_.step_size_min_ratio() - 1.0));
+    return this->options().step_size() * (1.0 + progress * (this->options().step_size_min_ratio() - 1.0));
   }
 
   /// The DAPS step at annealing level `prediction.index`: the rest of the ODE from the loop's network
-  /// prediction, the Langevin phase (its noise drawn from `generator`), and re-noising with `noise`.
+  /// prediction, the Langevin phase (its noise drawn from `generator`), and re-noising with the loop's
+  /// `noise`.
   template <ScoreModel Model>
   MethodStep correct(Model& model, const torch::Tensor& y, const NetworkPrediction& prediction,
                      const torch::Tensor& noise, at::Generator& generator) const {
     torch::NoGradGuard no_grad;
+    const auto& o = this->options();
     const auto index = prediction.index;
     const auto& path = ode_paths_[index];
     const auto x0_hat = solve_ode(model, prediction, path);
@@ -119,52 +100,64 @@ class DAPS : public detail::PosteriorSamplerBase<DAPS<Likelihood, Operator>> {
     // Langevin dynamics on x0 at this level's sigma (VE scale).
     const double sigma = model_schedule_.sqrt_recipm1_alphas_cumprod()[path.front()];
     const double step = langevin_step_size(index);
-    const double inverse_tau2 = 1.0 / (options_.tau() * options_.tau());
+    const double inverse_tau2 = 1.0 / (o.tau() * o.tau());
     const double inverse_sigma2 = 1.0 / (sigma * sigma);
     auto x = x0_hat;
-    for (int64_t k = 0; k < options_.langevin_steps(); ++k) {
-      torch::Tensor gradient;
-      {
-        auto leaf = x.detach().requires_grad_(true);
-        torch::AutoGradMode enable_grad(true);
-        const auto residual = likelihood_.data_fidelity(y, operator_.forward(leaf));
-        gradient = torch::autograd::grad({residual.square().sum()}, {leaf})[0];
-      }
-      const auto score = (x0_hat - x) * inverse_sigma2 - gradient * inverse_tau2;
+    for (int64_t k = 0; k < o.langevin_steps(); ++k) {
+      const auto fidelity = fidelity_gradient(this->likelihood(), this->measurement_operator(), y, x,
+                                              FidelityPenalty::squared_norm);
+      const auto score = (x0_hat - x) * inverse_sigma2 - fidelity.gradient * inverse_tau2;
       x = x + step * score + std::sqrt(2.0 * step) * detail::randn_like(x, generator);
     }
 
     // Forward diffusion to the next level: x0 + sigma' z on the VE scale is sqrt(abar') x0 + sqrt(1 - abar')
-    // z.
-    const double abar_next = annealing_.alphas_cumprod_prev()[index];
-    auto x_prev = std::sqrt(abar_next) * x + std::sqrt(1.0 - abar_next) * noise;
-    auto residual = likelihood_.data_fidelity(y, operator_.forward(x));
+    // z; after the last level the result is x0 itself.
+    auto x_prev = q_sample_previous(this->schedule(), x, index, noise);
+    auto residual = this->likelihood().data_fidelity(y, this->measurement_operator().forward(x));
     return {std::move(x_prev), x0_hat, std::move(residual)};
   }
 
-  /// The network work of one run: the ODE's evaluations at every level, no backpropagation through the
-  /// network.
-  [[nodiscard]] NetworkCost network_cost() const {
-    int64_t forwards = 0;
-    for (const auto& path : ode_paths_) forwards += evaluations(path);
-    return {forwards, 0};
-  }
-
-  [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
-  [[nodiscard]] const Likelihood& likelihood() const noexcept { return likelihood_; }
-  /// The annealing levels actually run, as a schedule restricted from the model's.
-  [[nodiscard]] const DiffusionSchedule& schedule() const noexcept { return annealing_; }
-  [[nodiscard]] const DiffusionSchedule& model_schedule() const noexcept { return model_schedule_; }
-  [[nodiscard]] const DAPSOptions& options() const noexcept { return options_; }
   /// Only the operator is differentiated (Langevin), never the network.
   static constexpr bool differentiates_network = false;
-  [[nodiscard]] int64_t num_samples() const noexcept { return options_.num_samples(); }
   [[nodiscard]] static const char* method_name() noexcept { return "DAPS"; }
   [[nodiscard]] static const char* divergence_remedy() noexcept {
     return "Lower DAPSOptions::step_size (Langevin steps must stay below tau^2 and sigma^2).";
   }
 
  private:
+  DAPS(Likelihood likelihood, Operator measurement_operator, const DiffusionSchedule& model_schedule,
+       const DAPSOptions& options, const std::vector<int64_t>& levels)
+      : DAPS::MethodParts(std::move(likelihood), std::move(measurement_operator),
+                          model_schedule.restricted_to(levels), options),
+        model_schedule_(model_schedule) {
+    for (int64_t level : levels) ode_paths_.push_back(build_ode_path(level));
+  }
+
+  /// The annealing levels of `options` as steps of `model_schedule`: EDM's spacing from sigma_max toward
+  /// sigma_min, the last point (sigma_min) replaced by 0 as the official scheduler does, each rounded to the
+  /// nearest model step; levels that round to the same step are merged.
+  static std::vector<int64_t> annealing_levels(const DiffusionSchedule& model_schedule,
+                                               const DAPSOptions& o) {
+    TORCH_CHECK(o.annealing_steps() >= 1, "DAPSOptions::annealing_steps must be >= 1, got ",
+                o.annealing_steps());
+    TORCH_CHECK(o.sigma_max() > o.sigma_min() && o.sigma_min() > 0.0,
+                "DAPSOptions: need sigma_max > sigma_min > 0, got sigma_max ", o.sigma_max(),
+                " and sigma_min ", o.sigma_min());
+    TORCH_CHECK(o.ode_steps() >= 1 && o.ode_sigma_min() > 0.0,
+                "DAPSOptions: ode_steps must be >= 1 and ode_sigma_min > 0, got ", o.ode_steps(), " and ",
+                o.ode_sigma_min());
+    TORCH_CHECK(o.langevin_steps() >= 0, "DAPSOptions::langevin_steps must be >= 0, got ",
+                o.langevin_steps());
+    TORCH_CHECK(o.step_size() > 0.0 && o.step_size_min_ratio() > 0.0,
+                "DAPSOptions: step_size and step_size_min_ratio must be > 0, got ", o.step_size(), " and ",
+                o.step_size_min_ratio());
+    TORCH_CHECK(o.tau() > 0.0, "DAPSOptions::tau must be > 0, got ", o.tau());
+    const auto sigmas = edm_sigmas(o.sigma_max(), o.sigma_min(), o.annealing_steps() + 1);
+    std::set<int64_t> levels;
+    for (int64_t k = 0; k < o.annealing_steps(); ++k) levels.insert(model_schedule.nearest_step(sigmas[k]));
+    return {levels.begin(), levels.end()};
+  }
+
   /// EDM's noise levels (Karras et al. 2022, eq. 5 with rho = 7): `count` points from sigma_max to sigma_min.
   static std::vector<double> edm_sigmas(double sigma_max, double sigma_min, int64_t count) {
     std::vector<double> sigmas(static_cast<size_t>(count));
@@ -177,27 +170,12 @@ class DAPS : public detail::PosteriorSamplerBase<DAPS<Likelihood, Operator>> {
     return sigmas;
   }
 
-  /// The model-schedule step whose sigma = sqrt(1 / abar - 1) is nearest to `sigma` in log scale.
-  [[nodiscard]] int64_t nearest_step(double sigma) const {
-    const auto& sigmas = model_schedule_.sqrt_recipm1_alphas_cumprod();
-    int64_t best = 0;
-    double best_error = INFINITY;
-    for (int64_t i = 0; i < model_schedule_.num_steps(); ++i) {
-      const double error = std::abs(std::log(sigmas[i]) - std::log(sigma));
-      if (error < best_error) {
-        best_error = error;
-        best = i;
-      }
-    }
-    return best;
-  }
-
   /// The ODE from model step `level` toward ode_sigma_min on EDM's spacing, as strictly decreasing steps.
   [[nodiscard]] std::vector<int64_t> build_ode_path(int64_t level) const {
     const double sigma = model_schedule_.sqrt_recipm1_alphas_cumprod()[level];
     std::vector<int64_t> path{level};
-    for (double s : edm_sigmas(sigma, options_.ode_sigma_min(), options_.ode_steps() + 1)) {
-      const auto step = nearest_step(s);
+    for (double s : edm_sigmas(sigma, this->options().ode_sigma_min(), this->options().ode_steps() + 1)) {
+      const auto step = model_schedule_.nearest_step(s);
       if (step < path.back()) path.push_back(step);
     }
     return path;
@@ -213,25 +191,22 @@ class DAPS : public detail::PosteriorSamplerBase<DAPS<Likelihood, Operator>> {
   template <ScoreModel Model>
   torch::Tensor solve_ode(Model& model, const NetworkPrediction& prediction,
                           const std::vector<int64_t>& path) const {
-    const auto& abar = model_schedule_.alphas_cumprod();
+    const bool clip = this->options().clip_denoised();
     auto x = prediction.x_t;
     auto output = prediction.output;
     const int64_t steps = evaluations(path);
     for (int64_t j = 0; j < steps; ++j) {
       if (j > 0) output = detail::evaluate_network(model, model_schedule_, x, path[j], false).output;
-      const auto denoised = detail::denoise(model_schedule_, {x, output, path[j]}, options_.clip_denoised());
+      const auto denoised = detail::denoise(model_schedule_, {x, output, path[j]}, clip);
       if (path.size() == 1) return denoised.x0;
-      const auto eps = (x - std::sqrt(abar[path[j]]) * denoised.x0) / std::sqrt(1.0 - abar[path[j]]);
-      x = std::sqrt(abar[path[j + 1]]) * denoised.x0 + std::sqrt(1.0 - abar[path[j + 1]]) * eps;
+      const auto eps =
+          predict_eps_from_x0(model_schedule_, x, denoised.x0, path[j], EpsForm::forward_process);
+      x = q_sample(model_schedule_, denoised.x0, path[j + 1], eps);
     }
-    return x / std::sqrt(abar[path.back()]);
+    return x / model_schedule_.sqrt_alphas_cumprod()[path.back()];
   }
 
-  Operator operator_;
-  Likelihood likelihood_;
   DiffusionSchedule model_schedule_;
-  DAPSOptions options_;
-  DiffusionSchedule annealing_;
   std::vector<std::vector<int64_t>> ode_paths_;  // per annealing level, model-schedule steps
 };
 

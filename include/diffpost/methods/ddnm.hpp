@@ -19,7 +19,6 @@ namespace diffpost {
 struct DDNMOptions {
   TORCH_ARG(double, eta) = 0.85;
   TORCH_ARG(bool, clip_denoised) = false;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// DDNM for y = A x (noise-free) and DDNM+ for y = A x + sigma_y n. With x0 = Tweedie's estimate at x_t,
@@ -36,16 +35,14 @@ struct DDNMOptions {
 /// every singular value is taken to be 1, the README's simplified DDNM+, exact when A A^T = I (masks,
 /// subsampling). The network is evaluated once per step and never differentiated.
 template <GaussianNoiseModel Likelihood, PseudoInvertibleOperator Operator>
-class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likelihood, Operator, DDNMOptions> {
-  using Base = detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likelihood, Operator, DDNMOptions>;
-
+class DDNM : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule, DDNMOptions> {
  public:
-  DDNM(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
+  DDNM(Likelihood likelihood, Operator measurement_operator, DiffusionSchedule schedule,
        DDNMOptions options = {})
-      : Base(std::move(measurement_operator), std::move(likelihood), std::move(schedule),
-             std::move(options)) {
-    TORCH_CHECK(options_.eta() >= 0.0 && options_.eta() <= 1.0, "DDNMOptions::eta must lie in [0, 1], got ",
-                options_.eta());
+      : DDNM::MethodParts(std::move(likelihood), std::move(measurement_operator), std::move(schedule),
+                          std::move(options)) {
+    TORCH_CHECK(this->options().eta() >= 0.0 && this->options().eta() <= 1.0,
+                "DDNMOptions::eta must lie in [0, 1], got ", this->options().eta());
   }
 
   /// Per-run constants: the measurement, A^+ y and, for a DecomposableOperator, the SVD and U^T y.
@@ -58,10 +55,11 @@ class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likeliho
 
   /// Computes the per-run constants for measurements y and iterates shaped like `like` (once per run).
   [[nodiscard]] Context prepare(const torch::Tensor& y, const torch::Tensor& like) const {
-    detail::OptionalSVD<Operator> svd(operator_, like);
+    const auto& op = this->measurement_operator();
+    detail::OptionalSVD<Operator> svd(op, like);
     torch::Tensor u_transpose_y;
     if constexpr (HasSingularValueDecomposition<Operator>) u_transpose_y = (*svd).u_transpose(y);
-    return {y, operator_.pseudo_inverse(y), std::move(svd), std::move(u_transpose_y)};
+    return {y, op.pseudo_inverse(y), std::move(svd), std::move(u_transpose_y)};
   }
 
   /// The DDNM / DDNM+ update of the network prediction at x_t with the standard-normal `noise`.
@@ -69,13 +67,15 @@ class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likeliho
   MethodStep correct(Model& /*model*/, const Context& context, const NetworkPrediction& prediction,
                      const torch::Tensor& noise, at::Generator& /*generator*/) const {
     torch::NoGradGuard no_grad;
-    const auto denoised = detail::denoise(schedule_, prediction, options_.clip_denoised());
+    const auto& op = this->measurement_operator();
+    const auto& schedule = this->schedule();
+    const auto denoised = detail::denoise(schedule, prediction, this->options().clip_denoised());
     const auto i = prediction.index;
-    const double a = std::sqrt(schedule_.alphas_cumprod_prev()[i]);
-    const double s_t = std::sqrt(1.0 - schedule_.alphas_cumprod_prev()[i]);
-    const double eta = options_.eta();
-    const double sigma_y = likelihood_.sigma();
-    const auto residual = likelihood_.data_fidelity(context.y, operator_.forward(denoised.x0));
+    const double a = std::sqrt(schedule.alphas_cumprod_prev()[i]);
+    const double s_t = std::sqrt(1.0 - schedule.alphas_cumprod_prev()[i]);
+    const double eta = this->options().eta();
+    const double sigma_y = this->likelihood().sigma();
+    const auto residual = this->likelihood().data_fidelity(context.y, op.forward(denoised.x0));
     // The DDNM noise: fresh and predicted noise mixed by eta, as the official DDIM-style step.
     const auto ddnm_noise = s_t * (eta * noise + std::sqrt(1.0 - eta * eta) * denoised.eps);
     if constexpr (HasSingularValueDecomposition<Operator>) {
@@ -104,8 +104,7 @@ class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likeliho
       return {svd.v(torch::where(measured, range, null)), denoised.x0, residual};
     } else {
       if (sigma_y == 0.0) {  // DDNM
-        auto x0 =
-            denoised.x0 - operator_.pseudo_inverse(operator_.forward(denoised.x0)) + context.pseudo_inverse_y;
+        auto x0 = denoised.x0 - op.pseudo_inverse(op.forward(denoised.x0)) + context.pseudo_inverse_y;
         return {a * x0 + ddnm_noise, denoised.x0, residual};
       }
       // The simplified DDNM+ (every singular value 1): one lambda and one range-space noise scale.
@@ -113,9 +112,7 @@ class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likeliho
       const double lambda = full ? 1.0 : s_t * std::sqrt(1.0 - eta * eta) / (a * sigma_y);
       const double range_noise_scale =
           full ? std::sqrt(std::max(0.0, s_t * s_t - a * a * sigma_y * sigma_y)) : s_t * eta;
-      const auto range_part = [&](const torch::Tensor& v) {
-        return operator_.pseudo_inverse(operator_.forward(v));
-      };
+      const auto range_part = [&](const torch::Tensor& v) { return op.pseudo_inverse(op.forward(v)); };
       const auto correction = range_part(denoised.x0) - context.pseudo_inverse_y;
       const auto x0 = denoised.x0 - lambda * correction;
       const auto range_noise = range_part(noise);
@@ -130,12 +127,6 @@ class DDNM : public detail::ScheduledMethod<DDNM<Likelihood, Operator>, Likeliho
   [[nodiscard]] static const char* divergence_remedy() noexcept {
     return "Check the operator's pseudo-inverse and the noise level of the likelihood.";
   }
-
- private:
-  using Base::likelihood_;
-  using Base::operator_;
-  using Base::options_;
-  using Base::schedule_;
 };
 
 }  // namespace diffpost

@@ -24,7 +24,6 @@ struct DDRMOptions {
   /// diffpost zeroes the products below this value.
   TORCH_ARG(double, min_singular_value) = 1e-3;
   TORCH_ARG(bool, clip_denoised) = false;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// DDRM: the paper's conditional p(x_t | x_{t+1}, x_0, y), in the form of the official
@@ -42,20 +41,18 @@ struct DDRMOptions {
 /// from x_T ~ N(0, I) like every method; the official code starts from p(x_T | y), whose mean sqrt(abar_T)
 /// A^+ y is about 1 % of the image scale at its first step (t = 950).
 template <GaussianNoiseModel Likelihood, DecomposableOperator Operator>
-class DDRM : public detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likelihood, Operator, DDRMOptions> {
-  using Base = detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likelihood, Operator, DDRMOptions>;
-
+class DDRM : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule, DDRMOptions> {
  public:
-  DDRM(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
+  DDRM(Likelihood likelihood, Operator measurement_operator, DiffusionSchedule schedule,
        DDRMOptions options = {})
-      : Base(std::move(measurement_operator), std::move(likelihood), std::move(schedule),
-             std::move(options)) {
-    TORCH_CHECK(options_.eta() >= 0.0 && options_.eta() <= 1.0, "DDRMOptions::eta must lie in [0, 1], got ",
-                options_.eta());
-    TORCH_CHECK(options_.eta_b() >= 0.0 && options_.eta_b() <= 1.0,
-                "DDRMOptions::eta_b must lie in [0, 1], got ", options_.eta_b());
-    TORCH_CHECK(options_.min_singular_value() > 0.0, "DDRMOptions::min_singular_value must be > 0, got ",
-                options_.min_singular_value());
+      : DDRM::MethodParts(std::move(likelihood), std::move(measurement_operator), std::move(schedule),
+                          std::move(options)) {
+    const auto& o = this->options();
+    TORCH_CHECK(o.eta() >= 0.0 && o.eta() <= 1.0, "DDRMOptions::eta must lie in [0, 1], got ", o.eta());
+    TORCH_CHECK(o.eta_b() >= 0.0 && o.eta_b() <= 1.0, "DDRMOptions::eta_b must lie in [0, 1], got ",
+                o.eta_b());
+    TORCH_CHECK(o.min_singular_value() > 0.0, "DDRMOptions::min_singular_value must be > 0, got ",
+                o.min_singular_value());
   }
 
   /// Per-run constants: the measurement, the SVD and U^T y.
@@ -66,7 +63,7 @@ class DDRM : public detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likeliho
   };
 
   [[nodiscard]] Context prepare(const torch::Tensor& y, const torch::Tensor& like) const {
-    detail::OptionalSVD<Operator> svd(operator_, like);
+    detail::OptionalSVD<Operator> svd(this->measurement_operator(), like);
     auto u_transpose_y = (*svd).u_transpose(y);
     return {y, std::move(svd), std::move(u_transpose_y)};
   }
@@ -77,16 +74,17 @@ class DDRM : public detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likeliho
   MethodStep correct(Model& /*model*/, const Context& context, const NetworkPrediction& prediction,
                      const torch::Tensor& noise, at::Generator& /*generator*/) const {
     torch::NoGradGuard no_grad;
-    const auto denoised = detail::denoise(schedule_, prediction, options_.clip_denoised());
+    const auto& o = this->options();
+    const auto denoised = detail::denoise(this->schedule(), prediction, o.clip_denoised());
     const auto& svd = *context.svd;
-    const double abar_next = schedule_.alphas_cumprod_prev()[prediction.index];
+    const double abar_next = this->schedule().alphas_cumprod_prev()[prediction.index];
     const double sigma_next = std::sqrt((1.0 - abar_next) / abar_next);
-    const double sigma_y = likelihood_.sigma();
-    const double eta = options_.eta();
-    const double eta_b = options_.eta_b();
+    const double sigma_y = this->likelihood().sigma();
+    const double eta = o.eta();
+    const double eta_b = o.eta_b();
     const double kept = std::sqrt(1.0 - eta * eta) * sigma_next;
 
-    const auto measured = svd.singular_values() >= options_.min_singular_value();
+    const auto measured = svd.singular_values() >= o.min_singular_value();
     const auto s = torch::where(measured, svd.singular_values(), torch::zeros_like(svd.singular_values()));
     const auto safe_s = torch::where(measured, s, torch::ones_like(s));
     const auto c0 = svd.v_transpose(denoised.x0);
@@ -102,7 +100,8 @@ class DDRM : public detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likeliho
         torch::where(measured.logical_and(s * sigma_next > sigma_y), more_precise,
                      torch::where(measured.logical_and(s * sigma_next < sigma_y), less_precise, unmeasured));
     auto x_prev = std::sqrt(abar_next) * svd.v(c_next);
-    auto residual = likelihood_.data_fidelity(context.y, operator_.forward(denoised.x0));
+    auto residual =
+        this->likelihood().data_fidelity(context.y, this->measurement_operator().forward(denoised.x0));
     return {std::move(x_prev), denoised.x0, std::move(residual)};
   }
 
@@ -112,12 +111,6 @@ class DDRM : public detail::ScheduledMethod<DDRM<Likelihood, Operator>, Likeliho
   [[nodiscard]] static const char* divergence_remedy() noexcept {
     return "Check the operator's SVD and the likelihood's noise level.";
   }
-
- private:
-  using Base::likelihood_;
-  using Base::operator_;
-  using Base::options_;
-  using Base::schedule_;
 };
 
 }  // namespace diffpost

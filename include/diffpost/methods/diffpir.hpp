@@ -8,6 +8,7 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/conjugate_gradient.hpp>
 #include <diffpost/methods/common.hpp>
+#include <diffpost/methods/data_fidelity.hpp>
 #include <diffpost/schedule.hpp>
 
 #include <algorithm>
@@ -46,7 +47,6 @@ struct DiffPIROptions {
   TORCH_ARG(double, zeta) = 0.1;
   TORCH_ARG(bool, clip_denoised) = true;
   TORCH_ARG(int64_t, cg_iterations) = 30;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// DiffPIR (the paper's Algorithm 1). At step t with x0 = Tweedie's estimate at x_t:
@@ -63,21 +63,19 @@ struct DiffPIROptions {
 /// evaluated once per step and never differentiated. Unlike the official loop, whose last network evaluation
 /// is discarded, every step takes its data step, as the paper's algorithm.
 template <GaussianNoiseModel Likelihood, ForwardOperator Operator>
-class DiffPIR
-    : public detail::ScheduledMethod<DiffPIR<Likelihood, Operator>, Likelihood, Operator, DiffPIROptions> {
-  using Base = detail::ScheduledMethod<DiffPIR<Likelihood, Operator>, Likelihood, Operator, DiffPIROptions>;
-
+class DiffPIR : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule, DiffPIROptions> {
  public:
-  DiffPIR(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
+  DiffPIR(Likelihood likelihood, Operator measurement_operator, DiffusionSchedule schedule,
           DiffPIROptions options = {})
-      : Base(std::move(measurement_operator), std::move(likelihood), std::move(schedule),
-             std::move(options)) {
-    TORCH_CHECK(options_.lambda() > 0.0 && std::isfinite(options_.lambda()),
-                "DiffPIROptions::lambda must be a finite number > 0, got ", options_.lambda());
-    TORCH_CHECK(options_.zeta() >= 0.0 && options_.zeta() <= 1.0,
-                "DiffPIROptions::zeta must lie in [0, 1], got ", options_.zeta());
-    TORCH_CHECK(options_.cg_iterations() >= 1, "DiffPIROptions::cg_iterations must be >= 1, got ",
-                options_.cg_iterations());
+      : DiffPIR::MethodParts(std::move(likelihood), std::move(measurement_operator), std::move(schedule),
+                             std::move(options)) {
+    const auto& o = this->options();
+    TORCH_CHECK(o.lambda() > 0.0 && std::isfinite(o.lambda()),
+                "DiffPIROptions::lambda must be a finite number > 0, got ", o.lambda());
+    TORCH_CHECK(o.zeta() >= 0.0 && o.zeta() <= 1.0, "DiffPIROptions::zeta must lie in [0, 1], got ",
+                o.zeta());
+    TORCH_CHECK(o.cg_iterations() >= 1, "DiffPIROptions::cg_iterations must be >= 1, got ",
+                o.cg_iterations());
   }
 
   /// Per-run constants: the measurement, U^T y with the SVD when there is one, A^T y otherwise.
@@ -88,12 +86,13 @@ class DiffPIR
   };
 
   [[nodiscard]] Context prepare(const torch::Tensor& y, const torch::Tensor& like) const {
-    detail::OptionalSVD<Operator> svd(operator_, like);
+    const auto& op = this->measurement_operator();
+    detail::OptionalSVD<Operator> svd(op, like);
     if constexpr (HasSingularValueDecomposition<Operator>) {
       auto projected = (*svd).u_transpose(y);
       return {y, std::move(projected), std::move(svd)};
     } else if constexpr (LinearOperator<Operator>) {
-      return {y, operator_.adjoint(y), std::move(svd)};
+      return {y, op.adjoint(y), std::move(svd)};
     } else {
       return {y, {}, std::move(svd)};
     }
@@ -101,22 +100,17 @@ class DiffPIR
 
   /// rho_t = lambda sigma^2 / sigmabar_t^2 at schedule step `index`, sigma = max(0.001, sigma_y / 2).
   [[nodiscard]] double rho(int64_t index) const {
-    schedule_.check_index(index);
-    const double sigma = std::max(0.001, likelihood_.sigma() / 2.0);
-    const double sigmabar = schedule_.sqrt_recipm1_alphas_cumprod()[index];
-    return options_.lambda() * sigma * sigma / (sigmabar * sigmabar);
+    this->schedule().check_index(index);
+    const double sigma = std::max(0.001, this->likelihood().sigma() / 2.0);
+    const double sigmabar = this->schedule().sqrt_recipm1_alphas_cumprod()[index];
+    return this->options().lambda() * sigma * sigma / (sigmabar * sigmabar);
   }
 
   /// The data step x0' = argmin_x ||y - A x||^2 + rho_t ||x - x0||^2 at schedule step `index` for x0 [B, C,
-  /// H, W] and measurements y of the same batch size.
-  [[nodiscard]] torch::Tensor data_step(const torch::Tensor& x0, const torch::Tensor& y,
-                                        int64_t index) const {
-    return data_step(prepare(y, x0), x0, index);
-  }
-
-  /// The data step with the per-run constants already prepared.
+  /// H, W], with the run's constants (`prepare`).
   [[nodiscard]] torch::Tensor data_step(const Context& context, const torch::Tensor& x0,
                                         int64_t index) const {
+    const auto& op = this->measurement_operator();
     const double r = rho(index);
     if constexpr (HasSingularValueDecomposition<Operator>) {
       torch::NoGradGuard no_grad;
@@ -125,35 +119,31 @@ class DiffPIR
       return svd.v((s * context.projected_y + r * svd.v_transpose(x0)) / (s * s + r));
     } else if constexpr (LinearOperator<Operator>) {
       torch::NoGradGuard no_grad;
-      const auto normal = [&](const torch::Tensor& v) {
-        return operator_.adjoint(operator_.forward(v)) + r * v;
-      };
-      return detail::conjugate_gradient(normal, context.projected_y + r * x0, x0, options_.cg_iterations());
+      const auto normal = [&](const torch::Tensor& v) { return op.adjoint(op.forward(v)) + r * v; };
+      return detail::conjugate_gradient(normal, context.projected_y + r * x0, x0,
+                                        this->options().cg_iterations());
     } else {
-      auto x = x0.detach().requires_grad_(true);
-      torch::AutoGradMode enable_grad(true);
-      const auto residual = likelihood_.data_fidelity(context.y, operator_.forward(x));
-      const auto gradient = torch::autograd::grad({0.5 * residual.square().sum()}, {x})[0];
-      return x0.detach() - gradient / (1.0 + r);
+      const auto fidelity =
+          fidelity_gradient(this->likelihood(), op, context.y, x0, FidelityPenalty::half_squared_norm);
+      return x0.detach() - fidelity.gradient / (1.0 + r);
     }
   }
 
-  /// The DiffPIR update of the network prediction at x_t with the standard-normal `noise`.
+  /// The DiffPIR update of the network prediction at x_t with the loop's standard-normal `noise`.
   template <ScoreModel Model>
   MethodStep correct(Model& /*model*/, const Context& context, const NetworkPrediction& prediction,
                      const torch::Tensor& noise, at::Generator& /*generator*/) const {
     torch::NoGradGuard no_grad;
-    const auto denoised = detail::denoise(schedule_, prediction, options_.clip_denoised());
+    const auto& schedule = this->schedule();
+    const auto denoised = detail::denoise(schedule, prediction, this->options().clip_denoised());
     const auto i = prediction.index;
     const auto x0 = data_step(context, denoised.x0, i);
-    const auto implied_eps = (prediction.x_t - schedule_.sqrt_alphas_cumprod()[i] * x0) /
-                             schedule_.sqrt_one_minus_alphas_cumprod()[i];
-    const double abar_prev = schedule_.alphas_cumprod_prev()[i];
-    const double zeta = options_.zeta();
+    const auto implied_eps = predict_eps_from_x0(schedule, prediction.x_t, x0, i, EpsForm::forward_process);
+    const double zeta = this->options().zeta();
     auto x_prev =
-        std::sqrt(abar_prev) * x0 +
-        std::sqrt(1.0 - abar_prev) * (std::sqrt(1.0 - zeta) * implied_eps + std::sqrt(zeta) * noise);
-    auto residual = likelihood_.data_fidelity(context.y, operator_.forward(denoised.x0));
+        q_sample_previous(schedule, x0, i, std::sqrt(1.0 - zeta) * implied_eps + std::sqrt(zeta) * noise);
+    auto residual =
+        this->likelihood().data_fidelity(context.y, this->measurement_operator().forward(denoised.x0));
     return {std::move(x_prev), denoised.x0, std::move(residual)};
   }
 
@@ -163,12 +153,6 @@ class DiffPIR
   [[nodiscard]] static const char* divergence_remedy() noexcept {
     return "Raise DiffPIROptions::lambda or check the likelihood's noise level.";
   }
-
- private:
-  using Base::likelihood_;
-  using Base::operator_;
-  using Base::options_;
-  using Base::schedule_;
 };
 
 }  // namespace diffpost

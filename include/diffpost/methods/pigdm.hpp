@@ -7,6 +7,7 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/conjugate_gradient.hpp>
 #include <diffpost/methods/common.hpp>
+#include <diffpost/samplers/ddim.hpp>
 #include <diffpost/schedule.hpp>
 
 #include <cmath>
@@ -23,7 +24,6 @@ struct PiGDMOptions {
   TORCH_ARG(double, guidance_scale) = 1.0;
   TORCH_ARG(bool, clip_denoised) = false;
   TORCH_ARG(int64_t, cg_iterations) = 30;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// PiGDM: DDIM steps plus the guidance of the paper's Gaussian approximation p(y | x_t) = N(A x0, r_t^2 A
@@ -38,21 +38,17 @@ struct PiGDMOptions {
 /// fails to compile with that requirement named) and a GaussianNoiseModel. One network evaluation and one
 /// backpropagation through the network per step.
 template <GaussianNoiseModel Likelihood, LinearOperator Operator>
-class PiGDM
-    : public detail::ScheduledMethod<PiGDM<Likelihood, Operator>, Likelihood, Operator, PiGDMOptions> {
-  using Base = detail::ScheduledMethod<PiGDM<Likelihood, Operator>, Likelihood, Operator, PiGDMOptions>;
-
+class PiGDM : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule, PiGDMOptions> {
  public:
-  PiGDM(Operator measurement_operator, Likelihood likelihood, DiffusionSchedule schedule,
+  PiGDM(Likelihood likelihood, Operator measurement_operator, DiffusionSchedule schedule,
         PiGDMOptions options = {})
-      : Base(std::move(measurement_operator), std::move(likelihood), std::move(schedule),
-             std::move(options)) {
-    TORCH_CHECK(options_.eta() >= 0.0 && options_.eta() <= 1.0, "PiGDMOptions::eta must lie in [0, 1], got ",
-                options_.eta());
-    TORCH_CHECK(options_.guidance_scale() >= 0.0 && std::isfinite(options_.guidance_scale()),
-                "PiGDMOptions::guidance_scale must be a finite number >= 0, got ", options_.guidance_scale());
-    TORCH_CHECK(options_.cg_iterations() >= 1, "PiGDMOptions::cg_iterations must be >= 1, got ",
-                options_.cg_iterations());
+      : PiGDM::MethodParts(std::move(likelihood), std::move(measurement_operator), std::move(schedule),
+                           std::move(options)) {
+    const auto& o = this->options();
+    TORCH_CHECK(o.eta() >= 0.0 && o.eta() <= 1.0, "PiGDMOptions::eta must lie in [0, 1], got ", o.eta());
+    TORCH_CHECK(o.guidance_scale() >= 0.0 && std::isfinite(o.guidance_scale()),
+                "PiGDMOptions::guidance_scale must be a finite number >= 0, got ", o.guidance_scale());
+    TORCH_CHECK(o.cg_iterations() >= 1, "PiGDMOptions::cg_iterations must be >= 1, got ", o.cg_iterations());
   }
 
   /// Per-run constants: the measurement and the operator's SVD when it has one.
@@ -62,7 +58,7 @@ class PiGDM
   };
 
   [[nodiscard]] Context prepare(const torch::Tensor& y, const torch::Tensor& like) const {
-    return {y, detail::OptionalSVD<Operator>(operator_, like)};
+    return {y, detail::OptionalSVD<Operator>(this->measurement_operator(), like)};
   }
 
   /// h = r_t^2 A^T (r_t^2 A A^T + sigma_y^2 I)^{-1} (y - A x0) at schedule step `index`, the vector PiGDM
@@ -70,9 +66,10 @@ class PiGDM
   [[nodiscard]] torch::Tensor guidance_vector(const Context& context, const torch::Tensor& x0,
                                               int64_t index) const {
     torch::NoGradGuard no_grad;
-    const double r2 = 1.0 - schedule_.alphas_cumprod()[index];
-    const double sigma2 = likelihood_.sigma() * likelihood_.sigma();
-    const auto misfit = context.y - operator_.forward(x0);
+    const auto& op = this->measurement_operator();
+    const double r2 = 1.0 - this->schedule().alphas_cumprod()[index];
+    const double sigma2 = this->likelihood().sigma() * this->likelihood().sigma();
+    const auto misfit = context.y - op.forward(x0);
     if constexpr (HasSingularValueDecomposition<Operator>) {
       const auto& svd = *context.svd;
       const auto s = svd.singular_values();
@@ -81,53 +78,37 @@ class PiGDM
           torch::where(denominator > 0, r2 * s / denominator.clamp_min(1e-30), torch::zeros_like(s));
       return svd.v(weight * svd.u_transpose(misfit));
     } else {
-      const auto apply = [&](const torch::Tensor& u) {
-        return r2 * operator_.forward(operator_.adjoint(u)) + sigma2 * u;
-      };
-      const auto u =
-          detail::conjugate_gradient(apply, misfit, torch::zeros_like(misfit), options_.cg_iterations());
-      return r2 * operator_.adjoint(u);
+      const auto apply = [&](const torch::Tensor& u) { return r2 * op.forward(op.adjoint(u)) + sigma2 * u; };
+      const auto u = detail::conjugate_gradient(apply, misfit, torch::zeros_like(misfit),
+                                                this->options().cg_iterations());
+      return r2 * op.adjoint(u);
     }
   }
 
-  /// The PiGDM update of a network prediction taken with its graph, with the standard-normal `noise`.
-  [[nodiscard]] MethodStep guided_step(const Context& context, const NetworkPrediction& prediction,
-                                       const torch::Tensor& noise) const {
+  /// The PiGDM update of a network prediction taken with its graph, with the loop's standard-normal `noise`.
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const Context& context, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
+    const auto& schedule = this->schedule();
+    const auto& o = this->options();
     const auto i = prediction.index;
     detail::Denoised denoised;
     torch::Tensor gradient;
     {
       torch::AutoGradMode enable_grad(true);
-      denoised = detail::denoise(schedule_, prediction, options_.clip_denoised());
+      denoised = detail::denoise(schedule, prediction, o.clip_denoised());
       const auto h = guidance_vector(context, denoised.x0.detach(), i);
       gradient = torch::autograd::grad({(h * denoised.x0).sum()}, {prediction.x_t})[0];
     }
     torch::NoGradGuard no_grad;
-    const double abar = schedule_.alphas_cumprod()[i];
-    const double abar_prev = schedule_.alphas_cumprod_prev()[i];
-    const double c1 = options_.eta() * std::sqrt((1.0 - abar / abar_prev) * (1.0 - abar_prev) / (1.0 - abar));
-    const double c2 = std::sqrt(std::max(0.0, 1.0 - abar_prev - c1 * c1));
+    const double abar = schedule.alphas_cumprod()[i];
+    const double abar_prev = schedule.alphas_cumprod_prev()[i];
+    const auto c = ddim_coefficients(schedule, i, o.eta());
     const auto x0 = denoised.x0.detach();
-    auto x_prev = std::sqrt(abar_prev) * x0 + c1 * noise + c2 * denoised.eps.detach() +
-                  (options_.guidance_scale() * std::sqrt(abar_prev) * std::sqrt(abar)) * gradient;
-    auto residual = likelihood_.data_fidelity(context.y, operator_.forward(x0));
+    auto x_prev = std::sqrt(abar_prev) * x0 + c.noise_scale * noise + c.eps_scale * denoised.eps.detach() +
+                  (o.guidance_scale() * std::sqrt(abar_prev) * std::sqrt(abar)) * gradient;
+    auto residual = this->likelihood().data_fidelity(context.y, this->measurement_operator().forward(x0));
     return {std::move(x_prev), x0, std::move(residual)};
-  }
-
-  /// One PiGDM step at schedule step `index` from x_t with an explicit standard-normal `noise`; `y` has x_t's
-  /// batch size.
-  template <ScoreModel Model>
-  MethodStep step(Model& model, const torch::Tensor& x_t, const torch::Tensor& y, int64_t index,
-                  const torch::Tensor& noise) const {
-    return guided_step(prepare(y, x_t),
-                       detail::evaluate_network(model, schedule_, x_t, index, differentiates_network), noise);
-  }
-
-  /// The reverse loop's hook.
-  template <ScoreModel Model>
-  MethodStep correct(Model& /*model*/, const Context& context, const NetworkPrediction& prediction,
-                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
-    return guided_step(context, prediction, noise);
   }
 
   /// PiGDM backpropagates through the network at every step.
@@ -136,12 +117,6 @@ class PiGDM
   [[nodiscard]] static const char* divergence_remedy() noexcept {
     return "Lower PiGDMOptions::guidance_scale.";
   }
-
- private:
-  using Base::likelihood_;
-  using Base::operator_;
-  using Base::options_;
-  using Base::schedule_;
 };
 
 }  // namespace diffpost

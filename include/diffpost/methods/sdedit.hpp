@@ -6,7 +6,6 @@
 #include <diffpost/concepts.hpp>
 #include <diffpost/detail/random.hpp>
 #include <diffpost/methods/common.hpp>
-#include <diffpost/methods/unconditional.hpp>
 #include <diffpost/samplers/ddpm.hpp>
 
 namespace diffpost {
@@ -15,7 +14,6 @@ namespace diffpost {
 /// returns the naive reconstruction unchanged.
 struct SDEditOptions {
   TORCH_ARG(int64_t, t_star) = 250;
-  TORCH_ARG(int64_t, num_samples) = 1;
 };
 
 /// SDEdit from the operator's naive inverse (zero-filled, upsampled, the blurred image itself): x_{t*} =
@@ -23,56 +21,46 @@ struct SDEditOptions {
 /// the sampler's reverse process to 0. Needs an operator with `naive_inverse` (HasNaiveInverse).
 template <ForwardOperator Operator, Sampler SamplerType = DDPMSampler>
 requires HasNaiveInverse<Operator>
-class SDEdit {
+class SDEdit : public detail::MethodParts<detail::NoLikelihood, Operator, SamplerType, SDEditOptions> {
  public:
   SDEdit(Operator measurement_operator, SamplerType sampler, SDEditOptions options = {})
-      : operator_(std::move(measurement_operator)),
-        sampler_(std::move(sampler)),
-        options_(std::move(options)) {
-    TORCH_CHECK(options_.t_star() >= 0, "SDEditOptions::t_star must be >= 0, got ", options_.t_star());
-    TORCH_CHECK(options_.num_samples() >= 1, "SDEditOptions::num_samples must be >= 1, got ",
-                options_.num_samples());
+      : SDEdit::MethodParts(std::move(measurement_operator), std::move(sampler), std::move(options)) {
+    TORCH_CHECK(this->options().t_star() >= 0, "SDEditOptions::t_star must be >= 0, got ",
+                this->options().t_star());
   }
 
   /// The schedule step SDEdit starts from, or -1 when t* = 0 (no noise, no steps).
   [[nodiscard]] int64_t start_index() const {
-    const auto& schedule = sampler_.schedule();
+    const auto& schedule = this->schedule();
     int64_t start = -1;
     for (int64_t i = 0; i < schedule.num_steps(); ++i) {
-      if (schedule.model_timestep(i) < options_.t_star()) start = i;
+      if (schedule.model_timestep(i) < this->options().t_star()) start = i;
     }
     return start;
   }
 
-  /// Restores measurements y [B, ...] to images of `image_shape` [C, H, W]; returns [B * num_samples, C, H,
-  /// W].
-  template <ScoreModel Model>
-  torch::Tensor sample(Model& model, const torch::Tensor& y, const Shape& image_shape,
-                       at::Generator& generator, const StepCallback& callback = {}) const {
-    TORCH_CHECK(y.dim() >= 1 && at::isFloatingType(y.scalar_type()),
-                "measurement y must be a floating-point batch [B, ...], got ", y.sizes(), " ",
-                y.scalar_type());
-    detail::check_measurement_shape(operator_, detail::batch_image_shape(image_shape, y.size(0)), y);
-    auto naive = operator_.naive_inverse(y.detach());
-    if (options_.num_samples() > 1) naive = naive.repeat_interleave(options_.num_samples(), 0);
+  /// The naive inverse of the measurements y, diffused to the start step with noise from `generator`.
+  [[nodiscard]] torch::Tensor initial_state(const torch::Tensor& y, const torch::Tensor& /*like*/,
+                                            at::Generator& generator) const {
+    auto naive = this->measurement_operator().naive_inverse(y);
     const int64_t start = start_index();
     if (start < 0) return naive;
-    const auto& schedule = sampler_.schedule();
-    auto x = schedule.sqrt_alphas_cumprod()[start] * naive +
-             schedule.sqrt_one_minus_alphas_cumprod()[start] * detail::randn_like(naive, generator);
-    return reverse_process(model, sampler_, x, start, generator, callback);
+    return q_sample(this->schedule(), naive, start, detail::randn_like(naive, generator));
   }
 
-  /// The network work of one run: one evaluation per step from the start step down to 0, no gradient.
-  [[nodiscard]] NetworkCost network_cost() const { return {start_index() + 1, 0}; }
+  /// The plain reverse step: after its start, SDEdit is unconditional sampling.
+  template <ScoreModel Model>
+  MethodStep correct(Model& /*model*/, const torch::Tensor& /*y*/, const NetworkPrediction& prediction,
+                     const torch::Tensor& noise, at::Generator& /*generator*/) const {
+    return detail::plain_reverse_step(this->sampler(), prediction, noise);
+  }
 
-  [[nodiscard]] const Operator& measurement_operator() const noexcept { return operator_; }
-  [[nodiscard]] const SamplerType& sampler() const noexcept { return sampler_; }
-
- private:
-  Operator operator_;
-  SamplerType sampler_;
-  SDEditOptions options_;
+  /// No gradient passes through the network.
+  static constexpr bool differentiates_network = false;
+  [[nodiscard]] static const char* method_name() noexcept { return "SDEdit"; }
+  [[nodiscard]] static const char* divergence_remedy() noexcept {
+    return "Check the model output and the schedule.";
+  }
 };
 
 }  // namespace diffpost

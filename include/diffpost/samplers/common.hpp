@@ -90,13 +90,49 @@ torch::Tensor predict_x0_from_eps(const DiffusionSchedule& schedule, const torch
   return clip ? x0_hat.clamp(-1.0, 1.0) : x0_hat;
 }
 
-/// eps implied by x_t and an x0 estimate; the inverse of predict_x0_from_eps. DDIM re-derives eps this way
-/// after clipping x0_hat.
+/// How `predict_eps_from_x0` evaluates eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar). The two forms are equal
+/// in exact arithmetic and round differently in float32; a reverse process carries that rounding through all
+/// its steps, so each method keeps the form of the code it reproduces.
+enum class EpsForm {
+  /// (sqrt(1/abar) x_t - x0) / sqrt(1/abar - 1): guided-diffusion's `_predict_eps_from_xstart` (DDIM).
+  guided_diffusion,
+  /// (x_t - sqrt(abar) x0) / sqrt(1 - abar): the forward process solved for its noise (DiffPIR's and DAPS's
+  /// official code).
+  forward_process,
+};
+
+/// eps implied by x_t and an x0 estimate at step `index`; the inverse of predict_x0_from_eps. DDIM re-derives
+/// eps this way after clipping x0_hat; DiffPIR and DAPS re-noise their corrected x0 with it.
 inline torch::Tensor predict_eps_from_x0(const DiffusionSchedule& schedule, const torch::Tensor& x_t,
-                                         const torch::Tensor& x0_hat, int64_t index) {
+                                         const torch::Tensor& x0_hat, int64_t index,
+                                         EpsForm form = EpsForm::guided_diffusion) {
   schedule.check_index(index);
+  if (form == EpsForm::forward_process) {
+    return (x_t - schedule.sqrt_alphas_cumprod()[index] * x0_hat) /
+           schedule.sqrt_one_minus_alphas_cumprod()[index];
+  }
   return (schedule.sqrt_recip_alphas_cumprod()[index] * x_t - x0_hat) /
          schedule.sqrt_recipm1_alphas_cumprod()[index];
+}
+
+/// The forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. eq. 4) at step `index` (one
+/// step, or one per sample: StepIndex).
+template <StepIndex Index>
+torch::Tensor q_sample(const DiffusionSchedule& schedule, const torch::Tensor& x0, const Index& index,
+                       const torch::Tensor& noise) {
+  detail::check_step_index(schedule, index);
+  TORCH_CHECK(x0.sizes() == noise.sizes(), "q_sample: noise shape ", noise.sizes(), " differs from x0 shape ",
+              x0.sizes());
+  return detail::step_coefficient(schedule.sqrt_alphas_cumprod(), index, x0) * x0 +
+         detail::step_coefficient(schedule.sqrt_one_minus_alphas_cumprod(), index, x0) * noise;
+}
+
+/// x0 diffused to the noise level abar_{t-1} of the step after `index` in the reverse direction: q_sample at
+/// index - 1, and x0 itself at index 0 (abar_{-1} = 1). What methods that correct x0 re-noise it with.
+inline torch::Tensor q_sample_previous(const DiffusionSchedule& schedule, const torch::Tensor& x0,
+                                       int64_t index, const torch::Tensor& noise) {
+  schedule.check_index(index);
+  return index > 0 ? q_sample(schedule, x0, index - 1, noise) : x0;
 }
 
 /// Mean of q(x_{t-1} | x_t, x_0) = c1 x_0 + c2 x_t (Ho et al. eq. 7), at step `index` (StepIndex).

@@ -7,6 +7,7 @@
 #include <diffpost/samplers/common.hpp>
 #include <diffpost/schedule.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 namespace diffpost {
@@ -16,6 +17,22 @@ struct DDIMOptions {
   TORCH_ARG(double, eta) = 0.0;
   TORCH_ARG(bool, clip_denoised) = true;
 };
+
+/// The coefficients of a DDIM step from abar_t to abar_prev (DDIM eqs. 12 and 16): x_{t-1} = sqrt(abar_prev)
+/// x0 + eps_scale eps + noise_scale z.
+struct DDIMCoefficients {
+  double noise_scale;  ///< s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+  double eps_scale;    ///< sqrt(1 - abar_prev - s^2)
+};
+
+/// DDIM's coefficients at step `index` of `schedule` for a given eta (PiGDM takes its steps with them too).
+inline DDIMCoefficients ddim_coefficients(const DiffusionSchedule& schedule, int64_t index, double eta) {
+  schedule.check_index(index);
+  const double abar = schedule.alphas_cumprod()[index];
+  const double abar_prev = schedule.alphas_cumprod_prev()[index];
+  const double s = eta * std::sqrt((1.0 - abar_prev) / (1.0 - abar)) * std::sqrt(1.0 - abar / abar_prev);
+  return {s, std::sqrt(std::max(0.0, 1.0 - abar_prev - s * s))};
+}
 
 /// The DDIM sampler: x_{t-1} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps' + s z (DDIM eq. 12),
 /// with eps' re-derived from the clipped x0_hat and s = eta sqrt((1 - abar_prev)/(1 - abar)) sqrt(1 -
@@ -32,10 +49,7 @@ class DDIMSampler {
 
   /// The noise scale s of step `index` (DDIM eq. 16).
   [[nodiscard]] double sigma(int64_t index) const {
-    schedule_.check_index(index);
-    const double abar = schedule_.alphas_cumprod()[index];
-    const double abar_prev = schedule_.alphas_cumprod_prev()[index];
-    return options_.eta() * std::sqrt((1.0 - abar_prev) / (1.0 - abar)) * std::sqrt(1.0 - abar / abar_prev);
+    return ddim_coefficients(schedule_, index, options_.eta()).noise_scale;
   }
 
   /// One DDIM step with the given standard-normal `noise` (unused at index 0 or when eta = 0).
@@ -45,10 +59,9 @@ class DDIMSampler {
     auto parts = split_model_output(model_output, x_t);
     auto x0_hat = predict_x0_from_eps(schedule_, x_t, parts.eps, index, options_.clip_denoised());
     auto eps = predict_eps_from_x0(schedule_, x_t, x0_hat, index);
-    const double abar_prev = schedule_.alphas_cumprod_prev()[index];
-    const double s = sigma(index);
-    auto x_prev = std::sqrt(abar_prev) * x0_hat + std::sqrt(1.0 - abar_prev - s * s) * eps;
-    if (index > 0 && s > 0.0) x_prev = x_prev + s * noise;
+    const auto c = ddim_coefficients(schedule_, index, options_.eta());
+    auto x_prev = std::sqrt(schedule_.alphas_cumprod_prev()[index]) * x0_hat + c.eps_scale * eps;
+    if (index > 0 && c.noise_scale > 0.0) x_prev = x_prev + c.noise_scale * noise;
     return {x_prev, x0_hat};
   }
 
