@@ -44,10 +44,6 @@ using namespace diffpost::cli;
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------------
-// restore
-// ---------------------------------------------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------------------------------------------
 // degrade
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -60,48 +56,43 @@ struct DegradeOptions {
   OutputOptions output;
 };
 
-std::vector<FlagGroup<DegradeOptions>> degrade_flags() {
-  using O = DegradeOptions;
-  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
-                               [](O& o) -> NoiseOptions& { return o.noise; }, false);
-  groups.push_back(
-      {"Input",
-       {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; }),
-        {"seed", "N", "random seed (masks, kernels, noise)", "0",
-         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }}}});
-  groups.push_back({"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })});
-  return groups;
+void declare_degrade(CLI::App& app, DegradeOptions& o) {
+  add_task_options(app, o.task, false);
+  add_noise_options(app, o.noise);
+  add_input_options(app, o.input);
+  add_value_option(app, "--seed", o.seed, "random seed (masks, kernels, noise)", "N", "Input");
+  add_output_options(app, o.output);
 }
 
 int run_degrade(int argc, char** argv) {
-  auto app = make_app(
+  const auto parsed = parse_command<DegradeOptions>(
       "diffpost degrade",
       "Makes measurements from clean images: applies the task's operator and the noise, and writes\n"
       "<name>_measurement.png, <name>_naive.png (the naive inverse, when the task has one), the mask\n"
       "(<name>_mask.png) or blur kernel (<name>_kernel.png, scaled to its maximum) used, and grid.png\n"
-      "(rows = images; columns = clean, naive inverse). No model is needed.");
-  DegradeOptions options;
-  declare(*app, options, degrade_flags());
-  declare_inputs(*app, options.input);
-  if (!parse(*app, argc, argv)) return 0;
-  const auto task = required_tasks(options.task, app->get_name()).front();
-  const auto& parameters = options.task.parameters;
+      "(rows = images; columns = clean, naive inverse). No model is needed.",
+      declare_degrade, argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto& app = *parsed->app;
+  const auto task = required_tasks(options.task, app.get_name()).front();
   const auto noise = noise_model(options.noise);
   const auto seed = options.seed;
   const bool force = options.output.force;
-  const auto out = output_folder(options.output, app->get_name());
+  const auto out = output_folder(options.output, app.get_name());
   const auto inputs = gather_inputs(options.input.paths, options.input.test_set, 0, 0);
 
   std::vector<fs::path> planned{out / "grid.png"};
   for (const auto& input : inputs)
     for (const char* suffix : {"_measurement.png", "_naive.png", "_mask.png", "_kernel.png"})
       planned.push_back(out / (input.name + suffix));
-  // Operators of every image are built before anything is written, so bad parameters fail cleanly.
+  // The inputs may differ in size: each image's operator is checked against its own shape, before anything is
+  // written.
   std::vector<AnyOperator> operators;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const auto& image = inputs[i].image;
-    operators.push_back(make_operator(task, parameters, {image.size(1), image.size(2), image.size(3)}, seed,
-                                      static_cast<int64_t>(i), 1, 1));
+    const TaskPlan plan(task, options.task.parameters, {image.size(1), image.size(2), image.size(3)}, seed);
+    operators.push_back(plan.batch(static_cast<int64_t>(i), 1, 1));
   }
   prepare_output_folder(out);
   check_no_overwrite(planned, force);
@@ -111,15 +102,13 @@ int run_degrade(int argc, char** argv) {
     const auto& input = inputs[i];
     const auto& op = operators[i];
     const auto y = measure(op, noise, input.image, seed, static_cast<int64_t>(i));
-    save_image(measurement_to_save(task, op, y), (out / (input.name + "_measurement.png")).string(), force);
+    save_image(measurement_to_save(op, y), (out / (input.name + "_measurement.png")).string(), force);
     const auto naive = naive_inverse(op, y);
     shows_naive = naive.defined();  // the measurement picture is the naive inverse where there is one
     if (naive.defined())
       save_image(naive.clamp(-1.0, 1.0), (out / (input.name + "_naive.png")).string(), force);
-    if (const auto picture = operator_picture(op, 0); picture.defined()) {
-      const bool is_mask = task == "box-inpaint" || task == "random-inpaint";
-      save_image(picture, (out / (input.name + (is_mask ? "_mask.png" : "_kernel.png"))).string(), force);
-    }
+    if (const auto picture = operator_picture(op, 0); picture.image.defined())
+      save_image(picture.image, (out / fmt::format("{}_{}.png", input.name, picture.kind)).string(), force);
     rows.push_back({input.image, measurement_picture(op, y)});
   }
   save_grid(rows, (out / "grid.png").string(),
@@ -141,35 +130,32 @@ struct SampleOptions {
   OutputOptions output;
 };
 
-std::vector<FlagGroup<SampleOptions>> sample_flags() {
-  using O = SampleOptions;
-  return {
-      {HelpFormatter::kUntitled,
-       {{"num-images", "N", "number of samples", "16",
-         [](O& o, const std::string& v) { o.num_images = parse_int(v, "--num-images", 1, 100000); }}}},
-      {"Sampling",
-       sampling_flags<O>([](O& o) -> SamplingOptions& { return o.sampling; }, SampleOptions{}.sampling)},
-      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
-      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
-  };
+void declare_sample(CLI::App& app, SampleOptions& o) {
+  app.add_option("--num-images", o.num_images, "number of samples")
+      ->type_name("N")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
+      ->capture_default_str();
+  add_sampling_options(app, o.sampling);
+  add_model_options(app, o.model);
+  add_output_options(app, o.output);
 }
 
 int run_sample(int argc, char** argv) {
-  auto app =
-      make_app("diffpost sample",
-               "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per "
-               "row).");
-  SampleOptions options;
-  declare(*app, options, sample_flags());
-  if (!parse(*app, argc, argv)) return 0;
+  const auto parsed = parse_command<SampleOptions>(
+      "diffpost sample",
+      "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per row).",
+      declare_sample, argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto& app = *parsed->app;
   const auto total = options.num_images;
   const auto seed = options.sampling.seed;
   const auto batch_size = options.sampling.batch;
   const bool force = options.output.force;
-  const auto out = output_folder(options.output, app->get_name());
+  const auto out = output_folder(options.output, app.get_name());
   set_threads(options.model);
   const auto sampler = make_sampler(options.model, options.sampling);
-  const auto steps = num_steps(sampler);
+  const auto steps = std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
   const auto runtime = resolve_runtime(options.model.device, options.model.precision);
   auto prior = load_prior(resolve_prior(options.model.model, options.model.config), runtime);
   const auto shape = prior.image_shape();
@@ -224,41 +210,40 @@ struct DenoiseOptions {
   OutputOptions output;
 };
 
-std::vector<FlagGroup<DenoiseOptions>> denoise_flags() {
-  using O = DenoiseOptions;
-  return {
-      {HelpFormatter::kUntitled,
-       {{"sigma", "X", "noise standard deviation on the [-1, 1] scale", "0.2",
-         [](O& o, const std::string& v) { o.sigma = parse_double(v, "--sigma", 0.0, 100.0); }},
-        {"add-noise", "", "the inputs are clean: add the noise first (implied by --test-set)", "",
-         [](O& o, const std::string&) { o.add_noise = true; }},
-        {"seed", "N", "random seed of the added noise", "0",
-         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }},
-        {"batch", "N", "images per batch", "64",
-         [](O& o, const std::string& v) { o.batch = parse_int(v, "--batch", 1, 100000); }}}},
-      {"Input", {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; })}},
-      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
-      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
-  };
+void declare_denoise(CLI::App& app, DenoiseOptions& o) {
+  app.add_option("--sigma", o.sigma, "noise standard deviation on the [-1, 1] scale")
+      ->type_name("X")
+      ->check(finite_in(0.0, 100.0))
+      ->capture_default_str();
+  app.add_flag("--add-noise", o.add_noise,
+               "the inputs are clean: add the noise first (implied by --test-set)");
+  app.add_option("--seed", o.seed, "random seed of the added noise")->type_name("N")->capture_default_str();
+  app.add_option("--batch", o.batch, "images per batch")
+      ->type_name("N")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
+      ->capture_default_str();
+  add_input_options(app, o.input);
+  add_model_options(app, o.model);
+  add_output_options(app, o.output);
 }
 
 int run_denoise(int argc, char** argv) {
-  auto app = make_app(
+  const auto parsed = parse_command<DenoiseOptions>(
       "diffpost denoise",
       "One-step Tweedie denoising: treats a noisy image y = x + sigma n as the diffusion state at the\n"
       "step whose noise-to-signal ratio is sigma (x_t = sqrt(abar_t) y) and returns E[x_0 | x_t] from one\n"
       "model evaluation. Writes <name>_denoised.png, <name>_noisy.png (with --add-noise), grid.png and,\n"
-      "when the clean image is known (--add-noise), metrics.csv for the noisy and the denoised image.");
-  DenoiseOptions options;
-  declare(*app, options, denoise_flags());
-  declare_inputs(*app, options.input);
-  if (!parse(*app, argc, argv)) return 0;
+      "when the clean image is known (--add-noise), metrics.csv for the noisy and the denoised image.",
+      declare_denoise, argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto& app = *parsed->app;
   const auto sigma = options.sigma;
   const bool add_noise = options.add_noise || options.input.test_set > 0;
   const auto seed = options.seed;
   const auto batch_size = options.batch;
   const bool force = options.output.force;
-  const auto out = output_folder(options.output, app->get_name());
+  const auto out = output_folder(options.output, app.get_name());
   set_threads(options.model);
   const auto schedule = base_schedule(options.model);
   const auto runtime = resolve_runtime(options.model.device, options.model.precision);
@@ -274,7 +259,7 @@ int run_denoise(int argc, char** argv) {
   prepare_output_folder(out);
   check_no_overwrite(planned, force);
 
-  const auto index = index_for_noise_level(schedule, sigma);
+  const auto index = schedule.nearest_step(sigma);
   const double signal = schedule.sqrt_alphas_cumprod()[index];
   fmt::print("sigma {} -> diffusion step t = {} (noise-to-signal {:.4f})\n", sigma,
              schedule.model_timestep(index), schedule.sqrt_recipm1_alphas_cumprod()[index]);
@@ -359,30 +344,24 @@ struct InitOptions {
   bool verbose = false;
 };
 
-std::vector<FlagGroup<InitOptions>> init_flags() {
-  using O = InitOptions;
-  return {
-      {HelpFormatter::kUntitled,
-       {{"config", "FILE", "model configuration YAML", "", [](O& o, const std::string& v) { o.config = v; }},
-        {"out", "FILE", "checkpoint to write", "", [](O& o, const std::string& v) { o.out = v; }},
-        {"seed", "N", "random seed of the initialisation", "0",
-         [](O& o, const std::string& v) { o.seed = static_cast<uint64_t>(parse_int(v, "--seed", 0)); }},
-        {"force", "", "overwrite an existing checkpoint", "",
-         [](O& o, const std::string&) { o.force = true; }},
-        {"verbose", "", "print full error messages", "",
-         [](O& o, const std::string&) { o.verbose = true; }}}}};
+void declare_init(CLI::App& app, InitOptions& o) {
+  app.add_option("--config", o.config, "model configuration YAML")->type_name("FILE")->required();
+  app.add_option("--out", o.out, "checkpoint to write")->type_name("FILE")->required();
+  app.add_option("--seed", o.seed, "random seed of the initialisation")
+      ->type_name("N")
+      ->capture_default_str();
+  app.add_flag("--force", o.force, "overwrite an existing checkpoint");
+  app.add_flag("--verbose", o.verbose, "print full error messages");
 }
 
 int run_init(int argc, char** argv) {
-  auto app =
-      make_app("diffpost init",
-               "Writes a randomly initialised checkpoint for a model configuration (the reference ADM\n"
-               "initialisation, seeded), for testing a pipeline end to end before a trained model exists.");
-  InitOptions options;
-  declare(*app, options, init_flags());
-  if (!parse(*app, argc, argv)) return 0;
-  if (options.config.empty() || options.out.empty())
-    throw UsageError("--config FILE and --out FILE are required");
+  const auto parsed = parse_command<InitOptions>(
+      "diffpost init",
+      "Writes a randomly initialised checkpoint for a model configuration (the reference ADM\n"
+      "initialisation, seeded), for testing a pipeline end to end before a trained model exists.",
+      declare_init, argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
   const auto model_options = read_adm_model_config(options.config).options;
   const fs::path out(options.out);
   check_no_overwrite({out}, options.force);
@@ -402,22 +381,18 @@ int run_merge(int argc, char** argv) {
       "diffpost merge",
       "Combines the shards of a sharded restore or eval run (--shard) in DIR into the files a single\n"
       "run writes (summary.md, metrics.csv and grids; or results.csv, per_image.csv, results.md and\n"
-      "grids), from the shards' records. Refuses missing or overlapping shards, naming them.");
+      "grids), from the shards' records and the run's stored settings. Refuses missing or overlapping\n"
+      "shards, naming them.");
   std::string dir;
   bool verbose = false;
   app->add_option("dir", dir, "the --out folder of the shards")->type_name("DIR")->required();
   app->add_flag("--verbose", verbose, "print full error messages");
   if (!parse(*app, argc, argv)) return 0;
   const auto folder = RunFolder::existing(dir);
-  const auto& settings = folder.settings();
-  std::vector<std::string> words{"diffpost", settings.command};
-  words.insert(words.end(), settings.arguments.begin(), settings.arguments.end());
-  std::vector<char*> arguments;
-  for (auto& word : words) arguments.push_back(word.data());
-  const auto count = static_cast<int>(arguments.size());
-  if (settings.command == "restore") return merge_restore(folder, count, arguments.data());
-  if (settings.command == "eval") return merge_eval(folder, count, arguments.data());
-  throw UsageError(fmt::format("'{}' holds a run of '{}', which has no shards", dir, settings.command));
+  const auto& command = folder.settings().command;
+  if (command == "restore") return merge_restore(folder);
+  if (command == "eval") return merge_eval(folder);
+  throw UsageError(fmt::format("'{}' holds a run of '{}', which has no shards", dir, command));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

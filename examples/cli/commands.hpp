@@ -12,9 +12,9 @@ int run_restore(int argc, char** argv);
 /// (examples/cli/eval.cpp).
 int run_eval(int argc, char** argv);
 
-/// The summary files of a sharded restore or eval run in `folder`, made from its records; argv[2...] are
-/// the run's stored arguments.
-int merge_restore(const RunFolder& folder, int argc, char** argv);
-int merge_eval(const RunFolder& folder, int argc, char** argv);
+/// The summary files of a sharded restore or eval run in `folder`, made from its records and its stored
+/// settings.
+int merge_restore(const RunFolder& folder);
+int merge_eval(const RunFolder& folder);
 
 }  // namespace diffpost::cli

@@ -1,8 +1,9 @@
-// The options the subcommands of the diffpost tool share, as typed structs with their flag tables, and the
-// scoring and formatting helpers they share.
+// The options the subcommands of the diffpost tool share, as typed structs with the CLI11 flags that set
+// them, and the scoring and formatting helpers they share.
 #pragma once
 
 #include <diffpost/dps.hpp>
+#include <diffpost/io/progress.hpp>
 #include <diffpost/metrics.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
@@ -13,10 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <map>
 #include <memory>
 #include <optional>
-#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -25,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include "methods.hpp"
 #include "options.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
@@ -34,8 +35,9 @@ namespace diffpost::cli {
 namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Options shared by several commands, each with the flags that set it. `part` maps a command's options struct
-// to the shared part, so that one table serves every command.
+// Options shared by several commands, each declared on a command's parser by its add_* function. The groups
+// name the headings of --help; `diffpost eval --sweep` may vary the flags of the groups "Task parameters",
+// "Noise", "Method options" and "Sampling".
 // ---------------------------------------------------------------------------------------------------------------
 
 /// --task and the task parameters.
@@ -44,59 +46,31 @@ struct TaskOptions {
   TaskParameters parameters;
 };
 
-/// The --task flag: one task (`multiple` false) or a comma-separated list, each known and at most once.
-template <class O, class Part>
-Flag<O> task_flag(Part part, bool multiple) {
-  std::string help = multiple ? "task, or a comma-separated list of tasks (one subfolder each):" : "task:";
-  for (const auto& task : all_tasks())
-    help += "\n" + std::string(32, ' ') + task.name + ": " + task.description;
-  return {"task", multiple ? "NAME[,NAME...]" : "NAME", help, "",
-          [part, multiple](O& o, const std::string& v) {
-            auto tasks = multiple ? unique_list(v, "--task") : std::vector<std::string>{v};
-            for (const auto& task : tasks) find_task(task);
-            part(o).tasks = std::move(tasks);
-          }};
+/// --task (one task, or with `multiple` a comma-separated list, each at most once) and every task's
+/// parameters.
+inline void add_task_options(CLI::App& app, TaskOptions& o, bool multiple) {
+  auto* task =
+      app.add_option("--task", o.tasks,
+                     tasks_help(multiple ? "task, or a comma-separated list of tasks (one subfolder each):"
+                                         : "task:"))
+          ->type_name(multiple ? "NAME[,NAME...]" : "NAME")
+          ->check(CLI::IsMember(task_names()))
+          ->allow_extra_args(false)  // "--task a,b IMAGE": the image is an input, not a task
+          ->group("Task");
+  if (multiple) {
+    task->delimiter(',');
+  } else {
+    task->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  }
+  add_task_parameter_options(app, o.parameters);
 }
 
-/// The parameters of the operators.
-template <class O, class Part>
-std::vector<Flag<O>> task_parameter_flags(Part part) {
-  const TaskParameters d;
-  auto p = [part](O& o) -> TaskParameters& { return part(o).parameters; };
-  return {
-      {"box-size", "N", "box-inpaint: side of the missing square", default_text(d.box_size),
-       [p](O& o, const std::string& v) { p(o).box_size = parse_int(v, "--box-size", 1); }},
-      {"box-margin", "N", "box-inpaint: the box lies at least this far from the border (random position)",
-       default_text(d.box_margin),
-       [p](O& o, const std::string& v) { p(o).box_margin = parse_int(v, "--box-margin", 0); }},
-      {"drop-fraction", "P", "random-inpaint: fraction of pixels removed", default_text(d.drop_fraction),
-       [p](O& o, const std::string& v) {
-         p(o).drop_fraction = parse_double(v, "--drop-fraction", 0.0, 1.0);
-       }},
-      {"mask-file", "FILE",
-       "inpainting: mask image, white = observed, black = missing (instead of a random one)", "",
-       [p](O& o, const std::string& v) { p(o).mask_file = v; }},
-      {"factor", "N", "sr: downsampling factor", default_text(d.factor),
-       [p](O& o, const std::string& v) { p(o).factor = parse_int(v, "--factor", 1); }},
-      {"kernel-size", "N", "gaussian-deblur, motion-deblur: odd kernel side", default_text(d.kernel_size),
-       [p](O& o, const std::string& v) {
-         const auto size = parse_int(v, "--kernel-size", 1);
-         if (size % 2 == 0) throw UsageError(fmt::format("--kernel-size must be odd, got {}", size));
-         p(o).kernel_size = size;
-       }},
-      {"kernel-sigma", "X", "gaussian-deblur: kernel standard deviation, pixels",
-       default_text(d.kernel_sigma),
-       [p](O& o, const std::string& v) { p(o).kernel_sigma = parse_double(v, "--kernel-sigma", 1e-3, 1e3); }},
-      {"motion-intensity", "X", "motion-deblur: camera shake in [0, 1]", default_text(d.motion_intensity),
-       [p](O& o, const std::string& v) {
-         p(o).motion_intensity = parse_double(v, "--motion-intensity", 0.0, 1.0);
-       }},
-      {"kernel-file", "FILE", "deblurring: kernel image (normalised to sum 1) instead of the generated one",
-       "", [p](O& o, const std::string& v) { p(o).kernel_file = v; }},
-      {"oversample", "X", "phase-retrieval: zero padding, oversample / 8 of the size per side",
-       default_text(d.oversample),
-       [p](O& o, const std::string& v) { p(o).oversample = parse_double(v, "--oversample", 0.0, 16.0); }},
-  };
+/// The tasks of a command that requires --task, each at most once.
+inline const std::vector<std::string>& required_tasks(const TaskOptions& options,
+                                                      const std::string& command) {
+  if (options.tasks.empty()) throw UsageError(fmt::format("--task is required (see {} --help)", command));
+  check_unique(options.tasks, "--task");
+  return options.tasks;
 }
 
 /// The measurement noise.
@@ -106,22 +80,14 @@ struct NoiseOptions {
   double poisson_rate = 1.0;
 };
 
-template <class O, class Part>
-std::vector<Flag<O>> noise_flags(Part part) {
-  const NoiseOptions d;
-  return {
-      {"noise", "NAME", "measurement noise: gaussian, poisson or none", d.kind,
-       [part](O& o, const std::string& v) {
-         part(o).kind = parse_choice(v, "--noise", {"gaussian", "poisson", "none"});
-       }},
-      {"sigma", "X", "gaussian: standard deviation on the [-1, 1] scale", default_text(d.sigma),
-       [part](O& o, const std::string& v) { part(o).sigma = parse_double(v, "--sigma", 0.0, 10.0); }},
-      {"poisson-rate", "X", "poisson: photons per 8-bit level (higher = less noise)",
-       default_text(d.poisson_rate),
-       [part](O& o, const std::string& v) {
-         part(o).poisson_rate = parse_double(v, "--poisson-rate", 1e-6, 1e9);
-       }},
-  };
+inline void add_noise_options(CLI::App& app, NoiseOptions& o) {
+  add_value_option(app, "--noise", o.kind, "measurement noise: gaussian, poisson or none", "NAME", "Noise")
+      ->check(CLI::IsMember({"gaussian", "poisson", "none"}));
+  add_value_option(app, "--sigma", o.sigma, "gaussian: standard deviation on the [-1, 1] scale", "X", "Noise")
+      ->check(finite_in(0.0, 10.0));
+  add_value_option(app, "--poisson-rate", o.poisson_rate,
+                   "poisson: photons per 8-bit level (higher = less noise)", "X", "Noise")
+      ->check(finite_in(1e-6, 1e9));
 }
 
 inline AnyNoise noise_model(const NoiseOptions& options) {
@@ -136,15 +102,7 @@ inline std::string noise_description(const NoiseOptions& options) {
   return "none";
 }
 
-/// The flags of the task and the noise, under their headings.
-template <class O, class TaskPart, class NoisePart>
-std::vector<FlagGroup<O>> task_groups(TaskPart task, NoisePart noise, bool multiple) {
-  auto flags = task_parameter_flags<O>(task);
-  flags.insert(flags.begin(), task_flag<O>(task, multiple));
-  return {{"Task", flags}, {"Noise", noise_flags<O>(noise)}};
-}
-
-/// The reverse process: respacing, sampler, seed and batch size.
+/// The reverse process (respacing, sampler), the seed and the batch size.
 struct SamplingOptions {
   std::string steps;
   std::string sampler = "ddpm";
@@ -153,88 +111,68 @@ struct SamplingOptions {
   int64_t batch = 16;
 };
 
-/// Sampling flags; `defaults` holds the command's defaults (restore and eval: 100 steps and eta 1, since DPS
-/// on deterministic DDIM steps fails - docs/results.md, "DPS on DDIM"; sample: 250 steps, eta 0).
-template <class O, class Part>
-std::vector<Flag<O>> sampling_flags(Part part, const SamplingOptions& defaults) {
-  return {
-      {"steps", "SPEC", "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)",
-       defaults.steps,
-       [part](O& o, const std::string& v) {
-         if (v.empty()) throw UsageError("--steps is empty; give N steps, a,b,c sections or ddimN");
-         try {
-           DiffusionSchedule::spaced_timesteps(1000, v);
-         } catch (const c10::Error& e) {
-           throw UsageError(fmt::format("--steps: {}", std::string(e.what_without_backtrace())));
-         }
-         part(o).steps = v;
-       }},
-      {"sampler", "NAME", "ddpm (ancestral) or ddim", defaults.sampler,
-       [part](O& o, const std::string& v) {
-         part(o).sampler = parse_choice(v, "--sampler", {"ddpm", "ddim"});
-       }},
-      {"eta", "X", "DDIM eta (0 = deterministic; DPS needs > 0, 1 is best measured)",
-       default_text(defaults.eta),
-       [part](O& o, const std::string& v) { part(o).eta = parse_double(v, "--eta", 0.0, 1.0); }},
-      {"seed", "N", "random seed (masks, kernels, noise, sampling)", default_text(defaults.seed),
-       [part](O& o, const std::string& v) {
-         part(o).seed = static_cast<uint64_t>(parse_int(v, "--seed", 0));
-       }},
-      {"batch", "N", "images per batch", default_text(defaults.batch),
-       [part](O& o, const std::string& v) { part(o).batch = parse_int(v, "--batch", 1, 100000); }},
-  };
+/// --steps, --sampler and --eta (group "Sampling"); --seed and --batch (group "Run"). The defaults are the
+/// command's: restore and eval take 100 steps and eta 1, since DPS on deterministic DDIM steps fails
+/// (docs/results.md, "DPS on DDIM"); sample takes 250 steps and eta 0.
+inline void add_sampling_options(CLI::App& app, SamplingOptions& o) {
+  add_value_option(app, "--steps", o.steps,
+                   "timestep respacing: N steps, a,b,c sections or ddimN (1000 = no respacing)", "SPEC",
+                   "Sampling")
+      ->check(checked_by(
+          [](const std::string& text) {
+            if (text.empty()) throw UsageError("--steps is empty; give N steps, a,b,c sections or ddimN");
+            DiffusionSchedule::spaced_timesteps(1000, text);
+          },
+          ""));
+  add_value_option(app, "--sampler", o.sampler, "ddpm (ancestral) or ddim", "NAME", "Sampling")
+      ->check(CLI::IsMember({"ddpm", "ddim"}));
+  add_value_option(app, "--eta", o.eta, "DDIM eta (0 = deterministic; DPS needs > 0, 1 is best measured)",
+                   "X", "Sampling")
+      ->check(finite_in(0.0, 1.0));
+  add_value_option(app, "--seed", o.seed, "random seed (masks, kernels, noise, sampling)", "N", "Run");
+  add_value_option(app, "--batch", o.batch, "images per batch", "N", "Run")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}));
 }
 
-/// The model and the CPU threads.
+/// The model and where it runs.
 struct ModelOptions {
   std::string model;
   std::string config;
   std::string beta_schedule = "linear";
-  int64_t threads = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  int64_t threads = static_cast<int64_t>(std::max(1U, std::thread::hardware_concurrency()));
   std::string device = "cpu";
   std::string precision = "fp32";
 };
 
-/// --device as text, checked for form ("cpu", "cuda", "cuda:N"); whether the machine has it is checked when
-/// the run starts (resolve_runtime).
-inline std::string parse_device_flag(const std::string& text) {
-  try {
-    return parse_device(text, "--device").str();
-  } catch (const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    throw UsageError(message.substr(0, message.find('\n')));
-  }
-}
-
-template <class O, class Part>
-std::vector<Flag<O>> model_flags(Part part) {
-  const ModelOptions d;
-  return {
-      {"model", "FILE",
-       "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior", "",
-       [part](O& o, const std::string& v) { part(o).model = v; }},
-      {"config", "FILE",
-       "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml",
-       "", [part](O& o, const std::string& v) { part(o).config = v; }},
-      {"beta-schedule", "NAME", "noise schedule the model was trained with: linear or cosine (1000 steps)",
-       d.beta_schedule,
-       [part](O& o, const std::string& v) {
-         part(o).beta_schedule = parse_choice(v, "--beta-schedule", {"linear", "cosine"});
-       }},
-      {"threads", "N", "CPU threads", default_text(d.threads),
-       [part](O& o, const std::string& v) { part(o).threads = parse_int(v, "--threads", 1, 4096); }},
-      {"device", "DEVICE",
-       "where the network runs: cpu, cuda or cuda:N (cuda with --shard auto: cuda:LOCAL_RANK of the "
-       "launcher)",
-       d.device, [part](O& o, const std::string& v) { part(o).device = parse_device_flag(v); }},
-      {"precision", "NAME",
-       "network precision: fp32, tf32 (TF32 tensor cores), bf16 or fp16 (CUDA only) convolutions; "
-       "images and gradients stay float32",
-       d.precision,
-       [part](O& o, const std::string& v) {
-         part(o).precision = parse_choice(v, "--precision", {"fp32", "tf32", "bf16", "fp16"});
-       }},
-  };
+inline void add_model_options(CLI::App& app, ModelOptions& o) {
+  app.add_option("--model", o.model,
+                 "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior")
+      ->type_name("FILE")
+      ->group("Model");
+  app.add_option(
+         "--config", o.config,
+         "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml")
+      ->type_name("FILE")
+      ->group("Model");
+  add_value_option(app, "--beta-schedule", o.beta_schedule,
+                   "noise schedule the model was trained with: linear or cosine (1000 steps)", "NAME",
+                   "Model")
+      ->check(CLI::IsMember({"linear", "cosine"}));
+  add_value_option(app, "--threads", o.threads, "CPU threads", "N", "Model")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  // The form is checked here ("cpu", "cuda", "cuda:N"); whether the machine has it when the run starts.
+  add_value_option(
+      app, "--device", o.device,
+      "where the network runs: cpu, cuda or cuda:N (cuda with --shard auto: cuda:LOCAL_RANK of the "
+      "launcher)",
+      "DEVICE", "Model")
+      ->check(checked_by([](const std::string& text) { parse_device(text, "--device"); }, ""));
+  add_value_option(
+      app, "--precision", o.precision,
+      "network precision: fp32, tf32 (TF32 tensor cores), bf16 or fp16 (CUDA only) convolutions; images "
+      "and gradients stay float32",
+      "NAME", "Model")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
 }
 
 /// Applies --threads; call it before any LibTorch work.
@@ -253,8 +191,9 @@ inline AnySampler make_sampler(const ModelOptions& model, const SamplingOptions&
   return DDIMSampler(schedule, DDIMOptions{}.eta(sampling.eta));
 }
 
-inline int64_t num_steps(const AnySampler& sampler) {
-  return std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
+/// The schedules of a restore or eval run.
+inline RunSchedules run_schedules(const ModelOptions& model, const SamplingOptions& sampling) {
+  return {base_schedule(model), make_sampler(model, sampling)};
 }
 
 /// The output folder, whether files in it may be replaced, and the part of the run this process does.
@@ -266,37 +205,35 @@ struct OutputOptions {
   std::string shard;  ///< --shard K/N or auto; empty: the whole run
 };
 
-template <class O, class Part>
-std::vector<Flag<O>> output_flags(Part part) {
-  return {
-      {"out", "DIR", "output folder (created if missing)", "",
-       [part](O& o, const std::string& v) {
-         if (v.empty()) throw UsageError("--out must name a folder, got ''");
-         part(o).out = v;
-       }},
-      {"force", "", "overwrite existing output files", "",
-       [part](O& o, const std::string&) { part(o).force = true; }},
-      {"verbose", "", "print full error messages", "",
-       [part](O& o, const std::string&) { part(o).verbose = true; }},
-  };
+inline void add_output_options(CLI::App& app, OutputOptions& o,
+                               const std::string& out_help =
+                                   "output folder (created "
+                                   "if missing)") {
+  app.add_option("--out", o.out, out_help)
+      ->type_name("DIR")
+      ->check(checked_by(
+          [](const std::string& text) {
+            if (text.empty()) throw UsageError("must name a folder, got ''");
+          },
+          ""))
+      ->group("Output");
+  app.add_flag("--force", o.force, "overwrite existing output files")->group("Output");
+  app.add_flag("--verbose", o.verbose, "print full error messages")->group("Output");
 }
 
 /// --resume and --shard, of the commands whose runs can be split and resumed (restore, eval).
-template <class O, class Part>
-std::vector<Flag<O>> run_part_flags(Part part) {
-  return {
-      {"resume", "",
-       "finish the run in --out: skip the batches whose outputs are complete and intact, redo the others", "",
-       [part](O& o, const std::string&) { part(o).resume = true; }},
-      {"shard", "K/N|auto",
-       "do shard K of N (K from 0) of the batches; auto reads torchrun, Slurm or MPI variables; then "
-       "'diffpost merge DIR' combines the shards",
-       "",
-       [part](O& o, const std::string& v) {
-         parse_shard(v);  // checked now, read again when the run starts
-         part(o).shard = v;
-       }},
-  };
+inline void add_run_part_options(CLI::App& app, OutputOptions& o) {
+  app.add_flag(
+         "--resume", o.resume,
+         "finish the run in --out: skip the batches whose outputs are complete and intact, redo the others")
+      ->group("Sharding and resuming");
+  app.add_option(
+         "--shard", o.shard,
+         "do shard K of N (K from 0) of the batches; auto reads torchrun, Slurm or MPI variables; then "
+         "'diffpost merge DIR' combines the shards")
+      ->type_name("K/N|auto")
+      ->check(checked_by([](const std::string& text) { parse_shard(text); }, ""))
+      ->group("Sharding and resuming");
 }
 
 /// The output folder, which every command that writes files requires.
@@ -311,43 +248,55 @@ struct InputOptions {
   int64_t test_set = 0;
 };
 
-template <class O, class Part>
-Flag<O> test_set_flag(Part part) {
-  return {"test-set", "N",
-          "also use the first N images of the Fashion-MNIST test split (not used in training)", "0",
-          [part](O& o, const std::string& v) { part(o).test_set = parse_int(v, "--test-set", 0, 10000); }};
+/// The positional inputs and, with `test_set`, --test-set.
+inline void add_input_options(CLI::App& app, InputOptions& o, bool test_set = true) {
+  app.add_option("inputs", o.paths, "input images or folders")->type_name("IMAGE|FOLDER");
+  if (!test_set) return;
+  add_value_option(app, "--test-set", o.test_set,
+                   "also use the first N images of the Fashion-MNIST test split (not used in training)", "N",
+                   "Input")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000}));
 }
 
-/// Declares the positional inputs of `app`.
-inline void declare_inputs(CLI::App& app, InputOptions& inputs) {
-  app.add_option("inputs", inputs.paths, "input images or folders")->type_name("IMAGE|FOLDER");
-}
-
-/// A parsed command line: the app (to ask which flags were given) and the typed options.
+/// A parsed command line: the parser (to ask which flags were given) and the typed options it filled.
 template <class Options>
 struct ParsedCommand {
   std::unique_ptr<CLI::App> app;
   Options options;
 };
 
-/// Parses `argv[2...]` of a command with option `groups` and input paths; nullptr when --help was printed.
-template <class Options>
-std::unique_ptr<ParsedCommand<Options>> parse_command(const std::string& name, const std::string& description,
-                                                      const std::vector<FlagGroup<Options>>& groups, int argc,
-                                                      char** argv) {
-  auto parsed = std::make_unique<ParsedCommand<Options>>();
-  parsed->app = make_app(name, description);
-  declare(*parsed->app, parsed->options, groups);
-  declare_inputs(*parsed->app, parsed->options.input);
-  if (!parse(*parsed->app, argc, argv)) return nullptr;
-  return parsed;
+/// A command's parser named `name` with `description`, its flags declared by `declare(app, options)`.
+template <class Options, class Declare>
+std::unique_ptr<ParsedCommand<Options>> make_command(const std::string& name, const std::string& description,
+                                                     Declare&& declare) {
+  auto command = std::make_unique<ParsedCommand<Options>>();
+  command->app = make_app(name, description);
+  declare(*command->app, command->options);
+  return command;
 }
 
-/// The tasks of a command that requires --task.
-inline const std::vector<std::string>& required_tasks(const TaskOptions& options,
-                                                      const std::string& command) {
-  if (options.tasks.empty()) throw UsageError(fmt::format("--task is required (see {} --help)", command));
-  return options.tasks;
+/// Parses `argv[2...]` of a command; nullptr when --help was printed.
+template <class Options, class Declare>
+std::unique_ptr<ParsedCommand<Options>> parse_command(const std::string& name, const std::string& description,
+                                                      Declare&& declare, int argc, char** argv) {
+  auto command = make_command<Options>(name, description, std::forward<Declare>(declare));
+  if (!parse(*command->app, argc, argv)) return nullptr;
+  return command;
+}
+
+/// Reads a command's options back from a run's stored settings (RunSettings::settings), as `diffpost merge`
+/// does: CLI11 reads its own configuration format, with every flag's checks.
+template <class Options, class Declare>
+std::unique_ptr<ParsedCommand<Options>> load_command(const std::string& name, const std::string& description,
+                                                     Declare&& declare, const std::string& settings) {
+  auto command = make_command<Options>(name, description, std::forward<Declare>(declare));
+  std::istringstream stream(settings);
+  try {
+    command->app->parse_from_stream(stream);
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(fmt::format("the stored settings of this {} run do not read back: {}", name, e.what()));
+  }
+  return command;
 }
 
 /// The sampling defaults of the commands that restore measured images (restore, eval).
@@ -355,67 +304,40 @@ inline SamplingOptions restoration_sampling_defaults() {
   return {"100", "ddpm", 1.0, 0, 16};
 }
 
-/// Sampling, input, model and output flags of the commands that restore measured images (restore, eval),
-/// bound to the members `sampling`, `input`, `model` and `output` of their options.
+/// The sampling, input, model, output and sharding options of the commands that restore measured images
+/// (restore, eval), bound to the members `sampling`, `input`, `model` and `output` of their options.
 template <class O>
-std::vector<FlagGroup<O>> restoration_groups() {
-  return {
-      {"Sampling", sampling_flags<O>([](O& o) -> SamplingOptions& { return o.sampling; },
-                                     restoration_sampling_defaults())},
-      {"Input", {test_set_flag<O>([](O& o) -> InputOptions& { return o.input; })}},
-      {"Model", model_flags<O>([](O& o) -> ModelOptions& { return o.model; })},
-      {"Output", output_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
-      {"Sharding and resuming", run_part_flags<O>([](O& o) -> OutputOptions& { return o.output; })},
-  };
+void add_restoration_options(CLI::App& app, O& o) {
+  add_sampling_options(app, o.sampling);
+  add_input_options(app, o.input);
+  add_model_options(app, o.model);
+  add_output_options(app, o.output);
+  add_run_part_options(app, o.output);
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// DPS step size
-// ---------------------------------------------------------------------------------------------------------------
+/// The progress of one task's batches in this process. Its bar starts with the first batch this process
+/// restores, when the method says how many steps a batch takes.
+struct TaskProgress {
+  TaskProgress(int64_t batch_count, std::string bar_label)
+      : batches(batch_count), label(std::move(bar_label)) {}
 
-/// --scale: one step size for every task, per-task values, or the tasks' defaults.
-struct ScaleSpec {
-  std::optional<double> all;
-  std::map<std::string, double> per_task;
+  int64_t batches;  ///< this process's batches of the task
+  std::string label;
+  std::optional<ProgressBar> bar;
+  int64_t steps = 0;  ///< per batch
+  int64_t done = 0;   ///< batches done or kept
 
-  /// The step size of `task`: its own value, else the common one, else the task's default.
-  [[nodiscard]] double of(const std::string& task) const {
-    if (const auto found = per_task.find(task); found != per_task.end()) return found->second;
-    return all.value_or(find_task(task).default_scale);
+  void start(int64_t steps_per_batch) {
+    if (bar) return;
+    steps = steps_per_batch;
+    bar.emplace(batches * steps, label);
+    bar->update(done * steps);
   }
-
-  /// Parses "X" or "task=X,task=Y".
-  static ScaleSpec parse(const std::string& text) {
-    ScaleSpec spec;
-    if (text.find('=') == std::string::npos) {
-      spec.all = parse_double(text, "--scale", 0.0, 1e6);
-      return spec;
-    }
-    for (const auto& item : split_list(text)) {
-      const auto eq = item.find('=');
-      if (eq == std::string::npos)
-        throw UsageError(fmt::format("--scale: expected a number or task=value pairs, got '{}'", item));
-      const auto task = item.substr(0, eq);
-      find_task(task);
-      spec.per_task[task] = parse_double(item.substr(eq + 1), "--scale " + task, 0.0, 1e6);
-    }
-    return spec;
+  void finish_batch() {
+    ++done;
+    if (bar) bar->update(done * steps);
   }
 };
-
-/// The help of --scale, listing the per-task defaults.
-inline std::string scale_help(const std::string& lead) {
-  std::string help = lead + " (per-task defaults:";
-  for (const auto& task : all_tasks()) help += fmt::format(" {} {}", task.name, task.default_scale);
-  return help + ")";
-}
-
-inline StepSizeSchedule parse_step_size_schedule(const std::string& text) {
-  const auto kind = parse_choice(text, "--scale-schedule", {"constant", "linear", "exponential"});
-  if (kind == "linear") return StepSizeSchedule::linear_decay;
-  if (kind == "exponential") return StepSizeSchedule::exponential_decay;
-  return StepSizeSchedule::constant;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scores and text
@@ -466,40 +388,6 @@ inline constexpr const char* kPsnrCaptionTitle = "PSNR";
 
 inline std::string csv_number(double value) {
   return std::isfinite(value) ? fmt::format("{:.4f}", value) : "inf";
-}
-
-/// The measurement y of one image saved as a PNG: as is where it is an image in [-1, 1] (clamped), and as
-/// the log-magnitude picture for phase retrieval, whose magnitudes are not image values.
-inline torch::Tensor measurement_to_save(const std::string& task, const AnyOperator& op,
-                                         const torch::Tensor& y) {
-  if (task == "phase-retrieval") return measurement_picture(op, y);
-  return y.clamp(-1.0, 1.0);
-}
-
-inline std::string command_line(int argc, char** argv) {
-  std::string text = "diffpost";
-  for (int i = 1; i < argc; ++i) text += std::string(" ") + argv[i];
-  return text;
-}
-
-/// The command line of a restore or eval run for its summary, without the flags that do not change its
-/// outputs (--out, --threads, --shard, --resume, --force, --verbose), so that a sharded run merged and a
-/// single run name the same command.
-inline std::string canonical_command(const std::string& command, int argc, char** argv) {
-  static const std::set<std::string> with_value{"--out", "--threads", "--shard"};
-  static const std::set<std::string> switches{"--resume", "--force", "--verbose"};
-  std::string text = "diffpost " + command;
-  for (int i = 2; i < argc; ++i) {
-    const std::string argument = argv[i];
-    const auto name = argument.substr(0, argument.find('='));
-    if (switches.count(argument) > 0) continue;
-    if (with_value.count(name) > 0) {
-      if (name == argument) ++i;  // "--flag value": skip the value too
-      continue;
-    }
-    text += " " + argument;
-  }
-  return text;
 }
 
 }  // namespace diffpost::cli

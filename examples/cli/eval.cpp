@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,40 +31,17 @@
 namespace diffpost::cli {
 namespace {
 
-/// The flags a sweep may vary, one at a time.
-const std::vector<std::string>& sweepable_flags() {
-  static const std::vector<std::string> flags{"scale",          "scale-schedule",
-                                              "sigma",          "noise",
-                                              "poisson-rate",   "steps",
-                                              "sampler",        "eta",
-                                              "t-star",         "ald-scale",
-                                              "ald-gamma",      "box-size",
-                                              "drop-fraction",  "factor",
-                                              "diffpir-lambda", "diffpir-zeta",
-                                              "ddnm-eta",       "pigdm-eta",
-                                              "ddrm-eta",       "ddrm-eta-b",
-                                              "daps-ode-steps", "daps-langevin-steps",
-                                              "daps-step-size", "daps-tau"};
-  return flags;
+/// The groups of flags a sweep may vary, one flag at a time: what configures the restoration, not what is
+/// restored (tasks, methods, images, seed, model) or where it goes.
+bool sweepable(const CLI::Option& option) {
+  static const std::set<std::string> groups{"Task parameters", "Noise", "Method options", "Sampling"};
+  return groups.contains(option.get_group());
 }
 
 /// --sweep FLAG=V1,V2,...: the flag and its values, as given.
 struct SweepSpec {
   std::string flag;
   std::vector<std::string> values;
-
-  static SweepSpec parse(const std::string& spec) {
-    const auto eq = spec.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
-      throw UsageError(fmt::format("--sweep expects FLAG=V1,V2,..., got '{}'", spec));
-    SweepSpec sweep{spec.substr(0, eq), split_list(spec.substr(eq + 1))};
-    const auto& flags = sweepable_flags();
-    if (std::find(flags.begin(), flags.end(), sweep.flag) == flags.end())
-      throw UsageError(
-          fmt::format("--sweep: '{}' cannot be swept; sweepable: {}", sweep.flag, fmt::join(flags, ", ")));
-    if (sweep.values.empty()) throw UsageError("--sweep has no values");
-    return sweep;
-  }
 };
 
 /// The options of `diffpost eval`.
@@ -71,8 +49,8 @@ struct EvalOptions {
   TaskOptions task;
   NoiseOptions noise;
   std::vector<std::string> methods{"dps", "mcg", "score-sde", "score-ald", "sdedit"};
-  MethodSettings settings;
-  std::optional<SweepSpec> sweep;
+  MethodSettings method_settings;
+  std::string sweep;  ///< FLAG=V1,V2,... as given; read by parse_sweep
   std::string classifier;
   SamplingOptions sampling = restoration_sampling_defaults();
   InputOptions input;
@@ -80,37 +58,68 @@ struct EvalOptions {
   OutputOptions output;
 };
 
-std::vector<FlagGroup<EvalOptions>> eval_flags() {
-  using O = EvalOptions;
-  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
-                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  const auto method_help = methods_help("comma-separated methods:");
-  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
-  const O defaults;
-  std::vector<Flag<O>> flags{{"methods", "NAME[,NAME...]", method_help,
-                              fmt::format("{}", fmt::join(defaults.methods, ",")),
-                              [](O& o, const std::string& v) {
-                                auto methods = unique_list(v, "--methods");
-                                for (const auto& method : methods) find_method(method);
-                                o.methods = std::move(methods);
-                              }}};
-  for (auto& flag : step_size_flags<O>(settings, "DPS and MCG step size: one number, or task=value,..."))
-    flags.push_back(std::move(flag));
-  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
-  flags.push_back({"sweep", "FLAG=V1,V2,...",
-                   fmt::format("repeat the comparison for each value of one flag ({})",
-                               fmt::join(sweepable_flags(), ", ")),
-                   "", [](O& o, const std::string& v) { o.sweep = SweepSpec::parse(v); }});
-  flags.push_back(
-      {"classifier", "FILE|none",
-       "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier "
-       "for 1x28x28 models, none otherwise",
-       "", [](O& o, const std::string& v) { o.classifier = v; }});
-  groups.push_back({"Methods", std::move(flags)});
-  const auto rest = restoration_groups<O>();
-  groups.insert(groups.end(), rest.begin(), rest.end());
-  return groups;
+/// The names of the flags a sweep may vary, from a parser of `diffpost eval`.
+std::vector<std::string> sweepable_flags(const CLI::App& app) {
+  std::vector<std::string> names;
+  for (const auto* option : app.get_options([](const CLI::Option* o) { return sweepable(*o); }))
+    names.push_back(option->get_name().substr(2));
+  return names;
 }
+
+void declare_eval(CLI::App& app, EvalOptions& o) {
+  add_task_options(app, o.task, true);
+  add_noise_options(app, o.noise);
+  app.add_option("--methods", o.methods, methods_help("comma-separated methods:"))
+      ->type_name("NAME[,NAME...]")
+      ->delimiter(',')
+      ->allow_extra_args(false)
+      ->check(CLI::IsMember(method_names()))
+      ->default_str(fmt::format("{}", fmt::join(o.methods, ",")))
+      ->group("Methods");
+  add_method_options(app, o.method_settings);
+  add_restoration_options(app, o);
+  app.add_option("--sweep", o.sweep,
+                 fmt::format("repeat the comparison for each value of one flag ({})",
+                             fmt::join(sweepable_flags(app), ", ")))
+      ->type_name("FLAG=V1,V2,...")
+      ->group("Methods");
+  app.add_option(
+         "--classifier", o.classifier,
+         "classifier checkpoint for the Frechet distance; default: the bundled Fashion-MNIST classifier for "
+         "1x28x28 models, none otherwise")
+      ->type_name("FILE|none")
+      ->group("Methods");
+}
+
+/// The sweep of --sweep: a flag a sweep may vary, and its values.
+std::optional<SweepSpec> parse_sweep(const CLI::App& app, const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == text.size())
+    throw UsageError(fmt::format("--sweep expects FLAG=V1,V2,..., got '{}'", text));
+  SweepSpec sweep{text.substr(0, eq), split_list(text.substr(eq + 1))};
+  const auto flags = sweepable_flags(app);
+  if (std::find(flags.begin(), flags.end(), sweep.flag) == flags.end())
+    throw UsageError(
+        fmt::format("--sweep: '{}' cannot be swept; sweepable: {}", sweep.flag, fmt::join(flags, ", ")));
+  if (sweep.values.empty()) throw UsageError("--sweep has no values");
+  if (given(app, sweep.flag))
+    throw UsageError(fmt::format("--{} is given and also swept; drop one of them", sweep.flag));
+  return sweep;
+}
+
+constexpr const char* kEvalName = "diffpost eval";
+constexpr const char* kEvalDescription =
+    "Compares restoration methods on the same measurements: every method restores the same degraded\n"
+    "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
+    "Frechet distance (FD) between features of a classifier (by default the bundled Fashion-MNIST one),\n"
+    "like FID with Inception features, next to its network evaluations per image. The naive inverse of\n"
+    "each task is scored as a row too. With --sweep FLAG=V1,V2,... the whole comparison is repeated for\n"
+    "each value of one flag. Writes results.csv (mean/std per sweep value x task x method), per_image.csv,\n"
+    "results.md (Markdown table, best per task in bold) and one grid PNG per task and sweep value (first 8\n"
+    "images; labelled columns: truth, naive inverse (phase retrieval: the measurement), then the methods\n"
+    "in order; the PSNR under each restoration). Runs can be split over processes (--shard), resumed\n"
+    "(--resume) and merged (diffpost merge).";
 
 /// One sweep point: the options with the swept flag set to one value (`value` empty when there is no sweep).
 struct SweepPoint {
@@ -118,17 +127,21 @@ struct SweepPoint {
   EvalOptions options;
 };
 
-/// The sweep points: a copy of the options per value, the swept flag set by its own setter, which checks the
-/// value as the command line does.
-std::vector<SweepPoint> sweep_points(const EvalOptions& options) {
-  if (!options.sweep) return {{"", options}};
-  const auto flags = all_flags(eval_flags());
-  const auto flag =
-      std::find_if(flags.begin(), flags.end(), [&](const auto& f) { return f.name == options.sweep->flag; });
+/// The sweep points: a copy of the options per value, the swept flag set by CLI11 as from the command line
+/// (with its checks).
+std::vector<SweepPoint> sweep_points(const EvalOptions& options, const std::optional<SweepSpec>& sweep) {
+  if (!sweep) return {{"", options}};
   std::vector<SweepPoint> points;
-  for (const auto& value : options.sweep->values) {
+  for (const auto& value : sweep->values) {
     points.push_back({value, options});
-    flag->set(points.back().options, value);
+    auto app = make_app(kEvalName, kEvalDescription);
+    declare_eval(*app, points.back().options);
+    std::vector<std::string> arguments{value, "--" + sweep->flag};  // CLI11 takes them in reverse order
+    try {
+      app->parse(arguments);
+    } catch (const CLI::ParseError& e) {
+      throw UsageError(fmt::format("--sweep {}={}: {}", sweep->flag, value, e.what()));
+    }
   }
   return points;
 }
@@ -243,36 +256,26 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
   return text;
 }
 
-/// Parses `diffpost eval` arguments (argv[2...]); nullptr when --help was printed.
-std::unique_ptr<ParsedCommand<EvalOptions>> parse_eval(int argc, char** argv) {
-  return parse_command<EvalOptions>(
-      "diffpost eval",
-      "Compares restoration methods on the same measurements: every method restores the same degraded\n"
-      "images (same masks, kernels and noise), and is scored against the ground truth by PSNR, SSIM and the\n"
-      "Frechet distance (FD) between features of a classifier (by default the bundled Fashion-MNIST one),\n"
-      "like FID with Inception features, next to its network evaluations per image. The naive inverse of\n"
-      "each task is scored as a row too. With --sweep FLAG=V1,V2,... the whole comparison is repeated for\n"
-      "each value of one flag. Writes results.csv (mean/std per sweep value x task x method), "
-      "per_image.csv,\n"
-      "results.md (Markdown table, best per task in bold) and one grid PNG per task and sweep value (first "
-      "8\n"
-      "images; labelled columns: truth, naive inverse (phase retrieval: the measurement), then the methods\n"
-      "in order; the PSNR under each restoration). Runs can be split over processes (--shard), resumed\n"
-      "(--resume) and merged (diffpost merge).",
-      eval_flags(), argc, argv);
-}
-
 /// Images shown per task in the grids.
 constexpr int64_t kGridImages = 8;
 
 /// What eval's outputs are made from besides the records.
 struct EvalPlan {
+  /// One sweep point's options and what follows from them: its schedules, and its tasks' plans (parameters
+  /// checked against the images).
+  struct Point {
+    std::string value;  ///< the swept flag's value; empty without a sweep
+    EvalOptions options;
+    RunSchedules schedules;
+    std::vector<TaskPlan> task_plans;
+  };
+
   EvalPlan(const EvalOptions& eval_options, std::vector<std::string> eval_tasks)
       : options(eval_options), tasks(std::move(eval_tasks)) {}
 
   const EvalOptions& options;
   std::vector<std::string> tasks;
-  std::vector<SweepPoint> points;
+  std::vector<Point> points;
   std::string swept;
   std::vector<InputImage> inputs;
   Shape shape;
@@ -286,59 +289,73 @@ struct EvalPlan {
   [[nodiscard]] int64_t size(int64_t batch) const {
     return std::min(options.sampling.batch, count() - first(batch));
   }
-  [[nodiscard]] std::string suffix(const SweepPoint& point) const {
+  [[nodiscard]] std::string suffix(const Point& point) const {
     return swept.empty() ? std::string{} : fmt::format("_{}={}", swept, point.value);
   }
   /// The record folder of one task at one sweep point.
-  [[nodiscard]] std::string unit(const SweepPoint& point, const std::string& task) const {
-    return task + suffix(point);
-  }
+  [[nodiscard]] std::string unit(const Point& point, size_t t) const { return tasks[t] + suffix(point); }
   [[nodiscard]] std::vector<std::string> units() const {
     std::vector<std::string> names;
     for (const auto& point : points)
-      for (const auto& task : tasks) names.push_back(unit(point, task));
+      for (size_t t = 0; t < tasks.size(); ++t) names.push_back(unit(point, t));
     return names;
   }
 };
 
-EvalPlan plan_eval(const EvalOptions& options, const CLI::App& app, const std::string& command) {
+/// Everything a run needs besides the model, checked before the first file is written: the sweep, the
+/// inputs, and at each sweep point the tasks' parameters against the model's image shape.
+EvalPlan plan_eval(const EvalOptions& options, const CLI::App& app, std::string command) {
   EvalPlan plan{options, required_tasks(options.task, app.get_name())};
-  plan.swept = options.sweep ? options.sweep->flag : std::string{};
-  if (!plan.swept.empty() && given(app, plan.swept))
-    throw UsageError(fmt::format("--{} is given and also swept; drop one of them", plan.swept));
-  plan.points = sweep_points(options);
+  check_unique(options.methods, "--methods");
+  const auto sweep = parse_sweep(app, options.sweep);
+  plan.swept = sweep ? sweep->flag : std::string{};
   plan.prior_files = resolve_prior(options.model.model, options.model.config);
   plan.shape = prior_image_shape(plan.prior_files);
   plan.inputs = gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(plan.shape[0]),
                               plan.shape[1]);
+  for (auto& point : sweep_points(options, sweep)) {
+    std::vector<TaskPlan> task_plans;
+    for (const auto& task : plan.tasks)
+      task_plans.emplace_back(task, point.options.task.parameters, plan.shape, options.sampling.seed);
+    auto schedules = run_schedules(point.options.model, point.options.sampling);
+    plan.points.push_back(
+        {point.value, std::move(point.options), std::move(schedules), std::move(task_plans)});
+  }
   plan.batches = (plan.count() + options.sampling.batch - 1) / options.sampling.batch;
-  plan.command = command;
+  plan.command = std::move(command);
   return plan;
 }
 
 /// The row names of a task: the naive inverse (when the task has one), then the methods.
-std::vector<std::string> row_methods(const EvalPlan& plan, const std::string& task) {
+std::vector<std::string> row_methods(const EvalPlan& plan, const TaskPlan& task) {
   std::vector<std::string> names;
-  if (task != "phase-retrieval") names.push_back("naive");
+  if (task.has_naive_inverse()) names.emplace_back("naive");
   names.insert(names.end(), plan.options.methods.begin(), plan.options.methods.end());
   return names;
 }
 
-/// Runs every method on batch `batch` of `task` at `point` and writes the batch's record: per method the
+/// Runs every method on batch `batch` of task `t` at `point` and writes the batch's record: per method the
 /// scores, features, seconds and network cost; the truth's features; the grid cells of its first images.
-void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::string& task, int64_t batch,
-                    Prior& prior, const torch::Device& device, const FeatureExtractor& extractor,
-                    const RunFolder& folder, ProgressBar& progress, int64_t& done) {
+void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t, int64_t batch, Prior& prior,
+                    const torch::Device& device, const FeatureExtractor& extractor, const RunFolder& folder,
+                    TaskProgress& progress) {
   const auto& options = point.options;
+  const auto& task = plan.tasks[t];
   const auto seed = options.sampling.seed;
   const int64_t first = plan.first(batch), n = plan.size(batch);
   std::vector<torch::Tensor> images;
   for (int64_t i = first; i < first + n; ++i) images.push_back(plan.inputs[static_cast<size_t>(i)].image);
   const auto truth = torch::cat(images, 0);
   const auto noise = noise_model(options.noise);
-  const auto op = make_operator(task, options.task.parameters, plan.shape, seed, first, n, 1);
+  const auto op = point.task_plans[t].batch(first, n, 1);
   const auto y = measure(op, noise, truth, seed, first);
-  const RunSchedules schedules(options.model, options.sampling);
+  const MethodRun run{task, point.task_plans[t].default_scale(), point.schedules, options.noise.sigma};
+  // The bar counts the steps of every method on every batch.
+  int64_t batch_steps = 0;
+  for (const auto& method : plan.options.methods)
+    with_method(method, options.method_settings, run, 1, op, noise,
+                [&](const auto& sampler) { batch_steps += sampler.num_steps(); });
+  progress.start(batch_steps);
   StateDict record;
   const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
   if (extractor.classifier) record.insert("truth/features", extractor.features({truth}));
@@ -360,30 +377,29 @@ void evaluate_batch(const EvalPlan& plan, const SweepPoint& point, const std::st
   };
   if (const auto naive = naive_inverse(op, y); naive.defined()) add("naive", naive.clamp(-1.0, 1.0), 0.0, {});
   const auto y_on_device = y.to(device);  // measurements are made on the CPU, the same on every device
+  int64_t done = progress.done * progress.steps;
   for (const auto& method : plan.options.methods) {
-    const MethodRun run{method, task, options.settings, schedules, options.noise.sigma};
     auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
-    const int64_t before = done;
-    NetworkCost cost;
-    int64_t steps = 0;
-    const StepCallback callback = [&](const StepInfo& info) {
+    const StepCallback callback = [&, before = done](const StepInfo& info) {
       InterruptGuard::check();
-      progress.update(before + info.step, fmt::format("{} batch {}/{}", method, batch + 1, plan.batches));
+      progress.bar->update(before + info.step,
+                           fmt::format("{} batch {}/{}", method, batch + 1, plan.batches));
     };
     const auto start = std::chrono::steady_clock::now();
-    const auto restored = with_method(run, op, noise, [&](const auto& m) {
-      cost = m.network_cost();
-      steps = reported_steps(m);
-      return m.sample(prior.model, y_on_device, plan.shape, generator, callback);
+    torch::Tensor restored;
+    NetworkCost cost;
+    with_method(method, options.method_settings, run, 1, op, noise, [&](const auto& sampler) {
+      cost = sampler.network_cost();
+      done += sampler.num_steps();
+      restored = sampler.sample(prior.model, y_on_device, plan.shape, generator, callback);
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     add(method, restored.detach().to(torch::kCPU).clamp(-1.0, 1.0), seconds, cost);
-    done = before + steps;
   }
   for (int64_t i = 0; i < shown; ++i)
     for (size_t c = 0; c < cells[static_cast<size_t>(i)].size(); ++c)
       record.insert(fmt::format("grid/{}/{}", first + i, c), cells[static_cast<size_t>(i)][c]);
-  folder.finish(plan.unit(point, task), batch, std::move(record), {});
+  folder.finish(plan.unit(point, t), batch, std::move(record), {});
 }
 
 /// Makes results.csv, per_image.csv, results.md and the grids from the records in `folder`.
@@ -392,12 +408,12 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
   std::vector<Row> rows;
   std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
   for (const auto& point : plan.points) {
-    for (const auto& task : plan.tasks) {
+    for (size_t t = 0; t < plan.tasks.size(); ++t) {
+      const auto& task = plan.tasks[t];
       std::vector<StateDict> records;
       for (int64_t batch = 0; batch < plan.batches; ++batch) {
-        auto record = folder.finished(plan.unit(point, task), batch);
-        TORCH_CHECK(record.has_value(), "the record of ", plan.unit(point, task), " batch ", batch,
-                    " vanished");
+        auto record = folder.finished(plan.unit(point, t), batch);
+        TORCH_CHECK(record.has_value(), "the record of ", plan.unit(point, t), " batch ", batch, " vanished");
         records.push_back(std::move(*record));
       }
       const auto gather = [&](const std::string& key) {
@@ -408,7 +424,7 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
       const bool with_fd = records.front().contains("truth/features");
       const auto truth_statistics =
           with_fd ? GaussianStatistics::of(gather("truth/features")) : GaussianStatistics{};
-      const auto methods = row_methods(plan, task);
+      const auto methods = row_methods(plan, point.task_plans[t]);
       std::vector<std::vector<double>> method_psnr;  // per method, per image: the grid's captions
       for (const auto& method : methods) {
         Row row;
@@ -437,7 +453,7 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
       // The cells are the truth, the measurement picture, then the rows' outputs (evaluate_batch). Where the
       // task has a naive inverse the measurement picture is that naive inverse (measurement_picture), so the
       // grid shows it once, in the naive inverse's column.
-      const bool has_naive = methods.front() == "naive";
+      const bool has_naive = point.task_plans[t].has_naive_inverse();
       std::vector<std::string> labels{"truth"};
       if (!has_naive) labels.emplace_back("measurement");
       labels.insert(labels.end(), methods.begin(), methods.end());
@@ -488,13 +504,13 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
 }  // namespace
 
 int run_eval(int argc, char** argv) {
-  const auto parsed = parse_eval(argc, argv);
+  const auto parsed = parse_command<EvalOptions>(kEvalName, kEvalDescription, declare_eval, argc, argv);
   if (!parsed) return 0;
   const auto& options = parsed->options;
   const auto& app = *parsed->app;
 
   // Everything is checked before the first file is written.
-  auto plan = plan_eval(options, app, canonical_command("eval", argc, argv));
+  auto plan = plan_eval(options, app, canonical_command(app, "eval", argc, argv));
   const auto out = output_folder(options.output, app.get_name());
   const auto shard = options.output.shard.empty() ? Shard{} : parse_shard(options.output.shard);
   set_threads(options.model);
@@ -504,12 +520,10 @@ int run_eval(int argc, char** argv) {
     throw UsageError("the Frechet distance needs at least 2 images; add images or pass --classifier none");
   for (const auto& point : plan.points) {
     const auto noise = noise_model(point.options.noise);
-    for (const auto& task : plan.tasks) {
-      const auto op =
-          make_operator(task, point.options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1);
+    for (const auto& task_plan : point.task_plans) {
       for (const auto& method : options.methods) {
-        const auto reason = missing_capability(method, op, noise);
-        if (!reason.empty()) throw cannot_run(method, task, reason);
+        const auto reason = missing_capability(method, task_plan, noise);
+        if (!reason.empty()) throw cannot_run(method, task_plan.task(), reason);
       }
     }
   }
@@ -536,33 +550,21 @@ int run_eval(int argc, char** argv) {
       [&] {
         int64_t skipped = 0;
         for (const auto& point : plan.points) {
-          const RunSchedules schedules(point.options.model, point.options.sampling);
-          const auto noise = noise_model(point.options.noise);
-          for (const auto& task : plan.tasks) {
-            const auto probe = make_operator(task, point.options.task.parameters, plan.shape,
-                                             options.sampling.seed, 0, 1, 1);
-            int64_t steps = 0;
-            for (const auto& method : options.methods)
-              steps += with_method(
-                  MethodRun{method, task, point.options.settings, schedules, point.options.noise.sigma},
-                  probe, noise, [](const auto& m) { return reported_steps(m); });
+          for (size_t t = 0; t < plan.tasks.size(); ++t) {
             int64_t mine = 0;
             for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
-            ProgressBar progress(mine * steps, fmt::format("{}{}", task, plan.suffix(point)));
-            int64_t done = 0;
+            TaskProgress progress{mine, fmt::format("{}{}", plan.tasks[t], plan.suffix(point))};
             for (int64_t batch = 0; batch < plan.batches; ++batch) {
               if (!shard.owns(batch)) continue;
               InterruptGuard::check();
-              if (folder.resuming() && folder.finished(plan.unit(point, task), batch)) {
+              if (folder.resuming() && folder.finished(plan.unit(point, t), batch)) {
                 ++skipped;
-                done += steps;
               } else {
-                evaluate_batch(plan, point, task, batch, prior, runtime.device, extractor, folder, progress,
-                               done);
+                evaluate_batch(plan, point, t, batch, prior, runtime.device, extractor, folder, progress);
               }
-              progress.update(done);
+              progress.finish_batch();
             }
-            progress.finish();
+            if (progress.bar) progress.bar->finish();
           }
         }
         return skipped;
@@ -573,12 +575,12 @@ int run_eval(int argc, char** argv) {
       });
 }
 
-int merge_eval(const RunFolder& folder, int argc, char** argv) {
-  const auto parsed = parse_eval(argc, argv);
-  TORCH_CHECK(parsed != nullptr, "the stored eval command asks for --help");
-  auto plan = plan_eval(parsed->options, *parsed->app, canonical_command("eval", argc, argv));
-  if (parsed->options.classifier != "none") {
-    const auto extractor = load_feature_extractor(parsed->options.classifier, plan.shape);
+int merge_eval(const RunFolder& folder) {
+  const auto& settings = folder.settings();
+  const auto stored = load_command<EvalOptions>(kEvalName, kEvalDescription, declare_eval, settings.settings);
+  auto plan = plan_eval(stored->options, *stored->app, settings.command_line);
+  if (stored->options.classifier != "none") {
+    const auto extractor = load_feature_extractor(stored->options.classifier, plan.shape);
     if (extractor.classifier) plan.classifier_name = extractor.path.filename().string();
   }
   folder.check_complete();

@@ -144,8 +144,8 @@ inline void check_no_overwrite(const std::vector<fs::path>& paths, bool force, b
 
 /// Writes `text` to `path` through a temporary file and a rename (never half-written).
 inline void write_text(const fs::path& path, const std::string& text, bool overwrite) {
-  detail::write_file_atomically(path, overwrite, "diffpost", "pass --force to overwrite",
-                                [&](std::ostream& out) { out << text; });
+  diffpost::detail::write_file_atomically(path, overwrite, "diffpost", "pass --force to overwrite",
+                                          [&](std::ostream& out) { out << text; });
 }
 
 }  // namespace diffpost::cli

@@ -1,163 +1,46 @@
-// The restoration methods of the diffpost tool: run-time method names mapped to the library's method class
-// templates, their options as flags, the schedule each runs on for a given step budget, and what each costs
-// in network evaluations.
+// The restoration methods of the diffpost tool, one registry entry each: its name, title and help, its
+// settings (a typed struct with its flags, shared by the methods that read it), the library class template it
+// runs, what that class needs of an operator and a noise model (the library's own constraints decide; the
+// entry says it in words, and a compile-time check keeps the two in agreement), and how it is made for a run.
+// Help, validation, `eval --methods`, sweeps, run identity and summaries all read this registry.
 #pragma once
 
 #include <diffpost/dps.hpp>
 #include <diffpost/methods.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "common.hpp"
 #include "options.hpp"
+#include "registry.hpp"
 #include "tasks.hpp"
 
 namespace diffpost::cli {
 
-/// A method the tool knows: its flag name, its name in tables and file names, and a line of help.
-struct MethodInfo {
-  std::string name;
-  std::string title;
-  std::string description;
-};
-
-/// All methods, in the order of the help text.
-inline const std::vector<MethodInfo>& all_methods() {
-  static const std::vector<MethodInfo> methods{
-      {"dps", "DPS", "Diffusion Posterior Sampling (--scale, --scale-schedule)"},
-      {"mcg", "MCG", "Manifold Constrained Gradients: the DPS step, then projection (--scale; linear tasks)"},
-      {"score-sde", "Score-SDE", "Score-SDE / ILVR projection onto the diffused measurement (linear tasks)"},
-      {"score-ald", "ScoreALD", "annealed Langevin guidance on x_t (--ald-scale, --ald-gamma)"},
-      {"sdedit", "SDEdit", "noise the naive inverse to t*, then the plain reverse process (--t-star)"},
-      {"diffpir", "DiffPIR",
-       "plug-and-play data step on x0 each step, no network gradient (--diffpir-lambda, --diffpir-zeta; "
-       "Gaussian noise)"},
-      {"ddnm", "DDNM",
-       "range-null-space correction of x0, DDNM+ for noise (--ddnm-eta; masks, sr, colorize, denoise; "
-       "Gaussian "
-       "noise)"},
-      {"pigdm", "PiGDM",
-       "pseudo-inverse guidance through the network (--pigdm-eta; linear tasks; Gaussian noise)"},
-      {"ddrm", "DDRM",
-       "denoising in the operator's SVD (--ddrm-eta, --ddrm-eta-b; masks, sr, gaussian-deblur, colorize, "
-       "denoise; Gaussian noise)"},
-      {"daps", "DAPS",
-       "decoupled annealing: ODE steps, then Langevin steps on the measurement (--daps-*; any task)"},
-  };
-  return methods;
-}
-
-inline const MethodInfo& find_method(const std::string& name) {
-  for (const auto& method : all_methods())
-    if (method.name == name) return method;
-  std::vector<std::string> names;
-  for (const auto& method : all_methods()) names.push_back(method.name);
-  throw UsageError(fmt::format("unknown method '{}'; methods: {}", name, fmt::join(names, ", ")));
-}
-
-/// `title` and one line per method ("  dps: ...") for a --method / --methods help text.
-inline std::string methods_help(const std::string& title) {
-  std::string help = title;
-  for (const auto& method : all_methods())
-    help += "\n" + std::string(32, ' ') + method.name + ": " + method.description;
-  return help;
-}
-
-/// The options of every method (each method reads its own), with the libraries' defaults.
-struct MethodSettings {
-  ScaleSpec scale;
-  StepSizeSchedule scale_schedule = StepSizeSchedule::constant;
-  double ald_scale = 1.0;
-  double ald_gamma = 1.0;
-  std::optional<double> ald_sigma;  ///< default: the noise's sigma
-  int64_t t_star = 250;
-  double diffpir_lambda = DiffPIROptions{}.lambda();
-  double diffpir_zeta = DiffPIROptions{}.zeta();
-  double ddnm_eta = DDNMOptions{}.eta();
-  double pigdm_eta = PiGDMOptions{}.eta();
-  double ddrm_eta = DDRMOptions{}.eta();
-  double ddrm_eta_b = DDRMOptions{}.eta_b();
-  int64_t daps_ode_steps = DAPSOptions{}.ode_steps();
-  int64_t daps_langevin_steps = DAPSOptions{}.langevin_steps();
-  double daps_step_size = DAPSOptions{}.step_size();
-  double daps_tau = DAPSOptions{}.tau();
-};
-
-/// The flags of the methods' options other than DPS's step size, bound to the MethodSettings `part(o)`.
-template <class O, class Part>
-std::vector<Flag<O>> method_option_flags(Part part) {
-  const MethodSettings d;
-  auto number = [part](const char* name, double MethodSettings::*field, double low, double high) {
-    return [part, name, field, low, high](O& o, const std::string& v) {
-      part(o).*field = parse_double(v, std::string("--") + name, low, high);
-    };
-  };
-  auto integer = [part](const char* name, int64_t MethodSettings::*field, int64_t low, int64_t high) {
-    return [part, name, field, low, high](O& o, const std::string& v) {
-      part(o).*field = parse_int(v, std::string("--") + name, low, high);
-    };
-  };
-  return {
-      {"ald-scale", "X", "score-ald: guidance scale", default_text(d.ald_scale),
-       number("ald-scale", &MethodSettings::ald_scale, 0.0, 1e6)},
-      {"ald-gamma", "X", "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))",
-       default_text(d.ald_gamma), number("ald-gamma", &MethodSettings::ald_gamma, 0.0, 1e6)},
-      {"ald-sigma", "X", "score-ald: measurement noise level in its weighting; default: --sigma", "",
-       [part](O& o, const std::string& v) { part(o).ald_sigma = parse_double(v, "--ald-sigma", 0.0, 10.0); }},
-      {"t-star", "N", "sdedit: noise level to start from, in original timesteps of 1000",
-       default_text(d.t_star), integer("t-star", &MethodSettings::t_star, 0, 1000)},
-      {"diffpir-lambda", "X",
-       "diffpir: weight of the prior in the data step (rho_t = lambda sigma^2 / sigmabar_t^2)",
-       default_text(d.diffpir_lambda), number("diffpir-lambda", &MethodSettings::diffpir_lambda, 1e-9, 1e9)},
-      {"diffpir-zeta", "X", "diffpir: share of fresh noise when re-noising, in [0, 1]",
-       default_text(d.diffpir_zeta), number("diffpir-zeta", &MethodSettings::diffpir_zeta, 0.0, 1.0)},
-      {"ddnm-eta", "X", "ddnm: DDIM eta of its steps", default_text(d.ddnm_eta),
-       number("ddnm-eta", &MethodSettings::ddnm_eta, 0.0, 1.0)},
-      {"pigdm-eta", "X", "pigdm: DDIM eta of its steps", default_text(d.pigdm_eta),
-       number("pigdm-eta", &MethodSettings::pigdm_eta, 0.0, 1.0)},
-      {"ddrm-eta", "X", "ddrm: eta of the unmeasured and noisy components", default_text(d.ddrm_eta),
-       number("ddrm-eta", &MethodSettings::ddrm_eta, 0.0, 1.0)},
-      {"ddrm-eta-b", "X", "ddrm: eta_b of the measured components", default_text(d.ddrm_eta_b),
-       number("ddrm-eta-b", &MethodSettings::ddrm_eta_b, 0.0, 1.0)},
-      {"daps-ode-steps", "N", "daps: probability-flow ODE steps per annealing level (network evaluations)",
-       default_text(d.daps_ode_steps), integer("daps-ode-steps", &MethodSettings::daps_ode_steps, 1, 1000)},
-      {"daps-langevin-steps", "N", "daps: Langevin steps per annealing level (operator gradients only)",
-       default_text(d.daps_langevin_steps),
-       integer("daps-langevin-steps", &MethodSettings::daps_langevin_steps, 0, 100000)},
-      {"daps-step-size", "X", "daps: Langevin step size at the first level (decays to 1% by the last)",
-       default_text(d.daps_step_size), number("daps-step-size", &MethodSettings::daps_step_size, 1e-12, 1.0)},
-      {"daps-tau", "X", "daps: measurement weight tau of the Langevin target", default_text(d.daps_tau),
-       number("daps-tau", &MethodSettings::daps_tau, 1e-9, 1e3)},
-  };
-}
-
-/// The flags of DPS's (and MCG's) step size.
-template <class O, class Part>
-std::vector<Flag<O>> step_size_flags(Part part, const std::string& scale_lead) {
-  return {
-      {"scale", "X|TASK=X,...", scale_help(scale_lead), "",
-       [part](O& o, const std::string& v) { part(o).scale = ScaleSpec::parse(v); }},
-      {"scale-schedule", "NAME", "DPS/MCG step size over the steps: constant, linear or exponential decay",
-       "constant",
-       [part](O& o, const std::string& v) { part(o).scale_schedule = parse_step_size_schedule(v); }},
-  };
-}
-
-/// The schedules and samplers of a run: the model's noise schedule and the step budget of --steps.
+/// The schedules of a run: the model's noise schedule, the sampler of --steps and --sampler, and the step
+/// budget (network evaluations per image) the methods with their own spacing run on.
 struct RunSchedules {
   DiffusionSchedule base;  ///< the model's 1000-step schedule
-  AnySampler sampler;      ///< DPS, MCG, Score-SDE, ScoreALD and SDEdit step along it (--steps, --sampler)
+  AnySampler sampler;      ///< what DPS, MCG, Score-SDE, ScoreALD and SDEdit step along
   int64_t steps;           ///< network evaluations per image the budget allows
 
-  RunSchedules(const ModelOptions& model, const SamplingOptions& sampling)
-      : base(base_schedule(model)), sampler(make_sampler(model, sampling)), steps(num_steps(sampler)) {}
+  RunSchedules(DiffusionSchedule base_schedule, AnySampler run_sampler)
+      : base(std::move(base_schedule)),
+        sampler(std::move(run_sampler)),
+        steps(std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler)) {}
 
   /// DiffPIR's official quadratic spacing with `steps` steps.
   [[nodiscard]] DiffusionSchedule diffpir() const {
@@ -165,130 +48,572 @@ struct RunSchedules {
   }
   /// Evenly strided DDIM steps (DDNM, PiGDM and DDRM's official spacing) with `steps` steps.
   [[nodiscard]] DiffusionSchedule strided() const { return base.respaced(fmt::format("ddim{}", steps)); }
-  /// DAPS's options: `steps` network evaluations = annealing levels x ODE steps.
-  [[nodiscard]] DAPSOptions daps(const MethodSettings& m, int64_t num_samples) const {
-    return DAPSOptions{}
-        .annealing_steps(std::max<int64_t>(1, steps / m.daps_ode_steps))
-        .ode_steps(m.daps_ode_steps)
-        .langevin_steps(m.daps_langevin_steps)
-        .step_size(m.daps_step_size)
-        .tau(m.daps_tau)
-        .num_samples(num_samples);
+};
+
+/// What making a method for a run needs besides its settings, the operator, the noise and the sampler.
+struct MethodRun {
+  const std::string& task;
+  double task_scale;  ///< the task's default DPS step size (its registry entry's)
+  const RunSchedules& schedules;
+  double noise_sigma;  ///< --sigma, ScoreALD's default weighting
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Method settings, each with its flags (group "Method options": a sweep of `diffpost eval` may vary them).
+// ---------------------------------------------------------------------------------------------------------------
+
+/// --scale: one step size for every task, per-task values, or the tasks' defaults.
+struct ScaleSpec {
+  std::optional<double> all;
+  std::map<std::string, double> per_task;
+
+  /// The step size of `task`: its own value, else the common one, else `task_default`.
+  [[nodiscard]] double of(const std::string& task, double task_default) const {
+    if (const auto found = per_task.find(task); found != per_task.end()) return found->second;
+    return all.value_or(task_default);
+  }
+  /// The step size of a task of the tool's registry.
+  [[nodiscard]] double of(const std::string& task) const { return of(task, default_scale(task)); }
+
+  /// Parses "X" or "task=X,task=Y".
+  static ScaleSpec parse(const std::string& text) {
+    const auto number = [](const std::string& value, const std::string& what) {
+      std::string copy = value;
+      const auto error = finite_in(0.0, 1e6)(copy);
+      if (!error.empty()) throw UsageError(fmt::format("{}: {}", what, error));
+      return std::stod(value);
+    };
+    ScaleSpec spec;
+    if (text.find('=') == std::string::npos) {
+      spec.all = number(text, "--scale");
+      return spec;
+    }
+    for (const auto& item : split_list(text)) {
+      const auto eq = item.find('=');
+      if (eq == std::string::npos)
+        throw UsageError(fmt::format("--scale: expected a number or task=value pairs, got '{}'", item));
+      const auto task = item.substr(0, eq);
+      default_scale(task);  // refuses unknown tasks
+      spec.per_task[task] = number(item.substr(eq + 1), "--scale " + task);
+    }
+    return spec;
   }
 };
 
-/// Why `method` cannot run a task whose operator is Op, with noise model N, or empty when it can. The
-/// library refuses these combinations at compile time; the tool reports them before anything runs.
-template <class Op, class N>
-std::string missing_capability(const std::string& method) {
-  if ((method == "mcg" || method == "score-sde" || method == "pigdm") && !LinearOperator<Op>)
-    return "it needs a linear operator";
-  if (method == "sdedit" && !HasNaiveInverse<Op>)
-    return "it starts from the naive inverse, which the task lacks";
-  if (method == "ddnm" && !PseudoInvertibleOperator<Op>) return "it needs the operator's pseudo-inverse";
-  if (method == "ddrm" && !DecomposableOperator<Op>)
-    return "it needs the operator's singular value decomposition";
-  if ((method == "diffpir" || method == "ddnm" || method == "pigdm" || method == "ddrm") &&
-      !GaussianNoiseModel<N>)
-    return "it needs Gaussian (or no) measurement noise";
-  return {};
+/// DPS's (and MCG's) step size.
+struct StepSizeSettings {
+  ScaleSpec scale;
+  StepSizeSchedule schedule = StepSizeSchedule::constant;
+
+  static void add_options(CLI::App& app, StepSizeSettings& s) {
+    std::string help = "dps, mcg: step size, one number for all tasks or task=value,... (per-task defaults:";
+    for_each_entry(Tasks{},
+                   [&]<class Task>() { help += fmt::format(" {} {}", Task::name, Task::default_scale); });
+    app.add_option_function<std::string>(
+           "--scale", [&s](const std::string& text) { s.scale = ScaleSpec::parse(text); }, help + ")")
+        ->type_name("X|TASK=X,...")
+        ->check(checked_by([](const std::string& text) { ScaleSpec::parse(text); }, ""))
+        ->group("Method options");
+    static const std::map<std::string, StepSizeSchedule> schedules{
+        {"constant", StepSizeSchedule::constant},
+        {"linear", StepSizeSchedule::linear_decay},
+        {"exponential", StepSizeSchedule::exponential_decay}};
+    app.add_option_function<std::string>(
+           "--scale-schedule", [&s](const std::string& name) { s.schedule = schedules.at(name); },
+           "dps, mcg: step size over the steps: constant, linear or exponential decay")
+        ->type_name("NAME")
+        ->check(CLI::IsMember({"constant", "linear", "exponential"}))
+        ->default_str("constant")
+        ->group("Method options");
+  }
+
+  [[nodiscard]] DPSOptions options(const MethodRun& run) const {
+    return DPSOptions{}.scale(scale.of(run.task, run.task_scale)).step_size_schedule(schedule);
+  }
+  /// The step size runs of `task` take; a settings struct with `step_size(task)` shows it in progress bars,
+  /// summaries and the diagnosis of unusable results.
+  [[nodiscard]] double step_size(const std::string& task) const { return scale.of(task); }
+};
+
+struct ScoreALDSettings {
+  double scale = ScoreALDOptions{}.scale();
+  double gamma = ScoreALDOptions{}.gamma();
+  std::optional<double> sigma;  ///< default: the noise's --sigma
+
+  static void add_options(CLI::App& app, ScoreALDSettings& s) {
+    add_value_option(app, "--ald-scale", s.scale, "score-ald: guidance scale", "X", "Method options")
+        ->check(finite_in(0.0, 1e6));
+    add_value_option(app, "--ald-gamma", s.gamma,
+                     "score-ald: annealing gamma (gamma_t^2 = gamma^2 (1 - abar_t))", "X", "Method options")
+        ->check(finite_in(0.0, 1e6));
+    app.add_option_function<double>(
+           "--ald-sigma", [&s](double value) { s.sigma = value; },
+           "score-ald: measurement noise level in its weighting; default: --sigma")
+        ->type_name("X")
+        ->check(finite_in(0.0, 10.0))
+        ->group("Method options");
+  }
+};
+
+struct SDEditSettings {
+  int64_t t_star = SDEditOptions{}.t_star();
+
+  static void add_options(CLI::App& app, SDEditSettings& s) {
+    add_value_option(app, "--t-star", s.t_star,
+                     "sdedit: noise level to start from, in original timesteps of 1000", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{0}, int64_t{1000}));
+  }
+};
+
+struct DiffPIRSettings {
+  double lambda = DiffPIROptions{}.lambda();
+  double zeta = DiffPIROptions{}.zeta();
+
+  static void add_options(CLI::App& app, DiffPIRSettings& s) {
+    add_value_option(app, "--diffpir-lambda", s.lambda,
+                     "diffpir: weight of the prior in the data step (rho_t = lambda sigma^2 / sigmabar_t^2)",
+                     "X", "Method options")
+        ->check(finite_in(1e-9, 1e9));
+    add_value_option(app, "--diffpir-zeta", s.zeta,
+                     "diffpir: share of fresh noise when re-noising, in [0, 1]", "X", "Method options")
+        ->check(finite_in(0.0, 1.0));
+  }
+};
+
+struct DDNMSettings {
+  double eta = DDNMOptions{}.eta();
+
+  static void add_options(CLI::App& app, DDNMSettings& s) {
+    add_value_option(app, "--ddnm-eta", s.eta, "ddnm: DDIM eta of its steps", "X", "Method options")
+        ->check(finite_in(0.0, 1.0));
+  }
+};
+
+struct PiGDMSettings {
+  double eta = PiGDMOptions{}.eta();
+
+  static void add_options(CLI::App& app, PiGDMSettings& s) {
+    add_value_option(app, "--pigdm-eta", s.eta, "pigdm: DDIM eta of its steps", "X", "Method options")
+        ->check(finite_in(0.0, 1.0));
+  }
+};
+
+struct DDRMSettings {
+  double eta = DDRMOptions{}.eta();
+  double eta_b = DDRMOptions{}.eta_b();
+
+  static void add_options(CLI::App& app, DDRMSettings& s) {
+    add_value_option(app, "--ddrm-eta", s.eta, "ddrm: eta of the unmeasured and noisy components", "X",
+                     "Method options")
+        ->check(finite_in(0.0, 1.0));
+    add_value_option(app, "--ddrm-eta-b", s.eta_b, "ddrm: eta_b of the measured components", "X",
+                     "Method options")
+        ->check(finite_in(0.0, 1.0));
+  }
+};
+
+struct DAPSSettings {
+  int64_t ode_steps = DAPSOptions{}.ode_steps();
+  int64_t langevin_steps = DAPSOptions{}.langevin_steps();
+  double step_size = DAPSOptions{}.step_size();
+  double tau = DAPSOptions{}.tau();
+
+  static void add_options(CLI::App& app, DAPSSettings& s) {
+    add_value_option(app, "--daps-ode-steps", s.ode_steps,
+                     "daps: probability-flow ODE steps per annealing level (network evaluations)", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+    add_value_option(app, "--daps-langevin-steps", s.langevin_steps,
+                     "daps: Langevin steps per annealing level (operator gradients only)", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{0}, int64_t{100000}));
+    add_value_option(app, "--daps-step-size", s.step_size,
+                     "daps: Langevin step size at the first level (decays to 1% by the last)", "X",
+                     "Method options")
+        ->check(finite_in(1e-12, 1.0));
+    add_value_option(app, "--daps-tau", s.tau, "daps: measurement weight tau of the Langevin target", "X",
+                     "Method options")
+        ->check(finite_in(1e-9, 1e3));
+  }
+};
+
+/// The settings of a method that has none.
+struct NoSettings {
+  static void add_options(CLI::App& /*app*/, NoSettings& /*s*/) {}
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// The methods. An entry names itself (`name`, `title` for tables, `help`), its `Settings`, the library class
+// it runs (`Method<Op, Noise, Sampler>`; whether the library accepts an operator and a noise model decides
+// whether the method can run a task), `unmet<Op, Noise>()` (that decision in words, empty when it can run),
+// and `make(settings, run, likelihood, op, sampler)`.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The base of the entries whose class takes every operator and noise model of the tool.
+struct RunsEveryTask {
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return {};
+  }
+};
+
+struct DPSEntry : RunsEveryTask {
+  static constexpr const char* name = "dps";
+  static constexpr const char* title = "DPS";
+  static constexpr const char* help = "Diffusion Posterior Sampling (--scale, --scale-schedule)";
+  using Settings = StepSizeSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = DPS<Noise, Op, S>;
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& sampler) {
+    return Method<Op, Noise, S>(likelihood, op, sampler, s.options(run));
+  }
+};
+
+struct MCGEntry {
+  static constexpr const char* name = "mcg";
+  static constexpr const char* title = "MCG";
+  static constexpr const char* help =
+      "Manifold Constrained Gradients: the DPS step, then projection (--scale; linear tasks)";
+  using Settings = StepSizeSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = MCG<Noise, Op, S>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return LinearOperator<Op> ? "" : "it needs a linear operator";
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& sampler) {
+    return Method<Op, Noise, S>(likelihood, op, sampler, s.options(run));
+  }
+};
+
+struct ScoreSDEEntry {
+  static constexpr const char* name = "score-sde";
+  static constexpr const char* title = "Score-SDE";
+  static constexpr const char* help =
+      "Score-SDE / ILVR projection onto the diffused measurement (linear tasks)";
+  using Settings = NoSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = ScoreSDEProjection<Op, S>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return LinearOperator<Op> ? "" : "it needs a linear operator";
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& /*s*/, const MethodRun& /*run*/, const Noise& /*likelihood*/, const Op& op,
+                   const S& sampler) {
+    return Method<Op, Noise, S>(op, sampler);
+  }
+};
+
+struct ScoreALDEntry : RunsEveryTask {
+  static constexpr const char* name = "score-ald";
+  static constexpr const char* title = "ScoreALD";
+  static constexpr const char* help = "annealed Langevin guidance on x_t (--ald-scale, --ald-gamma)";
+  using Settings = ScoreALDSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = ScoreALD<Noise, Op, S>;
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& sampler) {
+    return Method<Op, Noise, S>(
+        likelihood, op, sampler,
+        ScoreALDOptions{}.scale(s.scale).gamma(s.gamma).sigma(s.sigma.value_or(run.noise_sigma)));
+  }
+};
+
+struct SDEditEntry {
+  static constexpr const char* name = "sdedit";
+  static constexpr const char* title = "SDEdit";
+  static constexpr const char* help =
+      "noise the naive inverse to t*, then the plain reverse process (--t-star)";
+  using Settings = SDEditSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = SDEdit<Op, S>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return HasNaiveInverse<Op> ? "" : "it starts from the naive inverse, which the task lacks";
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& /*run*/, const Noise& /*likelihood*/, const Op& op,
+                   const S& sampler) {
+    return Method<Op, Noise, S>(op, sampler, SDEditOptions{}.t_star(s.t_star));
+  }
+};
+
+/// Why a method with closed-form updates in sigma_y cannot take a noise model.
+template <class Noise>
+constexpr std::string_view needs_gaussian_noise() {
+  return GaussianNoiseModel<Noise> ? "" : "it needs Gaussian (or no) measurement noise";
 }
 
-/// The reason `method` cannot run `task` with `noise`, empty when it can.
-inline std::string missing_capability(const std::string& method, const AnyOperator& op,
-                                      const AnyNoise& noise) {
-  return std::visit(
-      [&](const auto& o, const auto& n) {
-        return missing_capability<std::decay_t<decltype(o)>, std::decay_t<decltype(n)>>(method);
-      },
-      op, noise);
+struct DiffPIREntry {
+  static constexpr const char* name = "diffpir";
+  static constexpr const char* title = "DiffPIR";
+  static constexpr const char* help =
+      "plug-and-play data step on x0 each step, no network gradient (--diffpir-lambda, --diffpir-zeta; "
+      "Gaussian noise)";
+  using Settings = DiffPIRSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = DiffPIR<Noise, Op>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return needs_gaussian_noise<Noise>();
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& /*sampler*/) {
+    return Method<Op, Noise, S>(likelihood, op, run.schedules.diffpir(),
+                                DiffPIROptions{}.lambda(s.lambda).zeta(s.zeta));
+  }
+};
+
+struct DDNMEntry {
+  static constexpr const char* name = "ddnm";
+  static constexpr const char* title = "DDNM";
+  static constexpr const char* help =
+      "range-null-space correction of x0, DDNM+ for noise (--ddnm-eta; masks, sr, colorize, denoise; "
+      "Gaussian noise)";
+  using Settings = DDNMSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = DDNM<Noise, Op>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return !PseudoInvertibleOperator<Op> ? "it needs the operator's pseudo-inverse"
+                                         : needs_gaussian_noise<Noise>();
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& /*sampler*/) {
+    return Method<Op, Noise, S>(likelihood, op, run.schedules.strided(), DDNMOptions{}.eta(s.eta));
+  }
+};
+
+struct PiGDMEntry {
+  static constexpr const char* name = "pigdm";
+  static constexpr const char* title = "PiGDM";
+  static constexpr const char* help =
+      "pseudo-inverse guidance through the network (--pigdm-eta; linear tasks; Gaussian noise)";
+  using Settings = PiGDMSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = PiGDM<Noise, Op>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return !LinearOperator<Op> ? "it needs a linear operator" : needs_gaussian_noise<Noise>();
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& /*sampler*/) {
+    return Method<Op, Noise, S>(likelihood, op, run.schedules.strided(), PiGDMOptions{}.eta(s.eta));
+  }
+};
+
+struct DDRMEntry {
+  static constexpr const char* name = "ddrm";
+  static constexpr const char* title = "DDRM";
+  static constexpr const char* help =
+      "denoising in the operator's SVD (--ddrm-eta, --ddrm-eta-b; masks, sr, gaussian-deblur, colorize, "
+      "denoise; Gaussian noise)";
+  using Settings = DDRMSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = DDRM<Noise, Op>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return !DecomposableOperator<Op> ? "it needs the operator's singular value decomposition"
+                                     : needs_gaussian_noise<Noise>();
+  }
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& /*sampler*/) {
+    return Method<Op, Noise, S>(likelihood, op, run.schedules.strided(),
+                                DDRMOptions{}.eta(s.eta).eta_b(s.eta_b));
+  }
+};
+
+struct DAPSEntry : RunsEveryTask {
+  static constexpr const char* name = "daps";
+  static constexpr const char* title = "DAPS";
+  static constexpr const char* help =
+      "decoupled annealing: ODE steps, then Langevin steps on the measurement (--daps-*; any task)";
+  using Settings = DAPSSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = DAPS<Noise, Op>;
+  /// The step budget is the network evaluations: annealing levels x ODE steps.
+  template <class Op, class Noise, class S>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood, const Op& op,
+                   const S& /*sampler*/) {
+    return Method<Op, Noise, S>(likelihood, op, run.schedules.base,
+                                DAPSOptions{}
+                                    .annealing_steps(std::max<int64_t>(1, run.schedules.steps / s.ode_steps))
+                                    .ode_steps(s.ode_steps)
+                                    .langevin_steps(s.langevin_steps)
+                                    .step_size(s.step_size)
+                                    .tau(s.tau));
+  }
+};
+
+/// Every method, in the order of the help text.
+using Methods = TypeList<DPSEntry, MCGEntry, ScoreSDEEntry, ScoreALDEntry, SDEditEntry, DiffPIREntry,
+                         DDNMEntry, PiGDMEntry, DDRMEntry, DAPSEntry>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// What the registry gives.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Whether the library accepts `Entry`'s method for operator `Op` and noise model `Noise`.
+template <class Entry, class Op, class Noise>
+concept EntryRuns = requires {
+  typename Entry::template Method<Op, Noise>;
+};
+
+namespace detail {
+
+template <class Entry, class... Ops, class... Noises>
+consteval bool says_what_it_needs(TypeList<Ops...> /*operators*/, std::variant<Noises...>* /*noises*/) {
+  return ((([]<class Op>() {
+             return ((EntryRuns<Entry, Op, Noises> == Entry::template unmet<Op, Noises>().empty()) && ...);
+           }).template operator()<PerImageOperator<Ops>>()) &&
+          ...);
+}
+
+template <class TaskRegistry, class... Entries>
+consteval bool all_say_what_they_need(TypeList<Entries...> /*registry*/) {
+  return (says_what_it_needs<Entries>(typename task_types_t<TaskRegistry>::operators{},
+                                      static_cast<AnyNoise*>(nullptr)) &&
+          ...);
+}
+
+template <class... Entries>
+Apply<std::tuple, UniqueTypes<typename Entries::Settings...>> settings_of(TypeList<Entries...>);
+
+}  // namespace detail
+
+/// Whether every entry of a method registry says in words exactly what its library class accepts, for every
+/// operator of a task registry and every noise model.
+template <class MethodRegistry, class TaskRegistry = Tasks>
+inline constexpr bool entries_agree_with_library =
+    detail::all_say_what_they_need<TaskRegistry>(MethodRegistry{});
+
+static_assert(entries_agree_with_library<Methods>,
+              "a method entry's unmet<Op, Noise>() disagrees with what its library class accepts");
+
+/// The settings of every method of a registry, one struct per kind, each with its flags.
+template <class Registry = Methods>
+using MethodSettingsOf = decltype(detail::settings_of(Registry{}));
+using MethodSettings = MethodSettingsOf<Methods>;
+
+/// Declares the flags of every method's settings.
+template <class Registry = Methods>
+void add_method_options(CLI::App& app, MethodSettingsOf<Registry>& settings) {
+  std::apply([&](auto&... s) { (std::decay_t<decltype(s)>::add_options(app, s), ...); }, settings);
+}
+
+/// The names of all methods, in order.
+template <class Registry = Methods>
+std::vector<std::string> method_names() {
+  return entry_names(Registry{});
+}
+
+/// `title` and one line per method ("dps: ...") for a --method / --methods help text.
+template <class Registry = Methods>
+std::string methods_help(const std::string& title) {
+  std::string help = title;
+  for_each_entry(Registry{},
+                 [&]<class Entry>() { help += fmt::format("\n{}: {}", Entry::name, Entry::help); });
+  return help;
+}
+
+/// The error for a method name the registry does not have.
+template <class Registry = Methods>
+UsageError unknown_method(const std::string& name) {
+  return UsageError(
+      fmt::format("unknown method '{}'; methods: {}", name, fmt::join(method_names<Registry>(), ", ")));
+}
+
+/// The title of method `name` in tables ("DPS").
+template <class Registry = Methods>
+std::string method_title(const std::string& name) {
+  std::string title;
+  if (!with_entry(Registry{}, name, [&]<class Entry>() { title = Entry::title; }))
+    throw unknown_method<Registry>(name);
+  return title;
+}
+
+/// The step size `method` runs `task` with, where its settings have one (DPS and MCG's --scale).
+template <class Registry = Methods>
+std::optional<double> task_step_size(const std::string& method, const MethodSettingsOf<Registry>& settings,
+                                     const std::string& task) {
+  std::optional<double> step_size;
+  with_entry(Registry{}, method, [&]<class Entry>() {
+    const auto& s = std::get<typename Entry::Settings>(settings);
+    if constexpr (requires { s.step_size(task); }) step_size = s.step_size(task);
+  });
+  return step_size;
+}
+
+/// What a progress bar shows of a run of `method` on `task`: its step size, or its name.
+template <class Registry = Methods>
+std::string progress_note(const std::string& method, const MethodSettingsOf<Registry>& settings,
+                          const std::string& task) {
+  const auto step_size = task_step_size<Registry>(method, settings, task);
+  return step_size ? fmt::format("scale {}", *step_size) : method;
+}
+
+/// Why restorations of `task` by `method` that leave their measurement unexplained went wrong.
+template <class Registry = Methods>
+std::string unusable_hint(const std::string& method, const MethodSettingsOf<Registry>& settings,
+                          const std::string& task) {
+  const auto step_size = task_step_size<Registry>(method, settings, task);
+  if (!step_size) return fmt::format("the {} settings do not suit this task", method_title<Registry>(method));
+  return fmt::format("the step size --scale {} does not suit this task (the default is {})",
+                     default_text(*step_size), default_text(default_scale(task)));
+}
+
+/// The reason `method` cannot run the operators of `plan` (a BasicTaskPlan) with `noise`, empty when it can.
+template <class Registry = Methods, class Plan>
+std::string missing_capability(const std::string& method, const Plan& plan, const AnyNoise& noise) {
+  std::string reason;
+  plan.visit_type([&]<class Op>(std::type_identity<Op>) {
+    std::visit(
+        [&](const auto& likelihood) {
+          using Noise = std::decay_t<decltype(likelihood)>;
+          with_entry(Registry{}, method, [&]<class Entry>() { reason = Entry::template unmet<Op, Noise>(); });
+        },
+        noise);
+  });
+  return reason;
 }
 
 /// The error for a method that cannot run a task.
-inline UsageError cannot_run(const std::string& method, const std::string& task, const std::string& reason) {
+inline UsageError cannot_run(const std::string& method, const std::string& task, std::string_view reason) {
   return UsageError(
       fmt::format("method {} cannot run task {}: {} (drop the task or the method)", method, task, reason));
 }
 
-/// What a method needs besides the operator, the noise and the model.
-struct MethodRun {
-  const std::string& method;
-  const std::string& task;
-  const MethodSettings& settings;
-  const RunSchedules& schedules;
-  double noise_sigma;  ///< --sigma, ScoreALD's default weighting
-  int64_t num_samples = 1;
-};
-
-/// How many steps a method reports to its progress callback: its schedule's, or from its start (SDEdit).
-template <class Method>
-int64_t reported_steps(const Method& method) {
-  if constexpr (requires { method.start_index(); })
-    return method.start_index() + 1;
-  else
-    return method.schedule().num_steps();
-}
-
-/// Calls `use(m)` with the method object of `run` for operator `op` and noise `noise`; throws the
-/// cannot_run error when the combination is impossible.
-template <class Use>
-auto with_method(const MethodRun& run, const AnyOperator& op, const AnyNoise& noise, Use&& use) {
-  const auto& m = run.settings;
-  const auto& method = run.method;
-  return std::visit(
+/// Calls `use(sampler)` with the PosteriorSampler of method `name` for the batch operator `op` (a
+/// std::variant, e.g. AnyOperator), noise `noise` and the run's sampler, drawing `num_samples` samples per
+/// measurement; throws the cannot_run error where the library does not accept the combination.
+template <class Registry = Methods, class AnyOp, class Use>
+void with_method(const std::string& name, const MethodSettingsOf<Registry>& settings, const MethodRun& run,
+                 int64_t num_samples, const AnyOp& op, const AnyNoise& noise, Use&& use) {
+  std::visit(
       [&](const auto& o, const auto& likelihood, const auto& sampler) {
         using Op = std::decay_t<decltype(o)>;
         using Noise = std::decay_t<decltype(likelihood)>;
-        const double scale = m.scale.of(run.task);
-        if (method == "dps")
-          return use(DPS(
-              o, likelihood, sampler,
-              DPSOptions{}.scale(scale).step_size_schedule(m.scale_schedule).num_samples(run.num_samples)));
-        if (method == "score-ald")
-          return use(ScoreALD(o, likelihood, sampler,
-                              ScoreALDOptions{}
-                                  .scale(m.ald_scale)
-                                  .gamma(m.ald_gamma)
-                                  .sigma(m.ald_sigma.value_or(run.noise_sigma))
-                                  .num_samples(run.num_samples)));
-        if (method == "daps")
-          return use(DAPS(o, likelihood, run.schedules.base, run.schedules.daps(m, run.num_samples)));
-        if constexpr (LinearOperator<Op>) {
-          if (method == "mcg")
-            return use(MCG(
-                o, likelihood, sampler,
-                DPSOptions{}.scale(scale).step_size_schedule(m.scale_schedule).num_samples(run.num_samples)));
-          if (method == "score-sde")
-            return use(ScoreSDEProjection(o, sampler, ProjectionOptions{}.num_samples(run.num_samples)));
-        }
-        if constexpr (HasNaiveInverse<Op>) {
-          if (method == "sdedit")
-            return use(SDEdit(o, sampler, SDEditOptions{}.t_star(m.t_star).num_samples(run.num_samples)));
-        }
-        if constexpr (GaussianNoiseModel<Noise>) {
-          if (method == "diffpir")
-            return use(DiffPIR(
-                o, likelihood, run.schedules.diffpir(),
-                DiffPIROptions{}.lambda(m.diffpir_lambda).zeta(m.diffpir_zeta).num_samples(run.num_samples)));
-          if constexpr (LinearOperator<Op>) {
-            if (method == "pigdm")
-              return use(PiGDM(o, likelihood, run.schedules.strided(),
-                               PiGDMOptions{}.eta(m.pigdm_eta).num_samples(run.num_samples)));
+        const bool found = with_entry(Registry{}, name, [&]<class Entry>() {
+          if constexpr (EntryRuns<Entry, Op, Noise>) {
+            use(PosteriorSampler(
+                Entry::make(std::get<typename Entry::Settings>(settings), run, likelihood, o, sampler),
+                num_samples));
+          } else {
+            throw cannot_run(name, run.task, Entry::template unmet<Op, Noise>());
           }
-          if constexpr (PseudoInvertibleOperator<Op>) {
-            if (method == "ddnm")
-              return use(DDNM(o, likelihood, run.schedules.strided(),
-                              DDNMOptions{}.eta(m.ddnm_eta).num_samples(run.num_samples)));
-          }
-          if constexpr (DecomposableOperator<Op>) {
-            if (method == "ddrm")
-              return use(
-                  DDRM(o, likelihood, run.schedules.strided(),
-                       DDRMOptions{}.eta(m.ddrm_eta).eta_b(m.ddrm_eta_b).num_samples(run.num_samples)));
-          }
-        }
-        find_method(method);  // throws for unknown names
-        throw cannot_run(method, run.task, missing_capability<Op, Noise>(method));
+        });
+        if (!found) throw unknown_method<Registry>(name);
       },
       op, noise, run.schedules.sampler);
 }

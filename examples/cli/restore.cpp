@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ struct RestoreOptions {
   TaskOptions task;
   NoiseOptions noise;
   std::string method = "dps";
-  MethodSettings settings;
+  MethodSettings methods;
   int64_t num_samples = 1;
   SamplingOptions sampling = restoration_sampling_defaults();
   InputOptions input;
@@ -40,51 +41,38 @@ struct RestoreOptions {
   OutputOptions output;
 };
 
-std::vector<FlagGroup<RestoreOptions>> restore_flags() {
-  using O = RestoreOptions;
-  auto groups = task_groups<O>([](O& o) -> TaskOptions& { return o.task; },
-                               [](O& o) -> NoiseOptions& { return o.noise; }, true);
-  const auto method_help = methods_help("restoration method:");
-  auto settings = [](O& o) -> MethodSettings& { return o.settings; };
-  std::vector<Flag<O>> flags{{"method", "NAME", method_help, "dps",
-                              [](O& o, const std::string& v) { o.method = find_method(v).name; }}};
-  for (auto& flag :
-       step_size_flags<O>(settings, "DPS and MCG step size: one number for all tasks, or task=value,..."))
-    flags.push_back(std::move(flag));
-  flags.push_back({"num-samples", "N", "posterior samples per image", "1", [](O& o, const std::string& v) {
-                     o.num_samples = parse_int(v, "--num-samples", 1, 1000);
-                   }});
-  for (auto& flag : method_option_flags<O>(settings)) flags.push_back(std::move(flag));
-  groups.push_back({"Method", std::move(flags)});
-  const auto rest = restoration_groups<O>();
-  groups.insert(groups.end(), rest.begin(), rest.end());
-  return groups;
+void declare_restore(CLI::App& app, RestoreOptions& o) {
+  add_task_options(app, o.task, true);
+  add_noise_options(app, o.noise);
+  add_value_option(app, "--method", o.method, methods_help("restoration method:"), "NAME", "Method")
+      ->check(CLI::IsMember(method_names()));
+  add_value_option(app, "--num-samples", o.num_samples, "posterior samples per image", "N", "Method")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  add_method_options(app, o.methods);
+  add_restoration_options(app, o);
 }
 
-/// Parses `diffpost restore` arguments (argv[2...]); nullptr when --help was printed.
-std::unique_ptr<ParsedCommand<RestoreOptions>> parse_restore(int argc, char** argv) {
-  return parse_command<RestoreOptions>(
-      "diffpost restore",
-      "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
-      "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
-      "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
-      "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
-      "sample), grid.png (rows = images; labelled columns = truth, naive inverse, method; the PSNR under\n"
-      "each restoration) and metrics.csv (PSNR/SSIM of the method and of the naive inverse); and summary.md\n"
-      "with mean ± std per task (and grid.png across tasks when several are run). Runs can be split over\n"
-      "processes (--shard), resumed (--resume) and merged (diffpost merge).",
-      restore_flags(), argc, argv);
-}
+constexpr const char* kRestoreName = "diffpost restore";
+constexpr const char* kRestoreDescription =
+    "Restores images with a diffusion prior, by default with Diffusion Posterior Sampling (Chung et al.,\n"
+    "ICLR 2023; --method chooses another). Each input image is degraded (operator + noise) to make the\n"
+    "measurement, then restored. Writes, per task folder: <name>_truth.png, <name>_measurement.png,\n"
+    "<name>_naive.png (the naive inverse), <name>_<method>.png (or _<method>_<k>.png per posterior\n"
+    "sample), grid.png (rows = images; labelled columns = truth, naive inverse, method; the PSNR under\n"
+    "each restoration) and metrics.csv (PSNR/SSIM of the method and of the naive inverse); and summary.md\n"
+    "with mean ± std per task (and grid.png across tasks when several are run). Runs can be split over\n"
+    "processes (--shard), resumed (--resume) and merged (diffpost merge).";
 
 /// What the summary files are made from besides the records.
 struct RestorePlan {
   const RestoreOptions& options;
   std::vector<std::string> tasks;
+  std::vector<TaskPlan> task_plans;  ///< per task, its parameters checked against the images
   std::vector<InputImage> inputs;
   Shape shape;
   PriorFiles prior_files;
+  RunSchedules schedules;
   int64_t batches = 0;
-  int64_t steps = 0;
   std::string command;  ///< the command line, without the flags that do not change the outputs
 
   [[nodiscard]] int64_t count() const { return static_cast<int64_t>(inputs.size()); }
@@ -92,13 +80,13 @@ struct RestorePlan {
   [[nodiscard]] int64_t size(int64_t batch) const {
     return std::min(options.sampling.batch, count() - first(batch));
   }
-  /// The output files of image `i` of `task`, relative to the run folder, in the order of the grid row.
-  [[nodiscard]] std::vector<std::string> image_files(const std::string& task, int64_t i,
-                                                     bool has_naive) const {
+  /// The output files of image `i` of task `t`, relative to the run folder, in the order of the grid row.
+  [[nodiscard]] std::vector<std::string> image_files(size_t t, int64_t i) const {
+    const auto& task = tasks[t];
     const auto& name = inputs[static_cast<size_t>(i)].name;
     const auto& method = options.method;
     std::vector<std::string> files{task + "/" + name + "_truth.png", task + "/" + name + "_measurement.png"};
-    if (has_naive) files.push_back(task + "/" + name + "_naive.png");
+    if (task_plans[t].has_naive_inverse()) files.push_back(task + "/" + name + "_naive.png");
     if (options.num_samples == 1) {
       files.push_back(fmt::format("{}/{}_{}.png", task, name, method));
     } else {
@@ -109,21 +97,26 @@ struct RestorePlan {
   }
 };
 
+/// Everything a run needs besides the model, checked before the first file is written: the inputs, and each
+/// task's parameters against the model's image shape.
 RestorePlan plan_restore(const RestoreOptions& options, const std::string& command_name,
-                         const std::string& command) {
-  RestorePlan plan{options, required_tasks(options.task, command_name), {}, {}, {}, 0, 0, command};
-  plan.prior_files = resolve_prior(options.model.model, options.model.config);
-  plan.shape = prior_image_shape(plan.prior_files);
-  plan.inputs = gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(plan.shape[0]),
-                              plan.shape[1]);
+                         std::string command) {
+  const auto prior_files = resolve_prior(options.model.model, options.model.config);
+  const auto shape = prior_image_shape(prior_files);
+  RestorePlan plan{
+      options,
+      required_tasks(options.task, command_name),
+      {},
+      gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]),
+      shape,
+      prior_files,
+      run_schedules(options.model, options.sampling),
+      0,
+      std::move(command)};
+  for (const auto& task : plan.tasks)
+    plan.task_plans.emplace_back(task, options.task.parameters, plan.shape, options.sampling.seed);
   plan.batches = (plan.count() + options.sampling.batch - 1) / options.sampling.batch;
-  plan.steps = RunSchedules(options.model, options.sampling).steps;
   return plan;
-}
-
-/// Whether `task` has a naive inverse (every task but phase retrieval).
-bool has_naive_inverse(const std::string& task) {
-  return task != "phase-retrieval";
 }
 
 /// The column labels of a task's grid, one per cell of a row as finalize_restore lays it out: the truth, the
@@ -138,12 +131,12 @@ std::vector<std::string> grid_labels(const RestorePlan& plan, bool has_naive) {
   return labels;
 }
 
-/// Restores batch `batch` of `task` and writes its images and its record.
-/// The measurements are made on the CPU (the same on every device); the method runs where the network is.
-void restore_batch(const RestorePlan& plan, const std::string& task, int64_t batch, Prior& prior,
-                   const torch::Device& device, const RunFolder& folder, ProgressBar& progress,
-                   int64_t done_before) {
+/// Restores batch `batch` of task `t` and writes its images and its record. The measurements are made on
+/// the CPU (the same on every device); the method runs where the network is.
+void restore_batch(const RestorePlan& plan, size_t t, int64_t batch, Prior& prior,
+                   const torch::Device& device, const RunFolder& folder, TaskProgress& progress) {
   const auto& options = plan.options;
+  const auto& task = plan.tasks[t];
   const auto seed = options.sampling.seed;
   const auto num_samples = options.num_samples;
   const int64_t first = plan.first(batch), n = plan.size(batch);
@@ -153,24 +146,27 @@ void restore_batch(const RestorePlan& plan, const std::string& task, int64_t bat
     batch_images.push_back(plan.inputs[static_cast<size_t>(i)].image);
   const auto truth = torch::cat(batch_images, 0);
   const auto noise = noise_model(options.noise);
-  const auto op = make_operator(task, options.task.parameters, plan.shape, seed, first, n, 1);
+  const auto op = plan.task_plans[t].batch(first, n, 1);
   const auto y = measure(op, noise, truth, seed, first);
   const auto repeated = std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
-  const RunSchedules schedules(options.model, options.sampling);
-  const MethodRun run{options.method, task, options.settings, schedules, options.noise.sigma, num_samples};
   auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
   const auto y_on_device = y.to(device);
-  const StepCallback callback = [&](const StepInfo& info) {
-    InterruptGuard::check();
-    // The residual needs a device sync: only when the bar redraws.
-    if (!progress.due()) return progress.update(done_before + info.step);
-    progress.update(done_before + info.step,
-                    info.residual.defined() ? fmt::format("batch {}/{} residual {:.3f}", batch + 1,
-                                                          plan.batches, info.residual.mean().item<double>())
-                                            : fmt::format("batch {}/{}", batch + 1, plan.batches));
-  };
-  const auto samples = with_method(run, repeated, noise, [&](const auto& m) {
-    return m.sample(prior.model, y_on_device, plan.shape, generator, callback);
+  torch::Tensor samples;
+  const MethodRun run{task, plan.task_plans[t].default_scale(), plan.schedules, options.noise.sigma};
+  with_method(options.method, options.methods, run, num_samples, repeated, noise, [&](const auto& sampler) {
+    progress.start(sampler.num_steps());
+    const int64_t done_before = progress.done * progress.steps;
+    auto& bar = *progress.bar;
+    const StepCallback callback = [&](const StepInfo& info) {
+      InterruptGuard::check();
+      // The residual needs a device sync: only when the bar redraws.
+      if (!bar.due()) return bar.update(done_before + info.step);
+      bar.update(done_before + info.step, info.residual.defined()
+                                              ? fmt::format("batch {}/{} residual {:.3f}", batch + 1,
+                                                            plan.batches, info.residual.mean().item<double>())
+                                              : fmt::format("batch {}/{}", batch + 1, plan.batches));
+    };
+    samples = sampler.sample(prior.model, y_on_device, plan.shape, generator, callback);
   });
   const auto restored = samples.detach().to(torch::kCPU).clamp(-1.0, 1.0);
   const auto naive = naive_inverse(op, y);
@@ -178,7 +174,7 @@ void restore_batch(const RestorePlan& plan, const std::string& task, int64_t bat
   Scores naive_scores, method_scores;
   std::vector<std::string> files;
   for (int64_t i = 0; i < n; ++i) {
-    const auto image_files = plan.image_files(task, first + i, naive.defined());
+    const auto image_files = plan.image_files(t, first + i);
     size_t next = 0;
     const auto write = [&](const torch::Tensor& image) {
       save_image(image, (dir / image_files[next]).string(), true);
@@ -186,7 +182,7 @@ void restore_batch(const RestorePlan& plan, const std::string& task, int64_t bat
     };
     const auto truth_i = truth.narrow(0, i, 1);
     write(truth_i);
-    write(measurement_to_save(task, op, y.narrow(0, i, 1)));
+    write(measurement_to_save(op, y.narrow(0, i, 1)));
     if (naive.defined()) {
       const auto naive_i = naive.narrow(0, i, 1).clamp(-1.0, 1.0);
       write(naive_i);
@@ -229,7 +225,7 @@ struct Unusable {
 std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder& folder) {
   const auto& options = plan.options;
   const auto& method = options.method;
-  const auto& title = find_method(method).title;
+  const auto title = method_title(method);
   const auto dir = folder.dir();
   const auto channels = static_cast<int>(plan.shape[0]);
   struct TaskSummary {
@@ -244,10 +240,11 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
   std::vector<std::vector<torch::Tensor>> across(static_cast<size_t>(plan.count()));
   std::vector<std::vector<std::string>> across_captions(static_cast<size_t>(plan.count()));
   std::vector<std::string> across_labels{"truth"};
-  for (const auto& task : plan.tasks) {
+  for (size_t t = 0; t < plan.tasks.size(); ++t) {
+    const auto& task = plan.tasks[t];
     TaskSummary summary;
     summary.task = task;
-    const bool has_naive = has_naive_inverse(task);
+    const bool has_naive = plan.task_plans[t].has_naive_inverse();
     std::string csv = "image,method,sample,psnr,ssim\n";
     std::vector<std::vector<torch::Tensor>> grid_rows;
     std::vector<std::vector<std::string>> grid_captions;  // the PSNR under each restoration
@@ -264,7 +261,7 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
         const auto image = plan.first(batch) + i;
         const auto& name = plan.inputs[static_cast<size_t>(image)].name;
         std::vector<torch::Tensor> row;
-        for (const auto& file : plan.image_files(task, image, has_naive))
+        for (const auto& file : plan.image_files(t, image))
           row.push_back(load_image((dir / file).string(), channels));
         // The grid shows the measurement as the naive inverse where there is one (column 3 of the files).
         if (has_naive) row.erase(row.begin() + 1);
@@ -322,8 +319,9 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
       "bicubic\nupsampling (sr), the blurred image (deblurring), the gray image (colorize) or the noisy "
       "image "
       "(denoise).\n\n",
-      plan.command, plan.count(), plan.steps, options.sampling.sampler, noise_description(options.noise),
-      options.sampling.seed, plan.prior_files.checkpoint.filename().string());
+      plan.command, plan.count(), plan.schedules.steps, options.sampling.sampler,
+      noise_description(options.noise), options.sampling.seed,
+      plan.prior_files.checkpoint.filename().string());
   text += fmt::format(
       "| task | scale | {0} PSNR (dB) | {0} SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
       "|---|---|---|---|---|---|---|\n",
@@ -334,8 +332,8 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
       const auto [m, sd] = mean_std(v);
       return fmt::format("{:.{}f} ± {:.{}f}", m, digits, sd, digits);
     };
-    const auto scale = method == "dps" || method == "mcg" ? default_text(options.settings.scale.of(s.task))
-                                                          : std::string("-");
+    const auto step_size = task_step_size(method, options.methods, s.task);
+    const auto scale = step_size ? default_text(*step_size) : std::string("-");
     text += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", s.task, scale, cell(s.restored.psnr, 2),
                         cell(s.restored.ssim, 3), cell(s.naive.psnr, 2), cell(s.naive.ssim, 3), s.seconds);
     fmt::print("{}: {} {}", s.task, title, s.restored.summary());
@@ -349,12 +347,7 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
     unusable.push_back(
         {2 * s.unusable >= total,
          fmt::format("{} of {} {} restorations explain less than half of the measurement: {}", s.unusable,
-                     total, s.task,
-                     method == "dps" || method == "mcg"
-                         ? fmt::format("the step size --scale {} does not suit this task (the default is {})",
-                                       default_text(options.settings.scale.of(s.task)),
-                                       default_text(find_task(s.task).default_scale))
-                         : fmt::format("the {} settings do not suit this task", title))});
+                     total, s.task, unusable_hint(method, options.methods, s.task))});
   }
   for (const auto& u : unusable) text += "\n**Unusable results:** " + u.text + ".\n";
   write_text(dir / "summary.md", text, true);
@@ -377,32 +370,29 @@ int report_unusable(const std::vector<Unusable>& unusable, const fs::path& out) 
 }  // namespace
 
 int run_restore(int argc, char** argv) {
-  const auto parsed = parse_restore(argc, argv);
+  const auto parsed =
+      parse_command<RestoreOptions>(kRestoreName, kRestoreDescription, declare_restore, argc, argv);
   if (!parsed) return 0;
   const auto& options = parsed->options;
   const auto& app = *parsed->app;
 
   // Everything is checked before the first file is written.
-  const auto plan = plan_restore(options, app.get_name(), canonical_command("restore", argc, argv));
+  const auto plan = plan_restore(options, app.get_name(), canonical_command(app, "restore", argc, argv));
   const auto noise = noise_model(options.noise);
   const auto out = output_folder(options.output, app.get_name());
   const auto shard = options.output.shard.empty() ? Shard{} : parse_shard(options.output.shard);
   set_threads(options.model);
-  const RunSchedules schedules(options.model, options.sampling);
-  for (const auto& task : plan.tasks) {
-    const auto reason = missing_capability(
-        options.method,
-        make_operator(task, options.task.parameters, plan.shape, options.sampling.seed, 0, 1, 1), noise);
-    if (!reason.empty()) throw cannot_run(options.method, task, reason);
+  for (const auto& task_plan : plan.task_plans) {
+    const auto reason = missing_capability(options.method, task_plan, noise);
+    if (!reason.empty()) throw cannot_run(options.method, task_plan.task(), reason);
   }
   if (!options.output.force && !options.output.resume) {
     std::vector<fs::path> planned;
     if (shard.count == 1) planned = {out / "summary.md", out / "grid.png"};
-    for (const auto& task : plan.tasks)
+    for (size_t t = 0; t < plan.tasks.size(); ++t)
       for (int64_t batch = 0; batch < plan.batches; ++batch)
         for (int64_t i = 0; shard.owns(batch) && i < plan.size(batch); ++i)
-          for (const auto& file : plan.image_files(task, plan.first(batch) + i, has_naive_inverse(task)))
-            planned.push_back(out / file);
+          for (const auto& file : plan.image_files(t, plan.first(batch) + i)) planned.push_back(out / file);
     check_no_overwrite(planned, false, true);
   }
   const auto runtime = resolve_runtime(options.model.device, options.model.precision, shard.local_rank);
@@ -412,50 +402,43 @@ int run_restore(int argc, char** argv) {
   for (const auto& task : plan.tasks) fs::create_directories(folder.dir() / task);
 
   fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads, on {}{}\n",
-             plan.prior_files.checkpoint.string(), plan.prior_files.config.string(), plan.count(), plan.steps,
-             options.sampling.sampler, noise_description(options.noise), torch::get_num_threads(),
-             runtime_description(runtime),
+             plan.prior_files.checkpoint.string(), plan.prior_files.config.string(), plan.count(),
+             plan.schedules.steps, options.sampling.sampler, noise_description(options.noise),
+             torch::get_num_threads(), runtime_description(runtime),
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
   return run_batches(
       folder, options.output.force,
       [&] {
         int64_t skipped = 0;
-        for (const auto& task : plan.tasks) {
-          const auto steps = with_method(MethodRun{options.method, task, options.settings, schedules,
-                                                   options.noise.sigma, options.num_samples},
-                                         make_operator(task, options.task.parameters, plan.shape,
-                                                       options.sampling.seed, 0, 1, options.num_samples),
-                                         noise, [](const auto& m) { return reported_steps(m); });
-          const bool uses_scale = options.method == "dps" || options.method == "mcg";
+        for (size_t t = 0; t < plan.tasks.size(); ++t) {
+          const auto& task = plan.tasks[t];
           int64_t mine = 0;
           for (int64_t batch = 0; batch < plan.batches; ++batch) mine += shard.owns(batch) ? 1 : 0;
-          ProgressBar progress(
-              mine * steps, uses_scale ? fmt::format("{} (scale {})", task, options.settings.scale.of(task))
-                                       : fmt::format("{} ({})", task, options.method));
-          int64_t done = 0;
+          TaskProgress progress{
+              mine, fmt::format("{} ({})", task, progress_note(options.method, options.methods, task))};
           for (int64_t batch = 0; batch < plan.batches; ++batch) {
             if (!shard.owns(batch)) continue;
             InterruptGuard::check();
             if (folder.resuming() && folder.finished(task, batch)) {
               ++skipped;
             } else {
-              restore_batch(plan, task, batch, prior, runtime.device, folder, progress, done * steps);
+              restore_batch(plan, t, batch, prior, runtime.device, folder, progress);
             }
-            progress.update(++done * steps);
+            progress.finish_batch();
           }
-          progress.finish();
+          if (progress.bar) progress.bar->finish();
         }
         return skipped;
       },
       [&] { return report_unusable(finalize_restore(plan, folder), out); });
 }
 
-int merge_restore(const RunFolder& folder, int argc, char** argv) {
-  const auto parsed = parse_restore(argc, argv);
-  TORCH_CHECK(parsed != nullptr, "the stored restore command asks for --help");
-  const auto plan =
-      plan_restore(parsed->options, parsed->app->get_name(), canonical_command("restore", argc, argv));
+int merge_restore(const RunFolder& folder) {
+  const auto& settings = folder.settings();
+  const auto stored =
+      load_command<RestoreOptions>(kRestoreName, kRestoreDescription, declare_restore, settings.settings);
+  const auto plan = plan_restore(stored->options, kRestoreName, settings.command_line);
   folder.check_complete();
   return report_unusable(finalize_restore(plan, folder), folder.out());
 }

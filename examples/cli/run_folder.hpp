@@ -54,7 +54,7 @@ struct Shard {
 inline std::optional<int64_t> environment_integer(const char* name) {
   const char* value = std::getenv(name);
   if (value == nullptr || *value == '\0') return std::nullopt;
-  return parse_int(value, fmt::format("--shard auto: ${}", name), INT64_MIN);
+  return parse_integer(value, fmt::format("--shard auto: ${}", name));
 }
 
 /// Shard `index` of `count` after checking them; `what` says where they came from.
@@ -144,8 +144,8 @@ inline Shard parse_shard(const std::string& text) {
   if (slash == std::string::npos)
     throw UsageError(fmt::format("--shard expects K/N (shard K of N, K from 0) or auto, got '{}'", text));
   const auto what = fmt::format("--shard {}", text);
-  return checked_shard(parse_int(text.substr(0, slash), what + ": K", INT64_MIN),
-                       parse_int(text.substr(slash + 1), what + ": N", INT64_MIN), what);
+  return checked_shard(parse_integer(text.substr(0, slash), what + ": K"),
+                       parse_integer(text.substr(slash + 1), what + ": N"), what);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -216,29 +216,52 @@ inline std::optional<std::pair<int64_t, int64_t>> file_checksum(const fs::path& 
   return std::pair{static_cast<int64_t>(crc), size};
 }
 
-/// The settings that decide a run's outputs, as written to and compared with .diffpost/run.yaml: the
-/// command, its arguments without those that do not change the outputs (--threads, --shard, --resume,
-/// --force, --verbose, the index of a CUDA device), and every option's effective value.
+/// A run of `restore` or `eval` as .diffpost/run.yaml keeps it: the command, its settings (the options given,
+/// in CLI11's configuration format, from which `diffpost merge` reads the run back), the command line its
+/// summaries show, its identity (every option's effective value but those that do not change the outputs),
+/// and the layout of its records.
 struct RunSettings {
-  std::string command;                 ///< "restore" or "eval"
-  std::vector<std::string> arguments;  ///< to re-parse the run in `diffpost merge`
-  std::vector<std::string> identity;   ///< "name=value" lines; two runs with equal lines give equal outputs
-  int64_t batches = 0;                 ///< per task (and sweep point)
-  std::vector<std::string> units;      ///< record folders: tasks, or sweep point / task
+  std::string command;                ///< "restore" or "eval"
+  std::string settings;               ///< the options given, as CLI11 writes a configuration file
+  std::string command_line;           ///< without the flags that do not change the outputs
+  std::vector<std::string> identity;  ///< "name=value" lines; two runs with equal lines give equal outputs
+  int64_t batches = 0;                ///< per task (and sweep point)
+  std::vector<std::string> units;     ///< record folders: tasks, or sweep point / task
 };
 
-/// The flags that do not change what a run computes, left out of its identity.
+/// The flags that do not change what a run computes, left out of its identity and of its summaries'
+/// command line, so that a sharded run merged and a single run name the same command.
 inline bool changes_outputs(const std::string& name) {
   static const std::set<std::string> neutral{"--help",  "--threads", "--shard", "--resume",
                                              "--force", "--verbose", "--out"};
   return neutral.count(name) == 0;
 }
 
+/// "diffpost COMMAND" and the arguments argv[2...] without the flags that do not change the outputs.
+inline std::string canonical_command(const CLI::App& app, const std::string& command, int argc, char** argv) {
+  std::string text = "diffpost " + command;
+  for (int i = 2; i < argc; ++i) {
+    const std::string argument = argv[i];
+    const auto name = argument.substr(0, argument.find('='));
+    if (name.starts_with("--") && !changes_outputs(name)) {
+      const auto* option = app.get_option_no_throw(name);
+      if (name == argument && option != nullptr && option->get_expected_min() > 0) ++i;  // skip its value too
+      continue;
+    }
+    text += " " + argument;
+  }
+  return text;
+}
+
 /// The settings of the run parsed by `app` (`command` "restore" or "eval"; argv[2...] are its arguments).
 inline RunSettings run_settings(const CLI::App& app, const std::string& command, int argc, char** argv,
                                 int64_t batches, std::vector<std::string> units) {
-  RunSettings settings{command, {}, {}, batches, std::move(units)};
-  for (int i = 2; i < argc; ++i) settings.arguments.emplace_back(argv[i]);
+  RunSettings settings{command,
+                       app.config_to_str(false, false),
+                       canonical_command(app, command, argc, argv),
+                       {},
+                       batches,
+                       std::move(units)};
   for (const auto* option : app.get_options()) {
     const auto name = option->get_name();
     if (!changes_outputs(name)) continue;
@@ -439,7 +462,8 @@ class RunFolder {
     YAML::Emitter yaml;
     yaml << YAML::BeginMap;
     yaml << YAML::Key << "command" << YAML::Value << settings_.command;
-    yaml << YAML::Key << "arguments" << YAML::Value << YAML::Flow << settings_.arguments;
+    yaml << YAML::Key << "settings" << YAML::Value << YAML::Literal << settings_.settings;
+    yaml << YAML::Key << "command_line" << YAML::Value << settings_.command_line;
     yaml << YAML::Key << "batches" << YAML::Value << settings_.batches;
     yaml << YAML::Key << "units" << YAML::Value << YAML::Flow << settings_.units;
     yaml << YAML::Key << "identity" << YAML::Value << settings_.identity;
@@ -487,7 +511,8 @@ class RunFolder {
       const auto yaml = YAML::LoadFile(path.string());
       RunSettings settings;
       settings.command = yaml["command"].as<std::string>();
-      settings.arguments = yaml["arguments"].as<std::vector<std::string>>();
+      settings.settings = yaml["settings"].as<std::string>();
+      settings.command_line = yaml["command_line"].as<std::string>();
       settings.batches = yaml["batches"].as<int64_t>();
       settings.units = yaml["units"].as<std::vector<std::string>>();
       settings.identity = yaml["identity"].as<std::vector<std::string>>();
