@@ -154,7 +154,7 @@ class NonlinearBlurOperator {
 
   /// A copy with the fixed latent `kernel_latent` (sharing this operator's network copies): e.g. one operator
   /// per image of a run, each with its own latent, from one file read.
-  [[nodiscard]] NonlinearBlurOperator with_kernel_latent(torch::Tensor kernel_latent) const {
+  [[nodiscard]] NonlinearBlurOperator with_kernel_latent(const torch::Tensor& kernel_latent) const {
     NonlinearBlurOperator op(shared_);
     check_latent_tensor(kernel_latent, "NonlinearBlurOperator::with_kernel_latent");
     op.latent_ = kernel_latent.detach();

@@ -401,7 +401,7 @@ inline void fill_random_kernel_wizard(KernelWizardImpl& network, uint64_t seed) 
     const auto& name = item.key();
     double scale = 0.01;
     if (tensor.dim() == 4) {
-      scale = std::sqrt(2.0 / static_cast<double>(tensor.numel() / tensor.size(0)));
+      scale = std::sqrt(2.0 / (static_cast<double>(tensor.numel()) / static_cast<double>(tensor.size(0))));
       if (name.find(".conv1.") != std::string::npos || name.find(".conv2.") != std::string::npos)
         scale = 0.1 * scale;
       if (name == last_trunk_conv) scale = 0.25 * scale;
