@@ -169,6 +169,39 @@ TEST_CASE("the weight file is loaded strictly: a missing, extra or mis-shaped ke
         std::string::npos);
 }
 
+TEST_CASE("a weight file's configuration is read from its shapes, then the file is loaded strictly") {
+  TempDir dir("nonlinear-blur-shapes");
+  auto same = [](const KernelWizardOptions& a, const KernelWizardOptions& b) {
+    return a.input_nc() == b.input_nc() && a.nf() == b.nf() && a.front_RBs() == b.front_RBs() &&
+           a.back_RBs() == b.back_RBs() && a.kernel_dim() == b.kernel_dim() && a.use_vae() == b.use_vae() &&
+           a.extractor_n_blocks() == b.extractor_n_blocks();
+  };
+  // The published configuration (no file: its state dict's shapes), the small one, and one without the VAE
+  // whose code is 8 nf wide, as bkse's REDS_woVAE.
+  for (const auto& options : {KernelWizardOptions{}, small_kernel_wizard_options(),
+                              small_kernel_wizard_options().front_RBs(2).back_RBs(3).extractor_n_blocks(2),
+                              small_kernel_wizard_options().use_vae(false).kernel_dim(32)}) {
+    CAPTURE(options);
+    const KernelWizard network(options);
+    CHECK(same(kernel_wizard_options_of(state_dict(*network)), options));
+  }
+  const auto path = dir.file("small.pth");
+  write_random_kernel_wizard(path, 3, small_kernel_wizard_options().back_RBs(2));
+  const auto loaded = load_kernel_wizard_as_saved(path);
+  CHECK(same(loaded->options(), small_kernel_wizard_options().back_RBs(2)));
+  // Loaded strictly: the same weights as the file.
+  const auto file = read_state_dict(path);
+  const auto model = state_dict(*loaded);
+  CHECK(model.size() == file.size());
+  for (const auto& [name, tensor] : file) CHECK(torch::equal(*model.find(name), tensor));
+  // A file that is no KernelWizard is refused, naming what it lacks.
+  const auto other = dir.file("other.pth");
+  save_state_dict(edited(file, "feature_extractor.0.weight"), other);
+  CHECK(error_of([&] {
+          load_kernel_wizard_as_saved(other);
+        }).find("The file has no 'feature_extractor.0.weight'") != std::string::npos);
+}
+
 TEST_CASE("the input gradient of the nonlinear blur equals finite differences in float64") {
   // The published configuration (random weights; the extractor is not needed), 128 x 128, batch 2.
   KernelWizard network(KernelWizardOptions{}.with_kernel_extractor(false));
@@ -281,4 +314,8 @@ TEST_CASE("the latent is fixed by default; the reference's redraw on every call 
   const auto replayed =
       fixed.with_kernel_latent(NonlinearBlurOperator::draw_kernel_latent(2, 128, 128, replay, options));
   CHECK(torch::allclose(first, replayed.forward(x), 1e-6, 1e-6));
+  // The same behaviour from an operator in memory, sharing its network (the tool's per-image operators).
+  const auto shared = fixed.redrawing_latent_from(make_generator(30));
+  CHECK(shared.redraws_latent());
+  CHECK(torch::equal(shared.forward(x), first));
 }

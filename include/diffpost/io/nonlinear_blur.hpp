@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -60,6 +61,39 @@ inline std::string describe_kernel_wizard_file(const StateDict& state) {
 
 }  // namespace detail
 
+/// The configuration of the KernelWizard whose state dict is `state`, read from its shapes: input_nc and nf
+/// from `feature_extractor.0.weight` [nf, input_nc, 3, 3]; front_RBs, back_RBs and the extractor's n_blocks
+/// from the residual blocks' keys; from the kernel extractor's last convolution `kernel_extractor.model.16`
+/// (c outputs), use_vae unless c is 8 nf (a code without the VAE fits the adapter as it is) and kernel_dim c
+/// / 2 with the VAE, c without. Only a guess for load_kernel_wizard to check strictly: a file that is not a
+/// KernelWizard still fails there, by key. Fails (c10::Error) when `feature_extractor.0.weight` is absent.
+inline KernelWizardOptions kernel_wizard_options_of(const StateDict& state) {
+  const auto* first = state.find("feature_extractor.0.weight");
+  TORCH_CHECK(first != nullptr && first->dim() == 4,
+              "kernel_wizard_options_of: ", detail::describe_kernel_wizard_file(state));
+  auto count = [&](const std::string& prefix, const std::string& suffix) {
+    int64_t n = 0;
+    for (const auto& [name, tensor] : state)
+      if (name.rfind(prefix, 0) == 0 && name.size() > prefix.size() + suffix.size() &&
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        ++n;
+    return n;
+  };
+  auto options = KernelWizardOptions{}
+                     .input_nc(first->size(1))
+                     .nf(first->size(0))
+                     .front_RBs(count("feature_extractor.", ".conv1.weight"))
+                     .back_RBs(count("recon_trunk.", ".conv1.weight"))
+                     .extractor_n_blocks(count("kernel_extractor.model.", ".conv_block.1.weight"));
+  if (const auto* last = state.find("kernel_extractor.model.16.weight");
+      last != nullptr && last->dim() == 4) {
+    const int64_t code = last->size(0);
+    const bool vae = code != options.latent_channels();
+    options.use_vae(vae).kernel_dim(vae ? std::max<int64_t>(code / 2, 1) : code);
+  }
+  return options;
+}
+
 /// Reads the KernelWizard weight file at `path` (GOPRO_wVAE.pth: `torch.save(state_dict)`, zip or legacy
 /// format) into a network built with `options` (with its kernel extractor, whatever
 /// `options.with_kernel_extractor()` says), strictly: every key of the reference module, the kernel
@@ -70,6 +104,18 @@ inline KernelWizard load_kernel_wizard(const std::filesystem::path& path,
                                        const KernelWizardOptions& options = {}) {
   KernelWizard network(KernelWizardOptions(options).with_kernel_extractor(true));
   load_checkpoint(network, path, LoadOptions{}.describe_file(detail::describe_kernel_wizard_file));
+  network->eval();
+  return network;
+}
+
+/// Reads the KernelWizard weight file at `path` in whatever configuration its shapes show
+/// (kernel_wizard_options_of), strictly as load_kernel_wizard: GOPRO_wVAE.pth gives the published
+/// configuration, a small test file its own. For programs that take any bkse blur network, like the tool's
+/// `--operator-weights`; a library user who knows the file passes its KernelWizardOptions instead.
+inline KernelWizard load_kernel_wizard_as_saved(const std::filesystem::path& path) {
+  const auto state = read_state_dict(path);
+  KernelWizard network(kernel_wizard_options_of(state).with_kernel_extractor(true));
+  load_state_dict(network, state, LoadOptions{}.describe_file(detail::describe_kernel_wizard_file));
   network->eval();
   return network;
 }
@@ -161,6 +207,14 @@ class NonlinearBlurOperator {
     return op;
   }
 
+  /// A copy (sharing this operator's network copies) that draws a new latent from `generator` on every call,
+  /// as redrawing_latent_every_call: the reference's behaviour without reading the file again.
+  [[nodiscard]] NonlinearBlurOperator redrawing_latent_from(at::Generator generator) const {
+    NonlinearBlurOperator op(shared_);
+    op.generator_ = std::move(generator);
+    return op;
+  }
+
   /// y = clamp(2 G((x + 1) / 2, k) - 1, -1, 1): [B, C, H, W] -> [B, C, H, W].
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const {
     detail::check_image_batch(x, "NonlinearBlurOperator::forward");
@@ -177,6 +231,12 @@ class NonlinearBlurOperator {
     auto network = network_on(x);
     const auto sharp = (x + 1.0) / 2.0;  // [-1, 1] -> [0, 1]
     return (network->adapt_kernel(sharp, latent) * 2.0 - 1.0).clamp(-1.0, 1.0);
+  }
+
+  /// The blurred measurement itself: the image a user has without deblurring (as BlurOperator's).
+  [[nodiscard]] torch::Tensor naive_inverse(const torch::Tensor& y) const {
+    detail::check_image_batch(y, "NonlinearBlurOperator::naive_inverse");
+    return y;
   }
 
   /// The blur keeps the shape; fails unless the network can take `image_shape` (channels, multiples of 128)
@@ -255,6 +315,7 @@ class NonlinearBlurOperator {
   std::optional<at::Generator> generator_;
 };
 
-static_assert(ForwardOperator<NonlinearBlurOperator> && !LinearOperator<NonlinearBlurOperator>);
+static_assert(ForwardOperator<NonlinearBlurOperator> && !LinearOperator<NonlinearBlurOperator> &&
+              HasNaiveInverse<NonlinearBlurOperator>);
 
 }  // namespace diffpost
