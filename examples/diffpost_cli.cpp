@@ -87,12 +87,16 @@ int run_degrade(int argc, char** argv) {
     for (const char* suffix : {"_measurement.png", "_naive.png", "_mask.png", "_kernel.png"})
       planned.push_back(out / (input.name + suffix));
   // The inputs may differ in size: each image's operator is checked against its own shape, before anything is
-  // written.
+  // written; one plan per shape, so that a task's files (masks, a blur network) are read once per shape.
+  std::map<Shape, TaskPlan> plans;
   std::vector<AnyOperator> operators;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const auto& image = inputs[i].image;
-    const TaskPlan plan(task, options.task.parameters, {image.size(1), image.size(2), image.size(3)}, seed);
-    operators.push_back(plan.batch(static_cast<int64_t>(i), 1, 1));
+    const Shape shape{image.size(1), image.size(2), image.size(3)};
+    auto plan = plans.find(shape);
+    if (plan == plans.end())
+      plan = plans.emplace(shape, TaskPlan(task, options.task.parameters, shape, seed)).first;
+    operators.push_back(plan->second.batch(static_cast<int64_t>(i), 1, 1));
   }
   prepare_output_folder(out);
   check_no_overwrite(planned, force);

@@ -5,6 +5,7 @@
 // a mask or kernel to show) comes from their types.
 #pragma once
 
+#include <diffpost/io/nonlinear_blur.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
@@ -112,6 +113,27 @@ struct OversampleParameters {
                      "phase-retrieval: zero padding, oversample / 8 of the size per side", "X",
                      "Task parameters")
         ->check(finite_in(0.0, 16.0));
+  }
+};
+
+/// The blur network of nonlinear deblurring and how its kernel latent is drawn.
+struct NonlinearBlurParameters {
+  std::string operator_weights;
+  std::string kernel_latent = "fixed";
+
+  static void add_options(CLI::App& app, NonlinearBlurParameters& p) {
+    add_value_option(
+        app, "--kernel-latent", p.kernel_latent,
+        "nonlinear-deblur: 'fixed' draws one kernel latent per image from the image's seed and keeps "
+        "it for the measurement and every step; 'redrawn' draws a new one on every call of the "
+        "operator, as the DPS reference does (its issue #7), only to reproduce its numbers",
+        "MODE", "Task parameters")
+        ->check(CLI::IsMember({"fixed", "redrawn"}));
+    app.add_option(
+           "--operator-weights", p.operator_weights,
+           "nonlinear-deblur: bkse's blur network, GOPRO_wVAE.pth (docs/operators.md says where to get it)")
+        ->type_name("FILE")
+        ->group("Task files");
   }
 };
 
@@ -253,6 +275,46 @@ struct PhaseRetrievalTask {
   }
 };
 
+struct NonlinearDeblurTask {
+  static constexpr const char* name = "nonlinear-deblur";
+  static constexpr const char* help =
+      "remove bkse's non-uniform blur, the DPS paper's nonlinear deblurring (--operator-weights "
+      "GOPRO_wVAE.pth; RGB, height and width multiples of 128; --kernel-latent)";
+  // The DPS reference's configs/nonlinear_deblur_config.yaml (scale 0.3, with sigma 0.05).
+  static constexpr double default_scale = 0.3;
+  using Parameters = NonlinearBlurParameters;
+  static OperatorFactory<NonlinearBlurOperator> factory(const Parameters& p, const Shape& image_shape) {
+    if (p.operator_weights.empty())
+      throw UsageError(
+          "nonlinear-deblur needs --operator-weights FILE, bkse's blur network GOPRO_wVAE.pth "
+          "(docs/operators.md says where to get it)");
+    const int64_t channels = image_shape[0], height = image_shape[1], width = image_shape[2];
+    const int64_t stride = KernelWizardOptions::latent_stride;
+    if (height % stride != 0 || width % stride != 0)
+      throw UsageError(
+          fmt::format("nonlinear-deblur: the blur network needs image height and width that are multiples of "
+                      "{} (it halves "
+                      "them seven times), but the images are {}x{}",
+                      stride, height, width));
+    // One file read per run; every image's operator shares the network.
+    const auto network = load_kernel_wizard_as_saved(p.operator_weights);
+    const auto options = network->options();
+    if (channels != options.input_nc())
+      throw UsageError(
+          fmt::format("nonlinear-deblur: the blur network '{}' takes {}-channel images, but the "
+                      "images have {} channel(s) (an RGB model is needed)",
+                      p.operator_weights, options.input_nc(), channels));
+    const NonlinearBlurOperator base(
+        *network, torch::zeros({1, options.latent_channels(), height / stride, width / stride}));
+    if (p.kernel_latent == "redrawn")
+      return [base](at::Generator& generator) { return base.redrawing_latent_from(generator); };
+    return [base, options, height, width](at::Generator& generator) {
+      return base.with_kernel_latent(
+          NonlinearBlurOperator::draw_kernel_latent(1, height, width, generator, options));
+    };
+  }
+};
+
 struct DenoiseTask {
   static constexpr const char* name = "denoise";
   static constexpr const char* help = "remove the measurement noise only (identity operator)";
@@ -265,7 +327,7 @@ struct DenoiseTask {
 
 /// Every task, in the order of the help text.
 using Tasks = TypeList<BoxInpaintTask, RandomInpaintTask, SuperResolutionTask, GaussianDeblurTask,
-                       MotionDeblurTask, ColorizeTask, PhaseRetrievalTask, DenoiseTask>;
+                       MotionDeblurTask, ColorizeTask, PhaseRetrievalTask, NonlinearDeblurTask, DenoiseTask>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // What the registry gives: the parameters of every task, the operator types, and a checked plan per task.

@@ -1,6 +1,7 @@
 // Umbrella header: loading and saving files - PyTorch checkpoints (and ADM UNet checkpoints with errors that
-// name the configuration), model configuration files, images, datasets, operators from image files - and the
-// progress bar. Needs zlib, yaml-cpp and stb besides LibTorch.
+// name the configuration), model configuration files, images, datasets, operators built from files (masks
+// and kernels from images, the nonlinear blur from its network's weights) - and the progress bar. Needs
+// zlib, yaml-cpp and stb besides LibTorch.
 #pragma once
 
 #include <diffpost/io/adm_checkpoint.hpp>
@@ -8,5 +9,6 @@
 #include <diffpost/io/datasets.hpp>
 #include <diffpost/io/image.hpp>
 #include <diffpost/io/model_config.hpp>
+#include <diffpost/io/nonlinear_blur.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/io/progress.hpp>

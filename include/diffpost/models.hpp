@@ -1,8 +1,9 @@
-// Umbrella header: the score models and the feature classifier of the Frechet distance (loading them from
-// files: <diffpost/io.hpp>).
+// Umbrella header: the score models, the feature classifier of the Frechet distance and the bkse blur network
+// of the nonlinear blur (loading them from files: <diffpost/io.hpp>).
 #pragma once
 
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/classifier.hpp>
 #include <diffpost/models/gaussian_prior.hpp>
+#include <diffpost/models/kernel_wizard.hpp>
 #include <diffpost/models/torchscript.hpp>
