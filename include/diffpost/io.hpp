@@ -1,6 +1,6 @@
-// Umbrella header: loading and saving files - PyTorch checkpoints (and ADM UNet checkpoints with errors that
-// name the configuration), model configuration files, images, datasets, operators from image files - and the
-// progress bar. Needs zlib, yaml-cpp and stb besides LibTorch.
+// Umbrella header: loading and saving files - PyTorch checkpoints and safetensors files (and ADM UNet
+// checkpoints with errors that name the configuration), model configuration files, images, datasets, operators
+// from image files - and the progress bar. Needs zlib, yaml-cpp, nlohmann-json and stb besides LibTorch.
 #pragma once
 
 #include <diffpost/io/adm_checkpoint.hpp>
@@ -10,3 +10,4 @@
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/io/progress.hpp>
+#include <diffpost/io/safetensors.hpp>
