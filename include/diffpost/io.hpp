@@ -1,11 +1,13 @@
 // Umbrella header: loading and saving files - PyTorch checkpoints and safetensors files (and ADM UNet
-// checkpoints with errors that name the configuration), model configuration files, images, datasets, operators
-// from image files - and the progress bar. Needs zlib, yaml-cpp, nlohmann-json and stb besides LibTorch.
+// checkpoints with errors that name the configuration), model configuration files, images, datasets,
+// operators from image files - and the progress bar. Needs zlib, yaml-cpp, nlohmann-json and stb besides
+// LibTorch.
 #pragma once
 
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/io/diffusers.hpp>
 #include <diffpost/io/image.hpp>
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/io/operator_files.hpp>

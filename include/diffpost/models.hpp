@@ -1,8 +1,9 @@
-// Umbrella header: the score models and the feature classifier of the Frechet distance (loading them from
-// files: <diffpost/io.hpp>).
+// Umbrella header: the score models (ADM UNet, diffusers UNet2DModel, TorchScript, Gaussian) and the feature
+// classifier of the Frechet distance (loading them from files: <diffpost/io.hpp>).
 #pragma once
 
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/classifier.hpp>
+#include <diffpost/models/diffusers_unet.hpp>
 #include <diffpost/models/gaussian_prior.hpp>
 #include <diffpost/models/torchscript.hpp>
