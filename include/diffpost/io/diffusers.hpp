@@ -72,29 +72,31 @@ class JsonConfig {
       TORCH_CHECK(false, origin_, ": unknown key '", key, "'; diffpost reads ", list);
     }
   }
-  bool has(const std::string& key) const { return root_.contains(key); }
-  bool is_null(const std::string& key) const { return root_.contains(key) && root_[key].is_null(); }
-  const nlohmann::json& at(const std::string& key) const { return root_.at(key); }
+  [[nodiscard]] bool has(const std::string& key) const { return root_.contains(key); }
+  [[nodiscard]] bool is_null(const std::string& key) const {
+    return root_.contains(key) && root_[key].is_null();
+  }
+  [[nodiscard]] const nlohmann::json& at(const std::string& key) const { return root_.at(key); }
 
   template <class T>
-  T get(const std::string& key, T fallback) const {
+  [[nodiscard]] T get(const std::string& key, T fallback) const {
     if (!root_.contains(key)) return fallback;
     return value<T>(root_[key], key);
   }
   template <class T>
-  std::optional<T> get_optional(const std::string& key, std::optional<T> fallback) const {
+  [[nodiscard]] std::optional<T> get_optional(const std::string& key, std::optional<T> fallback) const {
     if (!root_.contains(key)) return fallback;
     if (root_[key].is_null()) return std::nullopt;
     return value<T>(root_[key], key);
   }
-  int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+  [[nodiscard]] int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
     const auto v = get<int64_t>(key, fallback);
     TORCH_CHECK(v >= min && v <= max, origin_, ": '", key, "' is ", v, ", out of range: it must be ", min,
                 " to ", max);
     return v;
   }
-  std::vector<int64_t> get_ints(const std::string& key, std::vector<int64_t> fallback, int64_t min,
-                                int64_t max) const {
+  [[nodiscard]] std::vector<int64_t> get_ints(const std::string& key, std::vector<int64_t> fallback,
+                                              int64_t min, int64_t max) const {
     if (!root_.contains(key)) return fallback;
     const auto& node = root_[key];
     TORCH_CHECK(node.is_array() && node.size() <= 64, origin_, ": '", key, "' must be a list of integers");
@@ -107,7 +109,8 @@ class JsonConfig {
     }
     return out;
   }
-  std::vector<std::string> get_strings(const std::string& key, std::vector<std::string> fallback) const {
+  [[nodiscard]] std::vector<std::string> get_strings(const std::string& key,
+                                                     std::vector<std::string> fallback) const {
     if (!root_.contains(key)) return fallback;
     const auto& node = root_[key];
     TORCH_CHECK(node.is_array() && node.size() <= 64, origin_, ": '", key, "' must be a list of strings");
@@ -115,11 +118,11 @@ class JsonConfig {
     for (const auto& item : node) out.push_back(value<std::string>(item, key));
     return out;
   }
-  const std::string& origin() const { return origin_; }
+  [[nodiscard]] const std::string& origin() const { return origin_; }
 
  private:
   template <class T>
-  T value(const nlohmann::json& node, const std::string& key) const {
+  [[nodiscard]] T value(const nlohmann::json& node, const std::string& key) const {
     if constexpr (std::is_same_v<T, bool>) {
       TORCH_CHECK(node.is_boolean(), origin_, ": '", key, "' must be true or false, got ", node.dump());
       return node.get<bool>();
@@ -190,7 +193,7 @@ inline DiffusersUNetOptions parse_diffusers_unet_config(const nlohmann::json& ro
   TORCH_CHECK(!c.has("num_class_embeds") || c.is_null("num_class_embeds"), origin,
               ": num_class_embeds must be null: class-conditional UNet2DModels are not supported");
   if (c.has("num_train_timesteps") && !c.is_null("num_train_timesteps"))
-    c.get_int("num_train_timesteps", 0, 1, 1'000'000);  // used by the learned time embedding only
+    (void)c.get_int("num_train_timesteps", 0, 1, 1'000'000);  // used by the learned time embedding only
   TORCH_CHECK(!c.has("norm_num_groups") || !c.is_null("norm_num_groups"), origin,
               ": norm_num_groups null is not supported (diffusers' residual blocks need a group count)");
   DiffusersUNetOptions o;

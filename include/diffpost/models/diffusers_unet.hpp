@@ -459,14 +459,13 @@ class BlockImpl : public torch::nn::Module {
       for (size_t i = 0; i < count; ++i) {
         const int64_t channels = layout.resnets[i].out_channels;
         const auto [heads, dim] = o.heads_and_dim(channels);
-        attentions_.push_back(
-            Attention(channels, heads, dim, attention_groups, o.norm_eps(), output_scale_factor));
+        attentions_.emplace_back(channels, heads, dim, attention_groups, o.norm_eps(), output_scale_factor);
         attentions->push_back(attentions_.back());
       }
     }
     auto resnets = register_module("resnets", nn::ModuleList());
     for (const auto& spec : layout.resnets) {
-      resnets_.push_back(ResnetBlock2D(spec));
+      resnets_.emplace_back(spec);
       resnets->push_back(resnets_.back());
     }
     const int64_t c = layout.resample_channels;
@@ -643,12 +642,12 @@ class DiffusersUNetImpl : public torch::nn::Module {
     register_module("time_embedding", time_embedding);
     auto down_blocks = register_module("down_blocks", nn::ModuleList());
     for (const auto& block : layout.down) {
-      down_.push_back(diffusers::Block(block, o, false, o.norm_num_groups(), 1.0));
+      down_.emplace_back(block, o, false, o.norm_num_groups(), 1.0);
       down_blocks->push_back(down_.back());
     }
     auto up_blocks = register_module("up_blocks", nn::ModuleList());
     for (const auto& block : layout.up) {
-      up_.push_back(diffusers::Block(block, o, true, o.norm_num_groups(), 1.0));
+      up_.emplace_back(block, o, true, o.norm_num_groups(), 1.0);
       up_blocks->push_back(up_.back());
     }
     if (layout.mid) {
@@ -762,7 +761,7 @@ class DiffusersUNetImpl : public torch::nn::Module {
   /// the output itself for "epsilon"; for "sample" (x0) eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t); for
   /// "v_prediction" eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t (diffusers' DDIMScheduler.step).
   torch::Tensor epsilon(const torch::Tensor& x_t, const torch::Tensor& t) {
-    const auto output = forward(x_t, t);
+    auto output = forward(x_t, t);
     const int64_t channels = options_.in_channels();
     TORCH_CHECK(output.size(1) == channels || output.size(1) == 2 * channels,
                 "DiffusersUNet: the model outputs ", output.size(1), " channels for ", channels,

@@ -239,7 +239,7 @@ class SafetensorsHeaderReader : public nlohmann::json_sax<nlohmann::json> {
   }
 
  private:
-  std::string where() const { return "tensor '" + entry_.name + "'"; }
+  [[nodiscard]] std::string where() const { return "tensor '" + entry_.name + "'"; }
   bool fail(std::string message) {
     if (error.empty()) error = std::move(message);
     return false;
