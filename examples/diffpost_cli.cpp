@@ -6,7 +6,8 @@
 //   diffpost denoise --sigma 0.2 --test-set 8 --add-noise --out denoised/
 //
 // Every subcommand has --help. The model is the bundled Fashion-MNIST prior unless --model / --config name
-// another ADM UNet checkpoint and its configuration. Errors are one line on stderr and a non-zero exit; no
+// another ADM UNet checkpoint and its configuration, or --model a diffusers folder (diffpost describe
+// PATH prints what a model is). Errors are one line on stderr and a non-zero exit; no
 // output file is ever half-written or silently replaced (--force replaces).
 #include <diffpost/dps.hpp>
 #include <diffpost/io/progress.hpp>
@@ -377,6 +378,60 @@ int run_init(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// describe
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The options of `diffpost describe`.
+struct DescribeOptions {
+  std::string model;
+  std::string config;
+  bool verbose = false;
+};
+
+void declare_describe(CLI::App& app, DescribeOptions& o) {
+  app.add_option("model", o.model,
+                 "ADM UNet checkpoint, or a diffusers folder; default: the bundled Fashion-MNIST prior")
+      ->type_name("PATH");
+  app.add_option("--config", o.config, "the ADM checkpoint's configuration YAML (default: its .yaml twin)")
+      ->type_name("FILE");
+  app.add_flag("--verbose", o.verbose, "print full error messages");
+}
+
+/// The number of scalars in `module`'s parameters.
+int64_t parameter_count(torch::nn::Module& module) {
+  int64_t count = 0;
+  for (const auto& parameter : module.parameters()) count += parameter.numel();
+  return count;
+}
+
+int run_describe(int argc, char** argv) {
+  const auto parsed = parse_command<DescribeOptions>(
+      "diffpost describe",
+      "Loads a model as restore, eval, sample and denoise would (--model PATH) and prints its\n"
+      "configuration: the image shape it works on, the network's options, its parameter count and, for\n"
+      "a diffusers folder, the scheduler read from the folder.",
+      declare_describe, argc, argv);
+  if (!parsed) return 0;
+  const auto& options = parsed->options;
+  const auto files = resolve_prior(options.model, options.config);
+  auto prior = load_prior(files);
+  const auto shape = prior.image_shape();
+  if (files.diffusers) {
+    const auto pipeline = load_diffusers_pipeline(files.checkpoint);
+    fmt::print("diffusers folder {}\n  images {}x{}x{} (channels x height x width)\n  {}\n  {} parameters\n",
+               files.checkpoint.string(), shape[0], shape[1], shape[2], pipeline.describe(),
+               parameter_count(prior.model.module()));
+  } else {
+    fmt::print(
+        "ADM UNet checkpoint {} with config {}\n  images {}x{}x{} (channels x height x width)\n  {}\n"
+        "  {} parameters; noise schedule from --beta-schedule (linear or cosine, 1000 steps)\n",
+        files.checkpoint.string(), files.config.string(), shape[0], shape[1], shape[2],
+        read_adm_model_config(files.config).options, parameter_count(prior.model.module()));
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // merge
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -416,6 +471,7 @@ const std::vector<Command>& commands() {
       {"denoise", "one-step Tweedie denoising of noisy images", run_denoise},
       {"eval", "rank restoration methods on tasks x noise: PSNR, SSIM, Frechet distance; sweeps", run_eval},
       {"init", "write a randomly initialised checkpoint for a config (for testing)", run_init},
+      {"describe", "print a model's configuration (ADM checkpoint or diffusers folder)", run_describe},
       {"merge", "combine the shards of a sharded restore or eval run into its summary files", run_merge},
   };
   return list;
@@ -449,7 +505,7 @@ int main(int argc, char** argv) {
   if (!command) {
     std::fprintf(stderr,
                  "diffpost: error: unknown command '%s' (commands: restore, degrade, sample, denoise, eval, "
-                 "init, merge)\n",
+                 "init, describe, merge)\n",
                  name.c_str());
     return 2;
   }

@@ -5,6 +5,8 @@
 //   train_prior --out-dir runs/fmnist --max-minutes 60     # train (resumes if runs/fmnist has a state)
 //   train_prior --out-dir runs/fmnist --device cuda        # the same on the first GPU
 //   train_prior --out-dir runs/fmnist --export-only --export prior   # write prior.pt and prior.yaml now
+//   train_prior ... --export-safetensors                               # prior.safetensors instead of
+//   prior.pt
 //
 // Objective: DDPM (Ho et al. 2020) on the linear 1000-step schedule, uniform t, with the learned
 // (`learned_range`) variance trained by the hybrid loss of improved DDPM (Nichol & Dhariwal 2021), or
@@ -18,6 +20,7 @@
 #include <diffpost/io/image.hpp>
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/io/progress.hpp>
+#include <diffpost/io/safetensors.hpp>
 #include <diffpost/methods/unconditional.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/random.hpp>
@@ -63,6 +66,7 @@ struct Flags {
   fs::path out_dir = "train_prior_run";
   std::string export_name = "prior";
   bool export_only = false;
+  bool export_safetensors = false;
   int64_t batch_size = 64;
   double lr = 2e-4;
   double grad_clip = 1.0;
@@ -110,6 +114,10 @@ Flags parse_flags(int argc, char** argv) {
       ->capture_default_str()
       ->group("Output");
   app.add_flag("--export-only", f.export_only, "export from the saved state without training")
+      ->group("Output");
+  app.add_flag(
+         "--export-safetensors", f.export_safetensors,
+         "export the weights as DIR/NAME.safetensors (safetensors' format, no pickle) instead of DIR/NAME.pt")
       ->group("Output");
   app.add_option(
          "--sample-grid", f.sample_grid,
@@ -334,9 +342,13 @@ torch::Tensor render_loss_curve(const std::vector<float>& losses, int64_t window
 }
 
 void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& state) {
-  const auto weights = flags.out_dir / (flags.export_name + ".pt");
+  const auto weights =
+      flags.out_dir / (flags.export_name + (flags.export_safetensors ? ".safetensors" : ".pt"));
   const auto config = flags.out_dir / (flags.export_name + ".yaml");
-  diffpost::save_checkpoint(ema, weights, diffpost::SaveOptions{}.overwrite(true));
+  if (flags.export_safetensors)
+    diffpost::save_safetensors(ema, weights, {{"format", "pt"}}, diffpost::SaveOptions{}.overwrite(true));
+  else
+    diffpost::save_checkpoint(ema, weights, diffpost::SaveOptions{}.overwrite(true));
   diffpost::detail::write_file_atomically(config, true, "train_prior", "", [&](std::ostream& out) {
     out << "# ADM UNet trained by diffpost's train_prior for " << state.step << " steps; EMA weights in "
         << weights.filename().string() << "\n"

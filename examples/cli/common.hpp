@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 
 #include "methods.hpp"
+#include "model.hpp"
 #include "options.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
@@ -146,8 +147,9 @@ struct ModelOptions {
 
 inline void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--model", o.model,
-                 "ADM UNet checkpoint (torch.save state dict); default: the bundled Fashion-MNIST prior")
-      ->type_name("FILE")
+                 "ADM UNet checkpoint (torch.save state dict or safetensors), or a diffusers folder "
+                 "(UNet2DModel, with its scheduler); default: the bundled Fashion-MNIST prior")
+      ->type_name("PATH")
       ->group("Model");
   app.add_option(
          "--config", o.config,
@@ -155,8 +157,9 @@ inline void add_model_options(CLI::App& app, ModelOptions& o) {
       ->type_name("FILE")
       ->group("Model");
   add_value_option(app, "--beta-schedule", o.beta_schedule,
-                   "noise schedule the model was trained with: linear or cosine (1000 steps)", "NAME",
-                   "Model")
+                   "noise schedule the model was trained with: linear or cosine (1000 steps); a diffusers "
+                   "folder's comes from its scheduler config",
+                   "NAME", "Model")
       ->check(CLI::IsMember({"linear", "cosine"}));
   add_value_option(app, "--threads", o.threads, "CPU threads", "N", "Model")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
@@ -180,15 +183,28 @@ inline void set_threads(const ModelOptions& options) {
   torch::set_num_threads(static_cast<int>(options.threads));
 }
 
+/// The scheduler of --model when it is a diffusers folder (prior_scheduler), else std::nullopt.
+inline std::optional<DiffusersScheduler> model_scheduler(const ModelOptions& options) {
+  if (options.model.empty() || !is_diffusers_folder(options.model)) return std::nullopt;
+  return prior_scheduler(PriorFiles{options.model, {}, true});
+}
+
+/// The model's training schedule: a diffusers folder's scheduler (its betas as diffusers computes them),
+/// else --beta-schedule over 1000 steps.
 inline DiffusionSchedule base_schedule(const ModelOptions& options) {
+  if (const auto scheduler = model_scheduler(options)) return scheduler->training_schedule();
   return options.beta_schedule == "linear" ? DiffusionSchedule::linear(1000)
                                            : DiffusionSchedule::cosine(1000);
 }
 
+/// The sampler of --steps (diffpost's respacing of the training schedule), --sampler and --eta; a diffusers
+/// folder's scheduler sets its variance and clipping (DiffusersScheduler::ddpm_options, ddim_options).
 inline AnySampler make_sampler(const ModelOptions& model, const SamplingOptions& sampling) {
+  const auto scheduler = model_scheduler(model);
   const auto schedule = base_schedule(model).respaced(sampling.steps);
-  if (sampling.sampler == "ddpm") return DDPMSampler(schedule);
-  return DDIMSampler(schedule, DDIMOptions{}.eta(sampling.eta));
+  if (sampling.sampler == "ddpm")
+    return DDPMSampler(schedule, scheduler ? scheduler->ddpm_options() : DDPMOptions{});
+  return DDIMSampler(schedule, (scheduler ? scheduler->ddim_options() : DDIMOptions{}).eta(sampling.eta));
 }
 
 /// The schedules of a restore or eval run.

@@ -492,7 +492,7 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
       "# diffpost eval\n\n`{}`\n\n{} images, seed {}, model `{}`; mean ± sample standard deviation over the "
       "images; FD = Frechet distance of classifier features to the ground truth ({}); network fwd / bwd = "
       "network evaluations and backpropagations per image; best per task in bold.\n\n{}",
-      plan.command, plan.count(), plan.options.sampling.seed, plan.prior_files.checkpoint.filename().string(),
+      plan.command, plan.count(), plan.options.sampling.seed, plan.prior_files.name(),
       plan.classifier_name.empty() ? "not computed" : plan.classifier_name, table);
   write_text(dir / "results.csv", csv, true);
   write_text(dir / "per_image.csv", per_image, true);
@@ -540,7 +540,7 @@ int run_eval(int argc, char** argv) {
                    options.output.force, options.output.resume);
 
   fmt::print("model {}, {} images, methods {}, tasks {}, {} threads, on {}{}{}\n",
-             plan.prior_files.checkpoint.string(), plan.count(), fmt::join(options.methods, ","),
+             plan.prior_files.description(), plan.count(), fmt::join(options.methods, ","),
              fmt::join(plan.tasks, ","), torch::get_num_threads(), runtime_description(runtime),
              extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD",
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());

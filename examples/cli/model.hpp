@@ -1,9 +1,11 @@
-// Finding and loading the prior for the diffpost tool: an ADM UNet checkpoint plus its YAML configuration,
-// by default the bundled Fashion-MNIST prior.
+// Finding and loading the prior for the diffpost tool: an ADM UNet checkpoint plus its YAML configuration
+// (by default the bundled Fashion-MNIST prior), or a diffusers folder (UNet2DModel and its scheduler).
 #pragma once
 
+#include <diffpost/concepts.hpp>
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/diffusers.hpp>
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/runtime/device.hpp>
 
@@ -12,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <variant>
 #include <vector>
 
 #include <fmt/format.h>
@@ -54,17 +57,51 @@ inline std::vector<fs::path> prior_search_directories() {
   return directories;
 }
 
-/// A checkpoint and the configuration it is loaded with.
+/// A checkpoint and the configuration it is loaded with, or a diffusers folder (then `checkpoint` is the
+/// folder and `config` is empty).
 struct PriorFiles {
   fs::path checkpoint;
   fs::path config;
+  bool diffusers = false;
+
+  /// The checkpoint's file name or the folder's name (also when given with a trailing slash).
+  [[nodiscard]] std::string name() const {
+    const auto path = checkpoint.lexically_normal();
+    return (path.has_filename() ? path.filename() : path.parent_path().filename()).string();
+  }
+
+  /// "CHECKPOINT (CONFIG)" or "FOLDER (diffusers)", for the first line of a run.
+  [[nodiscard]] std::string description() const {
+    return fmt::format("{} ({})", checkpoint.string(), diffusers ? "diffusers" : config.string());
+  }
 };
 
-/// Resolves --model / --config: both given: used as given; only --config: its `model_path` (relative to
-/// the config's folder); only --model: the .yaml file of the same name next to it; neither: the bundled
-/// prior in the first of prior_search_directories() that holds both files.
+/// The first line of a LibTorch error, for a UsageError.
+inline std::string first_line_of(const c10::Error& e) {
+  const std::string message = e.what_without_backtrace();
+  return message.substr(0, message.find('\n'));
+}
+
+/// Resolves --model / --config: --model a diffusers folder (is_diffusers_folder): the folder, which holds its
+/// own configuration; both given: used as given; only --config: its `model_path` (relative to the config's
+/// folder); only --model: the .yaml file of the same name next to it; neither: the bundled prior in the
+/// first of prior_search_directories() that holds both files.
 inline PriorFiles resolve_prior(const std::string& model_flag, const std::string& config_flag) {
   std::error_code error;
+  if (!model_flag.empty() && is_diffusers_folder(model_flag)) {
+    if (!config_flag.empty())
+      throw UsageError(
+          fmt::format("--model '{}' is a diffusers folder, which holds its own config.json; drop "
+                      "--config (it is for ADM checkpoints)",
+                      model_flag));
+    return {model_flag, {}, true};
+  }
+  if (!model_flag.empty() && fs::is_directory(model_flag, error))
+    throw UsageError(fmt::format(
+        "--model '{}' is a folder but not a diffusers one (model_index.json with unet/config.json, or "
+        "config.json with diffusion_pytorch_model.safetensors or .bin); pass a checkpoint file or a "
+        "diffusers folder",
+        model_flag));
   if (!model_flag.empty() && !config_flag.empty()) return {model_flag, config_flag};
   if (!config_flag.empty()) {
     const auto config = read_adm_model_config(config_flag);
@@ -96,21 +133,78 @@ inline PriorFiles resolve_prior(const std::string& model_flag, const std::string
                   kBundledCheckpoint, kBundledConfig, searched));
 }
 
-/// A loaded prior: the network in eval mode with frozen parameters, and where it came from.
+/// The prior's network as one ScoreModel: an ADM UNet or a diffusers UNet2DModel (which gives eps whatever
+/// its prediction type). Copies share the network.
+class PriorNetwork {
+ public:
+  PriorNetwork() = default;
+  explicit PriorNetwork(AdmUNet network) : network_(std::move(network)) {}
+  explicit PriorNetwork(DiffusersUNet network) : network_(std::move(network)) {}
+
+  /// eps (and the variance channels when learns_variance()) for x_t [B, C, H, W] and timesteps t [B].
+  torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& t) {
+    return std::visit([&](auto& network) { return network(x_t, t); }, network_);
+  }
+
+  [[nodiscard]] bool learns_variance() const {
+    return std::visit([](const auto& network) { return network.learns_variance(); }, network_);
+  }
+
+  /// The network as a module, for moving it and freezing its parameters.
+  [[nodiscard]] torch::nn::Module& module() {
+    return std::visit([](auto& network) -> torch::nn::Module& { return *network; }, network_);
+  }
+
+  /// Runs the network's convolutions in `dtype` (see AdmUNetImpl::set_compute_dtype).
+  void set_compute_dtype(torch::ScalarType dtype) {
+    std::visit([&](auto& network) { network->set_compute_dtype(dtype); }, network_);
+  }
+
+ private:
+  std::variant<AdmUNet, DiffusersUNet> network_{AdmUNet{nullptr}};
+};
+
+static_assert(ScoreModel<PriorNetwork>, "the tool's prior must be a ScoreModel for every method");
+
+/// A loaded prior: the network in eval mode with frozen parameters, the images it works on, and where it
+/// came from.
 struct Prior {
-  AdmUNet model{nullptr};
-  AdmUNetOptions options{0, 0, 0};
+  PriorNetwork model;
+  Shape shape;
   PriorFiles files;
 
   /// [C, H, W] of the images the model works on.
-  [[nodiscard]] Shape image_shape() const {
-    return {options.in_channels(), options.image_size(), options.image_size()};
-  }
+  [[nodiscard]] Shape image_shape() const { return shape; }
 };
+
+/// [C, H, W] of the images a diffusers UNet2DModel of `options` works on: `in_channels` and a square
+/// `sample_size` (the tool's images are square).
+inline Shape diffusers_image_shape(const DiffusersUNetOptions& options, const fs::path& folder) {
+  const auto& size = options.sample_size();
+  if (size.empty())
+    throw UsageError(
+        fmt::format("diffusers folder '{}': config.json has no sample_size, so the image size "
+                    "is unknown; add \"sample_size\": N",
+                    folder.string()));
+  if (size.front() != size.back())
+    throw UsageError(
+        fmt::format("diffusers folder '{}': sample_size {}x{} is not square; the tool restores "
+                    "square images",
+                    folder.string(), size.front(), size.back()));
+  return {options.in_channels(), size.front(), size.front()};
+}
 
 /// [C, H, W] of the images the model of `files` works on, read from its configuration alone.
 inline Shape prior_image_shape(const PriorFiles& files) {
   std::error_code error;
+  if (files.diffusers) {
+    try {
+      const auto folder = locate_diffusers_folder(files.checkpoint);
+      return diffusers_image_shape(read_diffusers_unet_config(folder.config), files.checkpoint);
+    } catch (const c10::Error& e) {
+      throw UsageError(first_line_of(e));
+    }
+  }
   if (!fs::is_regular_file(files.config, error))
     throw UsageError(fmt::format("cannot read model config '{}': no such file", files.config.string()));
   const auto options = read_adm_model_config(files.config).options;
@@ -128,10 +222,6 @@ struct Runtime {
 /// switches for the precision.
 inline Runtime resolve_runtime(const std::string& device, const std::string& precision,
                                std::optional<int64_t> local_rank = std::nullopt) {
-  const auto first_line = [](const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    return message.substr(0, message.find('\n'));
-  };
   Runtime runtime;
   try {
     const bool per_rank = device == "cuda" && local_rank.has_value();
@@ -141,7 +231,7 @@ inline Runtime resolve_runtime(const std::string& device, const std::string& pre
     runtime.precision = parse_precision(precision, "--precision");
     check_precision(runtime.precision, runtime.device, "--precision");
   } catch (const c10::Error& e) {
-    throw UsageError(first_line(e));
+    throw UsageError(first_line_of(e));
   }
   apply_precision(runtime.precision);
   return runtime;
@@ -154,40 +244,68 @@ inline std::string runtime_description(const Runtime& runtime) {
              : fmt::format("{} ({})", runtime.device.str(), to_string(runtime.precision));
 }
 
-/// Builds the network described by the config and loads the checkpoint into it; a checkpoint that does not
-/// match the config is an error naming both files and the first mismatching tensor.
-inline Prior load_prior(const PriorFiles& files, const Runtime& runtime = {}) {
+/// The network of an ADM checkpoint and its YAML config; a checkpoint that does not match the config is an
+/// error naming both files and the first mismatching tensor.
+inline Prior load_adm_prior(const PriorFiles& files) {
   std::error_code error;
   if (!fs::is_regular_file(files.config, error))
     throw UsageError(fmt::format("cannot read model config '{}': no such file", files.config.string()));
   if (!fs::is_regular_file(files.checkpoint, error))
     throw UsageError(fmt::format("cannot read checkpoint '{}': no such file", files.checkpoint.string()));
-  Prior prior;
-  prior.files = files;
-  prior.options = read_adm_model_config(files.config).options;
-  prior.model = AdmUNet(prior.options);
-  const auto first_line = [](const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    return message.substr(0, message.find('\n'));
-  };
+  const auto options = read_adm_model_config(files.config).options;
+  AdmUNet network(options);
   StateDict state;
   try {
     state = read_state_dict(files.checkpoint);  // errors name the file and the problem
   } catch (const c10::Error& e) {
-    throw UsageError(first_line(e));
+    throw UsageError(first_line_of(e));
   }
   try {
-    load_state_dict(prior.model, state);
+    load_state_dict(network, state);
   } catch (const c10::Error& e) {
     throw UsageError(fmt::format("checkpoint '{}' does not match config '{}': {}", files.checkpoint.string(),
-                                 files.config.string(), first_line(e)));
+                                 files.config.string(), first_line_of(e)));
   }
-  prior.model->eval();
-  prior.model->to(runtime.device);
-  prior.model->set_compute_dtype(compute_dtype(runtime.precision));
+  return {PriorNetwork(network), {options.in_channels(), options.image_size(), options.image_size()}, files};
+}
+
+/// The UNet2DModel of a diffusers folder (load_diffusers_pipeline: config.json, weights loaded strictly,
+/// output converted to eps by the scheduler's prediction type); errors name the folder and the problem.
+inline Prior load_diffusers_prior(const PriorFiles& files) {
+  try {
+    auto pipeline = load_diffusers_pipeline(files.checkpoint);
+    const auto shape = diffusers_image_shape(pipeline.unet->options(), files.checkpoint);
+    return {PriorNetwork(pipeline.unet), shape, files};
+  } catch (const c10::Error& e) {
+    throw UsageError(first_line_of(e));
+  }
+}
+
+/// Builds the network of `files` (an ADM checkpoint and config, or a diffusers folder) and loads its weights,
+/// in eval mode on `runtime`'s device and precision with frozen parameters.
+inline Prior load_prior(const PriorFiles& files, const Runtime& runtime = {}) {
+  auto prior = files.diffusers ? load_diffusers_prior(files) : load_adm_prior(files);
+  auto& module = prior.model.module();
+  module.eval();
+  module.to(runtime.device);
+  prior.model.set_compute_dtype(compute_dtype(runtime.precision));
   // DPS needs the gradient with respect to the image only; frozen weights skip the weight gradients.
-  for (auto& parameter : prior.model->parameters()) parameter.requires_grad_(false);
+  for (auto& parameter : module.parameters()) parameter.requires_grad_(false);
   return prior;
+}
+
+/// The noise schedule and sampler settings of the model of `files`: a diffusers folder's scheduler (its
+/// `scheduler_config.json`, DDPMScheduler's defaults without one); std::nullopt for an ADM checkpoint,
+/// whose schedule is --beta-schedule.
+inline std::optional<DiffusersScheduler> prior_scheduler(const PriorFiles& files) {
+  if (!files.diffusers) return std::nullopt;
+  try {
+    const auto folder = locate_diffusers_folder(files.checkpoint);
+    return folder.scheduler_config ? read_diffusers_scheduler(*folder.scheduler_config)
+                                   : DiffusersScheduler{};
+  } catch (const c10::Error& e) {
+    throw UsageError(first_line_of(e));
+  }
 }
 
 }  // namespace diffpost::cli

@@ -401,10 +401,9 @@ int run_restore(int argc, char** argv) {
                    options.output.force, options.output.resume);
   for (const auto& task : plan.tasks) fs::create_directories(folder.dir() / task);
 
-  fmt::print("model {} ({}), {} images, {} steps ({} sampler), noise {}, {} threads, on {}{}\n",
-             plan.prior_files.checkpoint.string(), plan.prior_files.config.string(), plan.count(),
-             plan.schedules.steps, options.sampling.sampler, noise_description(options.noise),
-             torch::get_num_threads(), runtime_description(runtime),
+  fmt::print("model {}, {} images, {} steps ({} sampler), noise {}, {} threads, on {}{}\n",
+             plan.prior_files.description(), plan.count(), plan.schedules.steps, options.sampling.sampler,
+             noise_description(options.noise), torch::get_num_threads(), runtime_description(runtime),
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
   std::fflush(stdout);
   return run_batches(

@@ -1,14 +1,16 @@
-// Umbrella header: loading and saving files - PyTorch checkpoints (and ADM UNet checkpoints with errors that
-// name the configuration), model configuration files, images, datasets, operators built from files (masks
-// and kernels from images, the nonlinear blur from its network's weights) - and the progress bar. Needs
-// zlib, yaml-cpp and stb besides LibTorch.
+// Umbrella header: loading and saving files - PyTorch checkpoints and safetensors files (and ADM UNet
+// checkpoints with errors that name the configuration), diffusers folders, model configuration files, images,
+// datasets, operators built from files (masks and kernels from images, the nonlinear blur from its network's
+// weights) - and the progress bar. Needs zlib, yaml-cpp, nlohmann-json and stb besides LibTorch.
 #pragma once
 
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/io/diffusers.hpp>
 #include <diffpost/io/image.hpp>
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/io/nonlinear_blur.hpp>
 #include <diffpost/io/operator_files.hpp>
 #include <diffpost/io/progress.hpp>
+#include <diffpost/io/safetensors.hpp>

@@ -2,12 +2,14 @@
 //   diffpost_fuzz_seeds <source folder> <corpus folder>
 // makes <corpus>/pickle (data.pkl of every zip checkpoint in tests/data and examples/prior, and each of the
 // consecutive pickles of the legacy files), <corpus>/image (tests/data/metrics/*.png and small images of
-// every supported format, written here), <corpus>/config (the config files) and <corpus>/checkpoint (the
-// small test checkpoints).
+// every supported format, written here), <corpus>/config (the config files), <corpus>/checkpoint (the
+// small test checkpoints) and <corpus>/safetensors (the small safetensors files of tests/data and one of each
+// dtype, written here).
 #include <zlib.h>
 #include <diffpost/io/detail/pickle.hpp>
 #include <diffpost/io/detail/zip_archive.hpp>
 #include <diffpost/io/image.hpp>
+#include <diffpost/io/safetensors.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -122,8 +124,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path source(argv[1]), corpus(argv[2]);
-  for (const char* name : {"pickle", "image", "config", "checkpoint"}) fs::create_directories(corpus / name);
-  size_t counts[4] = {};
+  for (const char* name : {"pickle", "image", "config", "checkpoint", "safetensors"})
+    fs::create_directories(corpus / name);
+  size_t counts[5] = {};
 
   for (const char* folder : {"tests/data/checkpoints", "tests/data/adm_small", "tests/data/dps_step",
                              "tests/data/torchscript", "examples/prior"}) {
@@ -216,7 +219,35 @@ int main(int argc, char** argv) {
       ++counts[2];
     }
   }
+  for (const auto& entry : fs::recursive_directory_iterator(source / "tests/data")) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".safetensors" || entry.file_size() > 16384)
+      continue;
+    fs::copy_file(entry.path(), corpus / "safetensors" / (std::to_string(counts[4]) + ".safetensors"),
+                  fs::copy_options::overwrite_existing);
+    ++counts[4];
+  }
+  {
+    diffpost::StateDict every_dtype;
+    every_dtype.insert("f32", torch::arange(6, torch::kFloat32).reshape({2, 3}));
+    every_dtype.insert("f64", torch::arange(2, torch::kFloat64));
+    every_dtype.insert("f16", torch::arange(3, torch::kFloat16));
+    every_dtype.insert("bf16", torch::arange(3, torch::kBFloat16));
+    every_dtype.insert("i64", torch::arange(2, torch::kInt64));
+    every_dtype.insert("i32", torch::arange(2, torch::kInt32));
+    every_dtype.insert("i16", torch::arange(2, torch::kInt16));
+    every_dtype.insert("i8", torch::arange(2, torch::kInt8));
+    every_dtype.insert("u8", torch::arange(2, torch::kUInt8));
+    every_dtype.insert("bool", torch::tensor({true, false}));
+    every_dtype.insert("scalar", torch::tensor(1.5));
+    every_dtype.insert("empty", torch::zeros({0, 3}));
+    diffpost::save_safetensors(every_dtype, corpus / "safetensors" / "every_dtype.safetensors",
+                               {{"format", "pt"}}, diffpost::SaveOptions{}.overwrite(true));
+    diffpost::save_safetensors(diffpost::StateDict{}, corpus / "safetensors" / "empty.safetensors", {},
+                               diffpost::SaveOptions{}.overwrite(true));
+    counts[4] += 2;
+  }
   std::cout << "seeds: " << counts[0] << " pickles, " << counts[1] << " images, " << counts[2] << " configs, "
-            << counts[3] << " checkpoints in " << corpus.string() << "\n";
+            << counts[3] << " checkpoints, " << counts[4] << " safetensors files in " << corpus.string()
+            << "\n";
   return 0;
 }

@@ -10,6 +10,7 @@
 
 #include <diffpost/io/detail/atomic_file.hpp>
 #include <diffpost/io/detail/pickle.hpp>
+#include <diffpost/io/detail/safetensors_format.hpp>
 #include <diffpost/io/detail/zip_archive.hpp>
 
 #include <algorithm>
@@ -291,10 +292,12 @@ inline StateDict read_legacy_torch_save(const std::filesystem::path& path, const
 /// Reads the state dict stored in the PyTorch checkpoint at `path`, as written by
 /// `torch.save(model.state_dict(), path)` (the zip format of torch >= 1.6, and the legacy format before it):
 /// an OrderedDict with `_metadata`, a plain dict of tensors, or a dict nesting one of those under a key (see
-/// ReadOptions). Tensors are created on the CPU in their stored dtype (float32, float16, bfloat16, float64,
-/// int64, ...) whatever device they were saved from; storage offsets, strides and storages shared between
-/// tensors are preserved. Throws c10::Error naming the path and the problem when the file is missing,
-/// unreadable, truncated, not a checkpoint, or does not hold a state dict.
+/// ReadOptions); or a safetensors file (safetensors' `save_file`, diffusers' `save_pretrained`), recognised
+/// by its `.safetensors` name or its header (io/safetensors.hpp has the format, its checks and its metadata).
+/// Tensors are created on the CPU in their stored dtype (float32, float16, bfloat16, float64, int64, ...)
+/// whatever device they were saved from; storage offsets, strides and storages shared between tensors are
+/// preserved. Throws c10::Error naming the path and the problem when the file is missing, unreadable,
+/// truncated, not a checkpoint, or does not hold a state dict.
 inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOptions& options = {}) {
   const std::string context = "checkpoint " + detail::quoted(path);
   std::error_code error;
@@ -303,17 +306,29 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
   {
     std::ifstream probe(path, std::ios::binary);
     TORCH_CHECK(probe.good(), context, " cannot be opened for reading");
-    std::array<char, 4> head{};
-    probe.read(head.data(), 4);
+    std::array<char, 9> head{};
+    probe.read(head.data(), static_cast<std::streamsize>(head.size()));
     const std::string_view first(head.data(), static_cast<size_t>(probe.gcount()));
     TORCH_CHECK(!first.empty(), context, " is empty");
     if (detail::looks_like_legacy_torch_save(first)) {
       probe.close();
       return detail::read_legacy_torch_save(path, options, context);
     }
-    TORCH_CHECK(first == std::string_view("PK\x03\x04", 4), context,
+    if (first.substr(0, 4) != std::string_view("PK\x03\x04", 4) &&
+        detail::looks_like_safetensors(path, first)) {
+      probe.close();
+      TORCH_CHECK(options.key().empty(), context,
+                  " is a safetensors file, one flat dict of tensors; ReadOptions key '", options.key(),
+                  "' selects an entry of a nested torch.save checkpoint and does not apply");
+      auto contents = detail::read_safetensors_file(path, "safetensors file " + detail::quoted(path));
+      StateDict state(detail::quoted(path));
+      for (auto& [name, tensor] : contents.tensors) state.insert(name, std::move(tensor));
+      return state;
+    }
+    TORCH_CHECK(first.substr(0, 4) == std::string_view("PK\x03\x04", 4), context,
                 " is not a PyTorch checkpoint: it does not start like a zip archive (torch.save since 1.6 "
-                "writes zip archives)");
+                "writes zip archives), a legacy torch.save file or a safetensors file (name it *.safetensors "
+                "to have it read as one)");
   }
 
   std::optional<detail::ZipArchiveReader> opened;
