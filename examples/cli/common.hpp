@@ -140,6 +140,8 @@ struct ModelOptions {
   std::string model;
   std::string config;
   std::string beta_schedule = "linear";
+  bool beta_schedule_given =
+      false;  // a diffusers folder's scheduler config decides; --beta-schedule is refused
   int64_t threads = static_cast<int64_t>(std::max(1U, std::thread::hardware_concurrency()));
   std::string device = "cpu";
   std::string precision = "fp32";
@@ -160,7 +162,8 @@ inline void add_model_options(CLI::App& app, ModelOptions& o) {
                    "noise schedule the model was trained with: linear or cosine (1000 steps); a diffusers "
                    "folder's comes from its scheduler config",
                    "NAME", "Model")
-      ->check(CLI::IsMember({"linear", "cosine"}));
+      ->check(CLI::IsMember({"linear", "cosine"}))
+      ->each([&o](const std::string&) { o.beta_schedule_given = true; });
   add_value_option(app, "--threads", o.threads, "CPU threads", "N", "Model")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   // The form is checked here ("cpu", "cuda", "cuda:N"); whether the machine has it when the run starts.
@@ -192,7 +195,14 @@ inline std::optional<DiffusersScheduler> model_scheduler(const ModelOptions& opt
 /// The model's training schedule: a diffusers folder's scheduler (its betas as diffusers computes them),
 /// else --beta-schedule over 1000 steps.
 inline DiffusionSchedule base_schedule(const ModelOptions& options) {
-  if (const auto scheduler = model_scheduler(options)) return scheduler->training_schedule();
+  if (const auto scheduler = model_scheduler(options)) {
+    if (options.beta_schedule_given)
+      throw UsageError(
+          fmt::format("--beta-schedule is for ADM checkpoints; the diffusers folder '{}' takes its "
+                      "schedule from its scheduler_config.json: drop --beta-schedule",
+                      options.model));
+    return scheduler->training_schedule();
+  }
   return options.beta_schedule == "linear" ? DiffusionSchedule::linear(1000)
                                            : DiffusionSchedule::cosine(1000);
 }
