@@ -236,6 +236,7 @@ class UnetSkipConnectionBlockImpl : public torch::nn::Module {
 
   /// The level's output for its input x and the kernel latent (already of x's batch size). The reference's
   /// leaky relu runs in place on x, so its skip connections carry leaky_relu(x), not x; so do these.
+  // NOLINTNEXTLINE(misc-no-recursion): each level calls the next inner one; the depth is the level count
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& latent) {
     if (level_ == UnetLevel::outermost)
       return torch::tanh(up_conv_(torch::relu(submodule_->forward(down_conv_(x), latent))));
@@ -306,7 +307,7 @@ class KernelWizardImpl : public torch::nn::Module {
     trunk->push_back(conv3x3(nf, 4 * nf));
     trunk->push_back(nn::PixelShuffle(2));
     trunk->push_back(lrelu());
-    trunk->push_back(conv3x3(nf, 64 * 4));
+    trunk->push_back(conv3x3(nf, int64_t{64} * 4));
     trunk->push_back(nn::PixelShuffle(2));
     trunk->push_back(lrelu());
     trunk->push_back(conv3x3(64, 64));
