@@ -37,7 +37,7 @@ class BasicConv2dImpl : public torch::nn::Module {
     const auto normalised =
         torch::batch_norm(conv_->forward(x), bn_->weight, bn_->bias, bn_->running_mean, bn_->running_var,
                           /*training=*/false, /*momentum=*/0.0, bn_->options.eps(), /*cudnn_enabled=*/true);
-    return torch::relu_(normalised);  // in place, as torchvision's ReLU(inplace=True): one activation less
+    return torch::relu(normalised);
   }
 
  private:
