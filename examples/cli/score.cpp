@@ -128,6 +128,18 @@ std::vector<std::string> paired_names(const std::map<std::string, fs::path>& tru
   return names;
 }
 
+/// Refuses a pair whose images differ in size, naming it; reads only the headers, so the refusal comes before
+/// any image is decoded or any progress is printed.
+void check_paired_sizes(const std::vector<std::string>& names, const ScoreOptions& o) {
+  for (const auto& name : names) {
+    const auto truth = read_image_size((fs::path(o.truth) / name).string());
+    const auto restored = read_image_size((fs::path(o.restored) / name).string());
+    if (truth != restored)
+      throw UsageError(fmt::format("'{}' is {}x{} in {} but {}x{} in {}; paired images must have one size",
+                                   name, truth[1], truth[0], o.truth, restored[1], restored[0], o.restored));
+  }
+}
+
 /// A c10::Error of a weight file as one UsageError line, naming the flag that gives another file.
 template <class Load>
 auto with_weights_context(const std::string& flag, Load&& load) {
@@ -197,6 +209,7 @@ int run_score(int argc, char** argv) {
     for (const auto& [name, path] : restored_files) names.push_back(name);
   } else {
     names = paired_names(image_files(o.truth, "TRUTH_DIR"), restored_files, o);
+    check_paired_sizes(names, o);
   }
   const auto count = static_cast<int64_t>(names.size());
   if (fid && count < 2)
@@ -257,10 +270,6 @@ int run_score(int argc, char** argv) {
       continue;
     }
     const auto truth = load_image((fs::path(o.truth) / name).string(), 3);
-    if (truth.sizes() != restored.sizes())
-      throw UsageError(fmt::format("'{}' is {}x{} in {} but {}x{} in {}; paired images must have one size",
-                                   name, truth.size(3), truth.size(2), o.truth, restored.size(3),
-                                   restored.size(2), o.restored));
     if (truth_features) truth_features->add(truth);
     psnrs.push_back(psnr(restored, truth).item<double>());
     ssims.push_back(ssim(restored, truth).item<double>());
