@@ -4,6 +4,7 @@
 //   diffpost degrade --task motion-deblur photo.png --out measured/
 //   diffpost sample --num-images 16 --out samples/
 //   diffpost denoise --sigma 0.2 --test-set 8 --add-noise --out denoised/
+//   diffpost score truth/ restored/ --lpips vgg --fid --kid
 //
 // Every subcommand has --help. The model is the bundled Fashion-MNIST prior unless --model / --config name
 // another ADM UNet checkpoint and its configuration, or --model a diffusers folder (diffpost describe
@@ -470,6 +471,8 @@ const std::vector<Command>& commands() {
       {"sample", "unconditional samples from the prior", run_sample},
       {"denoise", "one-step Tweedie denoising of noisy images", run_denoise},
       {"eval", "rank restoration methods on tasks x noise: PSNR, SSIM, Frechet distance; sweeps", run_eval},
+      {"score", "PSNR, SSIM, LPIPS, FID and KID between two folders of images, paired by file name",
+       run_score_command},
       {"init", "write a randomly initialised checkpoint for a config (for testing)", run_init},
       {"describe", "print a model's configuration (ADM checkpoint or diffusers folder)", run_describe},
       {"merge", "combine the shards of a sharded restore or eval run into its summary files", run_merge},
@@ -505,7 +508,7 @@ int main(int argc, char** argv) {
   if (!command) {
     std::fprintf(stderr,
                  "diffpost: error: unknown command '%s' (commands: restore, degrade, sample, denoise, eval, "
-                 "init, describe, merge)\n",
+                 "score, init, describe, merge)\n",
                  name.c_str());
     return 2;
   }

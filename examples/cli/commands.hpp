@@ -12,6 +12,10 @@ int run_restore(int argc, char** argv);
 /// (examples/cli/eval.cpp).
 int run_eval(int argc, char** argv);
 
+/// `diffpost score`: PSNR, SSIM, LPIPS, FID and KID between two folders paired by file name
+/// (examples/cli/score.cpp).
+int run_score_command(int argc, char** argv);
+
 /// The summary files of a sharded restore or eval run in `folder`, made from its records and its stored
 /// settings.
 int merge_restore(const RunFolder& folder);

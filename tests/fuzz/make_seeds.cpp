@@ -3,9 +3,12 @@
 // makes <corpus>/pickle (data.pkl of every zip checkpoint in tests/data and examples/prior, and each of the
 // consecutive pickles of the legacy files), <corpus>/image (tests/data/metrics/*.png and small images of
 // every supported format, written here), <corpus>/config (the config files), <corpus>/checkpoint (the
-// small test checkpoints) and <corpus>/safetensors (the small safetensors files of tests/data and one of each
-// dtype, written here).
+// small test checkpoints), <corpus>/safetensors (the small safetensors files of tests/data and one of each
+// dtype, written here), <corpus>/npz (the .npz files of tests/data/metrics and each .npy record inside them)
+// and <corpus>/weights (lpips-layout head files, and small state dicts in the LPIPS backbone and FID
+// Inception layouts, written here).
 #include <zlib.h>
+#include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/detail/pickle.hpp>
 #include <diffpost/io/detail/zip_archive.hpp>
 #include <diffpost/io/image.hpp>
@@ -124,9 +127,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path source(argv[1]), corpus(argv[2]);
-  for (const char* name : {"pickle", "image", "config", "checkpoint", "safetensors"})
+  for (const char* name : {"pickle", "image", "config", "checkpoint", "safetensors", "npz", "weights"})
     fs::create_directories(corpus / name);
-  size_t counts[5] = {};
+  size_t counts[7] = {};
 
   for (const char* folder : {"tests/data/checkpoints", "tests/data/adm_small", "tests/data/dps_step",
                              "tests/data/torchscript", "examples/prior"}) {
@@ -246,8 +249,52 @@ int main(int argc, char** argv) {
                                diffpost::SaveOptions{}.overwrite(true));
     counts[4] += 2;
   }
+  // numpy files, and the .npy records of the stored (uncompressed) ones.
+  for (const char* folder : {"tests/data/metrics/npz", "tests/data/metrics/fid"}) {
+    for (const auto& path : files_in(source / folder, ".npz")) {
+      fs::copy_file(path, corpus / "npz" / path.filename(), fs::copy_options::overwrite_existing);
+      ++counts[5];
+      diffpost::detail::ZipArchiveReader reader(path, path.string(), diffpost::detail::ZipLayout::flat);
+      for (const auto& record : reader.records()) {
+        write_file(corpus / "npz" / (path.stem().string() + "." + record.name), reader.read_string(record));
+        ++counts[5];
+      }
+    }
+  }
+
+  // Weight files: lpips's head layout, and the key layouts of torchvision's AlexNet and of pytorch-fid's
+  // Inception with every tensor a one-element broadcast view (small files, real shapes).
+  for (const auto& path : files_in(source / "tests/data/metrics/lpips", ".pth")) {
+    fs::copy_file(path, corpus / "weights" / path.filename(), fs::copy_options::overwrite_existing);
+    ++counts[6];
+  }
+  const auto broadcast = [](std::vector<int64_t> shape) { return torch::zeros({1}).expand(shape); };
+  diffpost::StateDict alexnet;
+  for (const auto& [index, shape] :
+       std::vector<std::pair<int, std::vector<int64_t>>>{{0, {64, 3, 11, 11}},
+                                                         {3, {192, 64, 5, 5}},
+                                                         {6, {384, 192, 3, 3}},
+                                                         {8, {256, 384, 3, 3}},
+                                                         {10, {256, 256, 3, 3}}}) {
+    alexnet.insert("features." + std::to_string(index) + ".weight", broadcast(shape));
+    alexnet.insert("features." + std::to_string(index) + ".bias", broadcast({shape[0]}));
+  }
+  alexnet.insert("classifier.6.weight", broadcast({1000, 4096}));
+  diffpost::save_state_dict(alexnet, corpus / "weights" / "alexnet_layout.pth",
+                            diffpost::SaveOptions{}.overwrite(true));
+  diffpost::StateDict inception;
+  inception.insert("Conv2d_1a_3x3.conv.weight", broadcast({32, 3, 3, 3}));
+  for (const char* name : {"weight", "bias", "running_mean", "running_var"})
+    inception.insert(std::string("Conv2d_1a_3x3.bn.") + name, broadcast({32}));
+  inception.insert("Conv2d_1a_3x3.bn.num_batches_tracked", torch::zeros({}, torch::kInt64));
+  inception.insert("fc.weight", broadcast({1008, 2048}));
+  inception.insert("fc.bias", broadcast({1008}));
+  diffpost::save_state_dict(inception, corpus / "weights" / "inception_layout.pth",
+                            diffpost::SaveOptions{}.overwrite(true));
+  counts[6] += 2;
+
   std::cout << "seeds: " << counts[0] << " pickles, " << counts[1] << " images, " << counts[2] << " configs, "
-            << counts[3] << " checkpoints, " << counts[4] << " safetensors files in " << corpus.string()
-            << "\n";
+            << counts[3] << " checkpoints, " << counts[4] << " safetensors files, " << counts[5]
+            << " numpy files, " << counts[6] << " weight files in " << corpus.string() << "\n";
   return 0;
 }

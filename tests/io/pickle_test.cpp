@@ -199,3 +199,65 @@ TEST_CASE("every failure is a c10::Error naming the file, including a storage lo
   CHECK(error_of([] { parse(protocol2("NN.")); }) ==
         "checkpoint 'hostile.pt': malformed pickle, 2 values on the stack at STOP (expected 1)");
 }
+
+TEST_CASE(
+    "Python 2 pickles: SHORT_BINSTRING is text and OrderedDict takes its items, as torch.load reads them") {
+  // OrderedDict([['lin0', 1], ('b', 2)]) as Python 2 pickles it (lpips's weights/v0.1/*.pth are such files),
+  // its keys as SHORT_BINSTRING ('U') and BINSTRING ('T'), then BUILD with {'_metadata': 3}.
+  const std::string body = std::string(
+                               "c"
+                               "collections\nOrderedDict\n"
+                               "]"
+                               "("
+                               "]"
+                               "("
+                               "U\x04lin0"
+                               "K\x01"
+                               "e"
+                               "("
+                               "T\x01\x00\x00\x00"
+                               "b",
+                               45) +
+                           std::string(
+                               "K\x02"
+                               "t"
+                               "e"
+                               "\x85"
+                               "R"
+                               "}"
+                               "U\x09_metadata"
+                               "K\x03"
+                               "s"
+                               "b"
+                               ".",
+                               23);
+  const auto graph = parse(protocol2(body));
+  const auto& dict = *graph.root();
+  REQUIRE(dict.is(PickleValue::Kind::Dict));
+  CHECK(dict.ordered);
+  REQUIRE(dict.entries.size() == 2);
+  CHECK(dict.entries[0].first->is(PickleValue::Kind::String));
+  CHECK(dict.entries[0].first->text == "lin0");
+  CHECK(dict.entries[1].first->text == "b");
+  CHECK(dict.get("b")->integer == 2);
+  REQUIRE(dict.attributes != nullptr);
+  CHECK(dict.attributes->get("_metadata")->integer == 3);
+  // Anything but a list of pairs is refused.
+  const std::string triple = std::string(
+      "c"
+      "collections\nOrderedDict\n"
+      "]"
+      "("
+      "]"
+      "("
+      "K\x01"
+      "K\x02"
+      "K\x03"
+      "e"
+      "e"
+      "\x85"
+      "R"
+      ".",
+      40);
+  CHECK(error_of([&] { parse(protocol2(triple)); }).find("not a [key, value] pair") != std::string::npos);
+}

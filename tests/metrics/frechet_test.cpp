@@ -1,6 +1,9 @@
 // frechet_distance and GaussianStatistics against closed forms (1-D, diagonal, shifted and scaled sets),
-// against an independent computation through the eigenvalues of S_a S_b and a value from scipy, and on large
-// samples of two known Gaussians.
+// against an independent computation through the eigenvalues of S_a S_b and a value from scipy, on large
+// samples of two known Gaussians, and against pytorch-fid's calculate_frechet_distance on well-conditioned,
+// rank-deficient and singular feature sets and on its .npz statistics files (tests/data/metrics/fid).
+#include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/npz.hpp>
 #include <diffpost/metrics.hpp>
 #include <diffpost/random.hpp>
 
@@ -11,7 +14,9 @@
 
 #include <cmath>
 #include <complex>
+#include <filesystem>
 #include <limits>
+#include <string>
 
 namespace {
 
@@ -192,4 +197,47 @@ TEST_CASE("frechet_distance rejects shapes and values it cannot score, naming th
   CHECK_THROWS_WITH_AS(diffpost::frechet_distance(three, diffpost::GaussianStatistics::of(good)),
                        doctest::Contains("feature dimensions differ (3 vs 4)"), c10::Error);
   CHECK_THROWS_AS(diffpost::frechet_distance(three, diffpost::GaussianStatistics{}), c10::Error);
+}
+
+TEST_CASE("frechet_distance equals pytorch-fid's calculate_frechet_distance, also on singular covariances") {
+  const auto fid = std::filesystem::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "fid";
+  const auto cases = diffpost::read_state_dict(fid / "frechet_cases.pt");
+  // well: N = 400, D = 32; deficient: N = 60 < D = 512 (float32 ReLU features, covariances of rank 59);
+  // dead: N = 50, D = 64 with 8 features constant 0 in both sets (exactly singular covariances).
+  for (const std::string pair : {"well", "deficient", "dead"}) {
+    CAPTURE(pair);
+    const double expected = cases.at(pair + "_fid").item<double>();
+    const double value = diffpost::frechet_distance(cases.at(pair + "_a"), cases.at(pair + "_b"));
+    CHECK(std::abs(value - expected) / expected < 1e-6);
+  }
+  // From pytorch-fid's own statistics files (np.savez_compressed as --save-stats writes, and np.savez).
+  const auto a = diffpost::read_fid_statistics(fid / "stats_well_a.npz");
+  const auto b = diffpost::read_fid_statistics(fid / "stats_well_b.npz");
+  const auto from_files =
+      diffpost::frechet_distance(diffpost::GaussianStatistics::from_tensors(a.mu, a.sigma),
+                                 diffpost::GaussianStatistics::from_tensors(b.mu, b.sigma));
+  CHECK(std::abs(from_files - cases.at("well_fid").item<double>()) / cases.at("well_fid").item<double>() <
+        1e-6);
+}
+
+TEST_CASE("GaussianStatistics converts to and from pytorch-fid's mu and sigma tensors") {
+  auto generator = diffpost::make_generator(4);
+  const auto statistics = diffpost::GaussianStatistics::of(at::randn({20, 3}, generator, torch::kFloat64));
+  const auto mu = statistics.mean_tensor(), sigma = statistics.covariance_tensor();
+  CHECK(mu.sizes() == torch::IntArrayRef({3}));
+  CHECK(sigma.sizes() == torch::IntArrayRef({3, 3}));
+  for (int r = 0; r < 3; ++r) {
+    CHECK(mu[r].item<double>() == statistics.mean(r));
+    for (int c = 0; c < 3; ++c) CHECK(sigma[r][c].item<double>() == statistics.covariance(r, c));
+  }
+  const auto back = diffpost::GaussianStatistics::from_tensors(mu.to(torch::kFloat32), sigma);
+  CHECK(back.covariance == statistics.covariance);
+  CHECK((back.mean - statistics.mean).cwiseAbs().maxCoeff() < 1e-6);
+  CHECK_THROWS_WITH_AS(
+      diffpost::GaussianStatistics::from_tensors(mu, sigma.narrow(0, 0, 2)),
+      doctest::Contains("expected mean [D] and covariance [D, D], got shapes [3] and [2, 3]"), c10::Error);
+  auto bad = sigma.clone();
+  bad[0][0] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(diffpost::GaussianStatistics::from_tensors(mu, bad),
+                       doctest::Contains("NaN or infinite"), c10::Error);
 }

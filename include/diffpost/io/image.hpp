@@ -694,6 +694,18 @@ inline torch::Tensor load_image(const std::string& path, int channels = 0) {
   return load_image(path, ImageReadOptions{}.channels(channels));
 }
 
+/// The height and width of the image file `path`, read from its checked header without decoding the pixels
+/// (so a folder's sizes can be compared before any image is decoded). Throws c10::Error as load_image does
+/// for a file that is missing, too large, not an image or declares a refused size.
+inline std::array<int64_t, 2> read_image_size(const std::string& path, const ImageReadOptions& options = {}) {
+  detail::check_image_read_options(options, "read_image_size");
+  const auto bytes = detail::read_image_file(path, options.max_file_bytes(), "read_image_size");
+  const std::string name = "'" + path + "'";
+  const auto header = detail::read_image_header(bytes, options, name, "read_image_size");
+  detail::check_image_header(header, options, name, "read_image_size");
+  return {header.height, header.width};
+}
+
 /// Decodes an image held in memory (the bytes of a PNG, JPEG, ... file) exactly as load_image decodes a file;
 /// `name` is how errors refer to it.
 inline torch::Tensor decode_image(std::string_view bytes, const ImageReadOptions& options = {},

@@ -50,18 +50,66 @@ struct GaussianStatistics {
     return statistics;
   }
 
+  /// Statistics given as tensors `mean` [D] and `covariance` [D, D] (any device and floating dtype; copied to
+  /// the CPU in float64), e.g. the `mu` and `sigma` of a pytorch-fid .npz file (io/npz.hpp,
+  /// read_fid_statistics). The covariance is taken as given (pytorch-fid's np.cov is symmetric only up to
+  /// rounding). Throws c10::Error naming the shapes when they do not fit or a value is not finite.
+  static GaussianStatistics from_tensors(const torch::Tensor& mean, const torch::Tensor& covariance) {
+    TORCH_CHECK(
+        mean.defined() && covariance.defined(),
+        "GaussianStatistics::from_tensors: got an undefined tensor; pass mean [D] and covariance [D, D]");
+    TORCH_CHECK(mean.dim() == 1 && mean.size(0) >= 1 && covariance.dim() == 2 &&
+                    covariance.size(0) == mean.size(0) && covariance.size(1) == mean.size(0),
+                "GaussianStatistics::from_tensors: expected mean [D] and covariance [D, D], got shapes ",
+                mean.sizes(), " and ", covariance.sizes());
+    TORCH_CHECK(at::isFloatingType(mean.scalar_type()) && at::isFloatingType(covariance.scalar_type()),
+                "GaussianStatistics::from_tensors: expected floating-point tensors, got ", mean.scalar_type(),
+                " and ", covariance.scalar_type());
+    const auto mu = mean.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    const auto sigma = covariance.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    TORCH_CHECK(torch::isfinite(mu).all().item<bool>() && torch::isfinite(sigma).all().item<bool>(),
+                "GaussianStatistics::from_tensors: mean or covariance holds NaN or infinite values");
+    const auto d = mu.size(0);
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    GaussianStatistics statistics;
+    statistics.mean = Eigen::Map<const Eigen::VectorXd>(mu.data_ptr<double>(), d);
+    statistics.covariance = Eigen::Map<const RowMajor>(sigma.data_ptr<double>(), d, d);
+    return statistics;
+  }
+
+  /// The mean as a float64 CPU tensor [D] (pytorch-fid's `mu`).
+  [[nodiscard]] torch::Tensor mean_tensor() const {
+    auto tensor = torch::empty({dimension()}, torch::kFloat64);
+    Eigen::Map<Eigen::VectorXd>(tensor.data_ptr<double>(), dimension()) = mean;
+    return tensor;
+  }
+
+  /// The covariance as a float64 CPU tensor [D, D] (pytorch-fid's `sigma`).
+  [[nodiscard]] torch::Tensor covariance_tensor() const {
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    auto tensor = torch::empty({dimension(), dimension()}, torch::kFloat64);
+    Eigen::Map<RowMajor>(tensor.data_ptr<double>(), dimension(), dimension()) = covariance;
+    return tensor;
+  }
+
   /// The feature dimension D.
   [[nodiscard]] int64_t dimension() const { return static_cast<int64_t>(mean.size()); }
 };
 
 namespace detail {
 
-/// The eigen-decomposition of the symmetric part of `matrix` with eigenvalues clamped at 0: rounding makes
-/// the smallest eigenvalues of a rank-deficient covariance (N <= D, or constant features) slightly negative,
-/// and a covariance has none.
-inline Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> psd_eigen(const Eigen::MatrixXd& matrix) {
+/// The eigen-decomposition of the symmetric part of `matrix` (eigenvalues only, or with the eigenvectors);
+/// callers clamp the eigenvalues at 0: rounding makes the smallest eigenvalues of a rank-deficient covariance
+/// (N <= D, or constant features) slightly negative, and a covariance has none.
+inline Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> psd_eigen(const Eigen::MatrixXd& matrix,
+                                                                int options = Eigen::ComputeEigenvectors) {
   const Eigen::MatrixXd symmetric = 0.5 * (matrix + matrix.transpose());
-  return Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(symmetric);
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(symmetric, options);
+  // Only NaN or infinite entries keep the symmetric QR iteration from converging; the inputs were checked.
+  TORCH_CHECK(solver.info() == Eigen::Success, "frechet_distance: the eigen-decomposition of a ",
+              matrix.rows(), "x", matrix.cols(),
+              " covariance product did not converge (are the statistics finite and of a sensible scale?)");
+  return solver;
 }
 
 /// Checks that `statistics` (argument `name` of frechet_distance) hold a mean of size D >= 1 and a D x D
@@ -81,10 +129,13 @@ inline void check_statistics(const GaussianStatistics& statistics, const char* n
 ///   d^2 = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^{1/2} S_b S_a^{1/2})^{1/2}).
 /// The cross term is the trace of the square root of the symmetric positive semi-definite matrix
 /// S_a^{1/2} S_b S_a^{1/2}, whose eigenvalues equal those of S_a S_b; both square roots come from
-/// SelfAdjointEigenSolver with tiny negative eigenvalues (rounding) clamped to 0, which is exact for
-/// rank-deficient covariances where scipy's `sqrtm` of the non-symmetric S_a S_b needs an epsilon. A result
-/// below 0 can only be rounding and is returned as 0. Symmetric in a and b. Throws c10::Error when the
-/// dimensions differ.
+/// SelfAdjointEigenSolver with tiny negative eigenvalues (rounding) clamped to 0, which stays exact for
+/// rank-deficient covariances (N <= D). This is the value of pytorch-fid's `calculate_frechet_distance`
+/// (scipy's `sqrtm` of the non-symmetric S_a S_b, real part of its trace) without its fallback: pytorch-fid
+/// adds 1e-6 to both diagonals when that `sqrtm` comes out non-finite, which symmetric square roots of
+/// finite statistics never do (docs/metrics.md compares the two on rank-deficient and singular sets). A
+/// result below 0 can only be rounding and is returned as 0. Symmetric in a and b. Throws c10::Error when
+/// the dimensions differ.
 inline double frechet_distance(const GaussianStatistics& a, const GaussianStatistics& b) {
   detail::check_statistics(a, "a");
   detail::check_statistics(b, "b");
@@ -98,7 +149,7 @@ inline double frechet_distance(const GaussianStatistics& a, const GaussianStatis
   const Eigen::MatrixXd sqrt_a =
       eigen_a.eigenvectors() * sqrt_lambda_a.asDiagonal() * eigen_a.eigenvectors().transpose();
   // tr (S_a^{1/2} S_b S_a^{1/2})^{1/2} = sum of the square roots of its (non-negative) eigenvalues.
-  const auto eigen_middle = detail::psd_eigen(sqrt_a * b.covariance * sqrt_a);
+  const auto eigen_middle = detail::psd_eigen(sqrt_a * b.covariance * sqrt_a, Eigen::EigenvaluesOnly);
   const double trace_sqrt = eigen_middle.eigenvalues().cwiseMax(0.0).cwiseSqrt().sum();
 
   const double distance = mean_term + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt;

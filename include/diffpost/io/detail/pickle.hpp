@@ -345,11 +345,13 @@ class Unpickler {
         case 0x8d:
           push(PickleValue::make_string(std::string(read_bytes(read_uint(8)))));
           break;  // BINUNICODE8
+        // Python 2's str: torch.load reads it as text (encoding='utf-8'), which legacy files written by
+        // Python 2 need (their keys, storage types and `_metadata` are all SHORT_BINSTRING).
         case 'T':
-          push(PickleValue::make_string(std::string(read_bytes(read_uint(4))), PickleValue::Kind::Bytes));
+          push(PickleValue::make_string(std::string(read_bytes(read_uint(4)))));
           break;  // BINSTRING (protocol 1, Python 2)
         case 'U':
-          push(PickleValue::make_string(std::string(read_bytes(read_uint(1))), PickleValue::Kind::Bytes));
+          push(PickleValue::make_string(std::string(read_bytes(read_uint(1)))));
           break;  // SHORT_BINSTRING
         case 'B':
           push(PickleValue::make_string(std::string(read_bytes(read_uint(4))), PickleValue::Kind::Bytes));
@@ -680,10 +682,27 @@ class Unpickler {
     if (callable.is(K::Global)) {
       const auto& name = callable.text;
       if (name == "collections.OrderedDict") {
-        TORCH_CHECK(args.is(K::Tuple) && args.items.empty(), context_,
-                    ": OrderedDict built with arguments; expected OrderedDict() followed by SETITEMS");
+        // Python 3 pickles OrderedDict() and then SETITEMS; Python 2 passes the items, OrderedDict([[key,
+        // value], ...]) (its OrderedDict.__reduce__), as in the legacy files torch wrote under Python 2.
+        TORCH_CHECK(args.is(K::Tuple) && args.items.size() <= 1, context_, ": OrderedDict built with ",
+                    describe(args), "; expected OrderedDict() or OrderedDict([[key, value], ...])");
         auto dict = container(K::Dict);
         dict->ordered = true;
+        if (!args.items.empty()) {
+          const auto& pairs = *args.items[0];
+          TORCH_CHECK(pairs.is(K::List), context_, ": OrderedDict built from ", describe(pairs),
+                      ", expected a list of [key, value] pairs");
+          std::vector<PickleValuePtr> flat;
+          flat.reserve(2 * pairs.items.size());
+          for (const auto& pair : pairs.items) {
+            TORCH_CHECK((pair->is(K::List) || pair->is(K::Tuple)) && pair->items.size() == 2, context_,
+                        ": OrderedDict built from a list holding ", describe(*pair),
+                        ", not a [key, value] pair");
+            flat.push_back(pair->items[0]);
+            flat.push_back(pair->items[1]);
+          }
+          set_items(*dict, flat);
+        }
         return dict;
       }
       if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") {

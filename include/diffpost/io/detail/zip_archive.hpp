@@ -1,6 +1,7 @@
 // Private to diffpost: not part of the public API, may change without notice.
 //
-// The zip archives `torch.save` writes (PyTorch >= 1.6), read and written with zlib alone. LibTorch's own
+// The zip archives `torch.save` writes (PyTorch >= 1.6) and numpy's `.npz` files, read and written with zlib
+// alone. LibTorch's own
 // reader (caffe2::serialize::PyTorchStreamReader) changes between releases (version records, serialization
 // ids, allocation before validation), so diffpost keeps the format in its own hands: every size is checked
 // against the file before anything is allocated, and every failure is a c10::Error naming the file.
@@ -11,6 +12,8 @@
 // and aligns record data to 64 bytes with an extra
 // field, so that a reader can map tensors in place. The folder is "archive" in recent PyTorch releases and
 // the file's stem in older ones (Debian's torch 1.13 writes "tiny_state_dict/" for tiny_state_dict.pt).
+// numpy's `savez` / `savez_compressed` (Python's zipfile) write one `<name>.npy` record per array at the top
+// level, stored or deflated: the flat layout.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -32,8 +35,12 @@
 
 namespace diffpost::detail {
 
+/// How the records of an archive are named: torch.save puts every record in one top-level folder, whose name
+/// the reader strips; numpy's .npz files have no folder.
+enum class ZipLayout { torch_save, flat };
+
 /// One record of a zip archive, as its central directory describes it. `name` is relative to the archive's
-/// top-level folder.
+/// top-level folder (torch.save) or the whole stored name (flat archives).
 struct ZipRecord {
   std::string name;
   uint16_t method = 0;  ///< 0 stored, 8 deflated
@@ -85,14 +92,16 @@ inline uint32_t crc32_of(const void* data, uint64_t size, uint32_t crc = 0) {
 
 }  // namespace zip
 
-/// Reads the records of a zip archive written by torch.save. The constructor reads and validates the
-/// central directory only (its size is bounded by the file's); `read` then reads one record into memory the
-/// caller has sized from `ZipRecord::size`, which the constructor has checked against the file.
+/// Reads the records of a zip archive written by torch.save (or, with ZipLayout::flat, by numpy's savez).
+/// The constructor reads and validates the central directory only (its size is bounded by the file's);
+/// `read` then reads one record into memory the caller has sized from `ZipRecord::size`, which the
+/// constructor has checked against the file.
 class ZipArchiveReader {
  public:
   /// Opens `path`; `context` (e.g. "checkpoint '/models/ffhq_10m.pt'") leads every error message.
-  ZipArchiveReader(const std::filesystem::path& path, std::string context)
-      : context_(std::move(context)), file_(path, std::ios::binary) {
+  ZipArchiveReader(const std::filesystem::path& path, std::string context,
+                   ZipLayout layout = ZipLayout::torch_save)
+      : context_(std::move(context)), layout_(layout), file_(path, std::ios::binary) {
     TORCH_CHECK(file_.good(), context_, ": cannot be opened for reading");
     file_.seekg(0, std::ios::end);
     const auto end = file_.tellg();
@@ -104,10 +113,11 @@ class ZipArchiveReader {
   /// Every record, in the order of the central directory.
   const std::vector<ZipRecord>& records() const noexcept { return records_; }
 
-  /// The archive's top-level folder ("archive", or the file's stem for older torch.save).
+  /// The archive's top-level folder ("archive", or the file's stem for older torch.save); empty for a flat
+  /// archive.
   const std::string& folder() const noexcept { return folder_; }
 
-  /// The record called `name` (relative to the top-level folder), or nullptr.
+  /// The record called `name` (relative to the top-level folder, if any), or nullptr.
   const ZipRecord* find(std::string_view name) const {
     auto found = index_.find(std::string(name));
     return found == index_.end() ? nullptr : &records_[found->second];
@@ -173,7 +183,7 @@ class ZipArchiveReader {
     const unsigned char* end = bytes + found;
     const uint64_t end_offset = file_size_ - tail_size + static_cast<uint64_t>(found);
     TORCH_CHECK(zip::read_le(end + 4, 2) == 0 && zip::read_le(end + 6, 2) == 0, context_,
-                ": a multi-volume zip archive, which torch.save never writes");
+                ": a multi-volume zip archive, which ", writer_name(), " never writes");
     uint64_t count = zip::read_le(end + 10, 2);
     uint64_t directory_size = zip::read_le(end + 12, 4);
     uint64_t directory_offset = zip::read_le(end + 16, 4);
@@ -204,7 +214,7 @@ class ZipArchiveReader {
       TORCH_CHECK(count != 0xffff && directory_size != 0xffffffff && directory_offset != 0xffffffff, context_,
                   ": zip64 locator missing (truncated or corrupt?)");
     }
-    TORCH_CHECK(count > 0, context_, ": an empty zip archive, not a torch.save checkpoint");
+    TORCH_CHECK(count > 0, context_, ": an empty zip archive, with nothing ", writer_name(), " writes");
     TORCH_CHECK(directory_offset <= directory_end && directory_size <= directory_end - directory_offset,
                 context_, ": the zip central directory lies outside the file (truncated or corrupt?)");
     TORCH_CHECK(count <= directory_size / zip::kCentralHeaderSize, context_, ": the zip archive claims ",
@@ -260,14 +270,18 @@ class ZipArchiveReader {
                     ", more than deflate can (corrupt or a zip bomb)");
       }
 
-      const auto slash = full_name.find('/');
-      TORCH_CHECK(slash != std::string::npos && slash > 0, context_, ": record '", full_name,
-                  "' is not inside a top-level folder, as torch.save writes every record");
-      std::string folder = full_name.substr(0, slash);
-      if (i == 0) folder_ = folder;
-      TORCH_CHECK(folder == folder_, context_, ": records in two top-level folders ('", folder_, "' and '",
-                  folder, "'); torch.save writes one");
-      record.name = full_name.substr(slash + 1);
+      if (layout_ == ZipLayout::flat) {
+        record.name = full_name;
+      } else {
+        const auto slash = full_name.find('/');
+        TORCH_CHECK(slash != std::string::npos && slash > 0, context_, ": record '", full_name,
+                    "' is not inside a top-level folder, as torch.save writes every record");
+        std::string folder = full_name.substr(0, slash);
+        if (i == 0) folder_ = folder;
+        TORCH_CHECK(folder == folder_, context_, ": records in two top-level folders ('", folder_, "' and '",
+                    folder, "'); torch.save writes one");
+        record.name = full_name.substr(slash + 1);
+      }
       TORCH_CHECK(index_.emplace(record.name, records_.size()).second, context_, ": record '", full_name,
                   "' is stored twice");
       records_.push_back(std::move(record));
@@ -362,7 +376,10 @@ class ZipArchiveReader {
                 record.size - remaining_out, " bytes, not its declared ", record.size, " (corrupt?)");
   }
 
+  const char* writer_name() const { return layout_ == ZipLayout::flat ? "numpy" : "torch.save"; }
+
   std::string context_;
+  ZipLayout layout_;
   std::ifstream file_;
   uint64_t file_size_ = 0;
   uint64_t directory_start_ = 0;
@@ -374,7 +391,8 @@ class ZipArchiveReader {
 /// Writes a zip archive the way torch.save does: every record stored (no compression) under one top-level
 /// folder, its data aligned to 64 bytes, zip64 records where sizes or offsets need them. Timestamps are
 /// zero, so that the same records give the same bytes. Nothing is buffered beyond one header: record data
-/// goes straight to the stream.
+/// goes straight to the stream. An empty `folder` writes the records at the top level, as numpy's savez
+/// does.
 class ZipArchiveWriter {
  public:
   ZipArchiveWriter(std::ostream& out, std::string folder) : out_(out), folder_(std::move(folder)) {}
@@ -382,7 +400,7 @@ class ZipArchiveWriter {
   /// Appends record `name` (relative to the folder) holding `size` bytes at `data`.
   void write_record(const std::string& name, const void* data, uint64_t size) {
     ZipRecord record;
-    record.name = folder_ + "/" + name;
+    record.name = folder_.empty() ? name : folder_ + "/" + name;
     record.size = record.compressed_size = size;
     record.crc32 = zip::crc32_of(data, size);
     record.local_header_offset = position_;
