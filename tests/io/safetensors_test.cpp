@@ -4,6 +4,7 @@
 // with one line naming the file and the problem before anything is allocated.
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/safetensors.hpp>
+#include <diffpost/models/adm_unet.hpp>
 
 #include "support/error_of.hpp"
 #include "support/temp_dir.hpp"
@@ -248,4 +249,29 @@ TEST_CASE("hostile safetensors files are refused with one line naming the file a
     check_refused(refusal(dir, file_with(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8)),
                   "end before they begin");
   }
+}
+
+TEST_CASE("an ADM UNet saved with safetensors loads through load_checkpoint as its torch.save file does") {
+  const auto options =
+      diffpost::AdmUNetOptions(16, 32, 1).in_channels(1).channel_mult({1, 2}).attention_resolutions({8});
+  torch::manual_seed(3);
+  diffpost::AdmUNet original(options);
+  TempDir dir;
+  diffpost::save_checkpoint(original, dir.path() / "model.pt");
+  diffpost::save_safetensors(original, dir.path() / "model.safetensors");
+
+  torch::manual_seed(4);
+  diffpost::AdmUNet from_pt(options), from_safetensors(options);
+  diffpost::load_checkpoint(from_pt, dir.path() / "model.pt");
+  const auto report = diffpost::load_checkpoint(from_safetensors, dir.path() / "model.safetensors");
+  CHECK(report.loaded.size() == original->named_parameters().size() + original->named_buffers().size());
+  for (const auto& [name, value] : original->named_parameters())
+    CHECK_MESSAGE(torch::equal(from_safetensors->named_parameters()[name], value), name);
+
+  torch::NoGradGuard no_grad;
+  from_pt->eval();
+  from_safetensors->eval();
+  const auto x = torch::randn({2, 1, 16, 16});
+  const auto t = torch::tensor({10, 500});
+  CHECK(torch::equal(from_safetensors->forward(x, t), from_pt->forward(x, t)));
 }
