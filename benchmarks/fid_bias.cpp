@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
   benchmarks::apply_process_settings(s.cpu_allocator, s.threads);
   torch::NoGradGuard no_grad;
   diffpost::ImageClassifier classifier;
-  diffpost::load_checkpoint(classifier, DIFFPOST_BENCHMARK_CLASSIFIER);
+  diffpost::load_checkpoint(classifier,
+                            std::string(DIFFPOST_SOURCE_DIR) + "/examples/prior/fashion_mnist_classifier.pt");
   classifier->eval();
   const auto& data = diffpost::debian_fashion_mnist_dir();
   const auto test = diffpost::read_idx_images(data / "t10k-images-idx3-ubyte.gz");
