@@ -114,7 +114,7 @@ inline std::filesystem::path find_torch_hub_weights(
     const std::string& file_name, const std::string& what, const std::string& python_command,
     const std::string& how_to_pass = "pass its path explicitly") {
   const auto folder = torch_hub_checkpoints_folder();
-  const auto path = folder / file_name;
+  auto path = folder / file_name;
   TORCH_CHECK(detail::is_regular_file(path), "the weights of ", what, " ('", file_name, "') are not in ",
               folder.string(), " ($TORCH_HOME/hub/checkpoints, where torch.hub keeps them; ", python_command,
               " downloads them there); ", how_to_pass, ". diffpost never downloads.");

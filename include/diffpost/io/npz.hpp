@@ -13,6 +13,8 @@
 #include <diffpost/io/detail/npy.hpp>
 #include <diffpost/io/detail/zip_archive.hpp>
 
+#include <fmt/format.h>
+
 #include <array>
 #include <filesystem>
 #include <fstream>
@@ -56,7 +58,7 @@ inline StateDict read_npz(const std::filesystem::path& path) {
     const auto name = record.name.substr(0, record.name.size() - suffix.size());
     TORCH_CHECK(!arrays.contains(name), context, " holds array '", name, "' twice");
     const auto bytes = archive.read_string(record);
-    arrays.insert(name, detail::decode_npy(bytes, context + " array '" + name + "'"));
+    arrays.insert(name, detail::decode_npy(bytes, fmt::format("{} array '{}'", context, name)));
   }
   return arrays;
 }

@@ -161,7 +161,7 @@ class LpipsImpl : public torch::nn::Module {
     }
     for (size_t l = 0; l < taps_.size(); ++l) {
       const auto channels = layers_[taps_[l] - 1].out_channels;  // each tap is the ReLU right after a conv
-      heads_.push_back(register_module("lin" + std::to_string(l), LpipsHead(channels)));
+      heads_.emplace_back(register_module("lin" + std::to_string(l), LpipsHead(channels)));
     }
     for (auto& parameter : parameters()) parameter.requires_grad_(false);
   }

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -54,11 +55,17 @@ inline std::optional<std::pair<torch::ScalarType, bool>> npy_scalar_type(std::st
     std::string_view name;
     torch::ScalarType type;
   };
-  static constexpr Known known[] = {
-      {"f2", torch::kFloat16},      {"f4", torch::kFloat32},       {"f8", torch::kFloat64},
-      {"i1", torch::kInt8},         {"i2", torch::kInt16},         {"i4", torch::kInt32},
-      {"i8", torch::kInt64},        {"u1", torch::kUInt8},         {"b1", torch::kBool},
-      {"c8", torch::kComplexFloat}, {"c16", torch::kComplexDouble}};
+  static constexpr std::array<Known, 11> known{{{"f2", torch::kFloat16},
+                                                {"f4", torch::kFloat32},
+                                                {"f8", torch::kFloat64},
+                                                {"i1", torch::kInt8},
+                                                {"i2", torch::kInt16},
+                                                {"i4", torch::kInt32},
+                                                {"i8", torch::kInt64},
+                                                {"u1", torch::kUInt8},
+                                                {"b1", torch::kBool},
+                                                {"c8", torch::kComplexFloat},
+                                                {"c16", torch::kComplexDouble}}};
   for (const auto& candidate : known) {
     if (candidate.name != kind_and_size) continue;
     const auto size = c10::elementSize(candidate.type);
@@ -169,11 +176,11 @@ class NpyHeaderParser {
   }
 
  private:
-  char peek() const { return position_ < text_.size() ? text_[position_] : '\0'; }
+  [[nodiscard]] char peek() const { return position_ < text_.size() ? text_[position_] : '\0'; }
 
   static std::string printable(char c) {
     if (c == '\0') return "the end";
-    if (c >= 0x20 && c < 0x7f) return std::string(1, c);
+    if (c >= 0x20 && c < 0x7f) return {1, c};
     return "byte " + std::to_string(static_cast<unsigned char>(c));
   }
 
