@@ -256,7 +256,7 @@ TEST_CASE("an ADM UNet saved with safetensors loads through load_checkpoint as i
       diffpost::AdmUNetOptions(16, 32, 1).in_channels(1).channel_mult({1, 2}).attention_resolutions({8});
   torch::manual_seed(3);
   diffpost::AdmUNet original(options);
-  TempDir dir;
+  TempDir dir("safetensors_adm");
   diffpost::save_checkpoint(original, dir.path() / "model.pt");
   diffpost::save_safetensors(original, dir.path() / "model.safetensors");
 
@@ -265,8 +265,9 @@ TEST_CASE("an ADM UNet saved with safetensors loads through load_checkpoint as i
   diffpost::load_checkpoint(from_pt, dir.path() / "model.pt");
   const auto report = diffpost::load_checkpoint(from_safetensors, dir.path() / "model.safetensors");
   CHECK(report.loaded.size() == original->named_parameters().size() + original->named_buffers().size());
-  for (const auto& [name, value] : original->named_parameters())
-    CHECK_MESSAGE(torch::equal(from_safetensors->named_parameters()[name], value), name);
+  const auto loaded = from_safetensors->named_parameters();
+  for (const auto& item : original->named_parameters())
+    CHECK_MESSAGE(torch::equal(loaded[item.key()], item.value()), item.key());
 
   torch::NoGradGuard no_grad;
   from_pt->eval();
