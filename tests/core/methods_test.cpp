@@ -5,7 +5,9 @@
 #include "support/subsample_problem.hpp"
 
 using namespace diffpost;
+using testing::distance_to_posterior_mean;
 using testing::make_problem;
+using testing::rms;
 using testing::SubsampleOperator;
 
 namespace {
@@ -27,14 +29,6 @@ template <class Op>
 concept SDEditAccepts = requires {
   typename SDEdit<Op>;
 };
-
-double rms(const torch::Tensor& t) {
-  return t.square().mean().sqrt().item<double>();
-}
-
-double distance_to_posterior_mean(const torch::Tensor& samples, const testing::Problem& problem) {
-  return (testing::to_eigen(samples.mean(0).reshape({-1})) - problem.posterior.mean).norm();
-}
 
 }  // namespace
 

@@ -7,9 +7,11 @@
 #include "support/linear_problem.hpp"
 
 using namespace diffpost;
+using testing::distance_to_posterior_mean;
 using testing::make_linear_problem;
 using testing::make_problem;
 using testing::Matrix;
+using testing::rms;
 using testing::SubsampleOperator;
 using testing::Vector;
 
@@ -54,14 +56,6 @@ concept NoiseAcceptedByAll = requires {
   typename PiGDM<L, SubsampleOperator>;
   typename DDRM<L, InpaintingOperator>;
 };
-
-double rms(const torch::Tensor& t) {
-  return t.square().mean().sqrt().item<double>();
-}
-
-double distance_to_posterior_mean(const torch::Tensor& samples, const testing::Problem& problem) {
-  return (testing::to_eigen(samples.mean(0).reshape({-1})) - problem.posterior.mean).norm();
-}
 
 /// (A^T A + rho I)^{-1} (A^T y + rho x0) for each batch element, with the dense matrix of `op`.
 template <class Op>

@@ -7,6 +7,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include "support/error_of.hpp"
+#include "support/file_bytes.hpp"
 #include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
@@ -25,6 +26,9 @@ using diffpost::SaveOptions;
 using diffpost::StateDict;
 using diffpost::testing::error_of;
 using diffpost::testing::TempDir;
+
+using diffpost::testing::read_bytes;
+using diffpost::testing::write_bytes;
 
 namespace {
 
@@ -63,16 +67,6 @@ void check_tiny_values(const StateDict& state, double factor = 1.0) {
     const auto& tensor = state.at(kTinyKeys[i]);
     CHECK_MESSAGE(torch::equal(tensor, expected_tiny(static_cast<int64_t>(i), tensor, factor)), kTinyKeys[i]);
   }
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // end), refused from their headers or within the decoder's memory budget.
 #include <diffpost/io/image.hpp>
 #include "support/doctest_with_torch.hpp"
+#include "support/file_bytes.hpp"
 
 #include <zlib.h>
 
@@ -27,16 +28,14 @@ namespace fs = std::filesystem;
 using diffpost::testing::error_of;
 using diffpost::testing::TempDir;
 
+using diffpost::testing::read_bytes;
+using diffpost::testing::write_bytes;
+
 namespace {
 
 /// The 8-bit levels an image in [-1, 1] is stored as, back in [-1, 1].
 torch::Tensor quantised(const torch::Tensor& x) {
   return ((x.clamp(-1, 1) + 1) / 2 * 255).round() / 255 * 2 - 1;
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string big_endian(uint64_t value, int bytes) {
@@ -226,11 +225,6 @@ std::vector<std::vector<torch::Tensor>> gray_cells(int64_t size = 28) {
           {torch::zeros({1, 1, size, size}), torch::zeros({1, 1, size, size})}};
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 }  // namespace
 
 TEST_CASE("a grid without labels and captions is the images and the gaps, byte for byte") {
@@ -248,11 +242,11 @@ TEST_CASE("a grid without labels and captions is the images and the gaps, byte f
   expected.slice(1, 11, 15).slice(2, 10, 12).copy_(c[1]);
   save_image(expected, dir.file("expected.png"));
   save_grid(rows, dir.file("grid.png"), GridOptions{}.gap(3).background(0.5));
-  CHECK(file_bytes(dir.file("grid.png")) == file_bytes(dir.file("expected.png")));
+  CHECK(read_bytes(dir.file("grid.png")) == read_bytes(dir.file("expected.png")));
   // Labels and captions that are all "" draw nothing, so they leave the grid as it is too.
   save_grid(rows, dir.file("empty_text.png"),
             GridOptions{}.gap(3).background(0.5).column_labels({"", ""}).cell_captions({{"", ""}, {"", ""}}));
-  CHECK(file_bytes(dir.file("empty_text.png")) == file_bytes(dir.file("expected.png")));
+  CHECK(read_bytes(dir.file("empty_text.png")) == read_bytes(dir.file("expected.png")));
 }
 
 TEST_CASE("column labels that fit are drawn level, centred in a band above the grid") {

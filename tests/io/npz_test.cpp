@@ -5,6 +5,7 @@
 #include <diffpost/io/npz.hpp>
 
 #include "support/error_of.hpp"
+#include "support/file_bytes.hpp"
 #include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
@@ -21,6 +22,9 @@ using diffpost::StateDict;
 using diffpost::testing::error_of;
 using diffpost::testing::TempDir;
 
+using diffpost::testing::read_bytes;
+using diffpost::testing::write_bytes;
+
 namespace {
 
 const fs::path kNpz = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "npz";
@@ -29,16 +33,6 @@ const fs::path kFid = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "fid";
 // np.arange(12).reshape(3, 4) / 8, the array behind most entries of arrays.npz.
 torch::Tensor arange_3x4() {
   return torch::arange(12, torch::kFloat64).reshape({3, 4}) / 8.0;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 // A flat zip archive (as numpy writes) holding `records`, written by diffpost's zip writer.

@@ -7,6 +7,7 @@
 #include <diffpost/models/adm_unet.hpp>
 
 #include "support/error_of.hpp"
+#include "support/file_bytes.hpp"
 #include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
@@ -18,22 +19,15 @@
 #include <iterator>
 #include <string>
 
+using diffpost::testing::read_bytes;
+using diffpost::testing::write_bytes;
+
 namespace {
 
 using diffpost::testing::error_of;
 using diffpost::testing::TempDir;
 
 const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/safetensors/";
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 std::string little_endian(uint64_t value) {
   std::string bytes(8, '\0');

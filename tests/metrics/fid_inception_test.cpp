@@ -28,7 +28,7 @@ using diffpost::testing::TempDir;
 
 namespace {
 
-const fs::path kData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "fid";
+const fs::path kFidData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "fid";
 
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() &&
@@ -74,7 +74,7 @@ StateDict random_fid_inception() {
 std::vector<torch::Tensor> fixture_images() {
   std::vector<torch::Tensor> images;
   for (const char* name : {"a_256x256.png", "b_48x64.png", "c_gray_64x64.png", "d_320x300.png"})
-    images.push_back(diffpost::load_image((kData / name).string()));
+    images.push_back(diffpost::load_image((kFidData / name).string()));
   return images;
 }
 
@@ -100,7 +100,7 @@ TEST_CASE("FidInceptionV3 gives pytorch-fid's pool3 features of the same PNG fil
   const auto path = dir.path() / diffpost::kFidInceptionWeightsFile;
   diffpost::save_state_dict(random_fid_inception(), path);
   auto inception = diffpost::load_fid_inception(path);
-  const auto expected = diffpost::read_state_dict(kData / "pool3_features.pt").at("pool3");
+  const auto expected = diffpost::read_state_dict(kFidData / "pool3_features.pt").at("pool3");
   REQUIRE(expected.sizes() == torch::IntArrayRef({4, 2048}));
 
   torch::NoGradGuard no_grad;

@@ -29,7 +29,7 @@ using diffpost::testing::TempDir;
 
 namespace {
 
-const fs::path kData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "lpips";
+const fs::path kLpipsData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "lpips";
 
 // The seeds make_lpips_fixtures drew the backbones from (README.md).
 uint64_t backbone_seed(LpipsNetwork network) {
@@ -83,7 +83,7 @@ fs::path write_backbone(const TempDir& dir, LpipsNetwork network) {
 }
 
 fs::path heads_file(LpipsNetwork network) {
-  return kData / (std::string(diffpost::lpips_network_name(network)) + "_heads_legacy.pth");
+  return kLpipsData / (std::string(diffpost::lpips_network_name(network)) + "_heads_legacy.pth");
 }
 
 double max_abs_difference(const torch::Tensor& a, const torch::Tensor& b) {
@@ -143,7 +143,7 @@ TEST_CASE("the LPIPS state dict has torchvision's and lpips's key names") {
 }
 
 TEST_CASE("LPIPS equals lpips.LPIPS(version='0.1') per image, per layer and in its gradient") {
-  const auto cases = diffpost::read_state_dict(kData / "cases.pt");
+  const auto cases = diffpost::read_state_dict(kLpipsData / "cases.pt");
   TempDir dir("lpips");
   for (const auto network : {LpipsNetwork::alex, LpipsNetwork::vgg}) {
     const std::string name = diffpost::lpips_network_name(network);

@@ -10,26 +10,22 @@
 #include "support/adm_small.hpp"
 #include "support/doctest_with_torch.hpp"
 #include "support/error_of.hpp"
+#include "support/tensors.hpp"
 
 #include <set>
 #include <string>
 
 using namespace diffpost;
 using diffpost::testing::error_of;
+using diffpost::testing::relative_error;
 
 namespace {
-
-const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/";
 
 AdmUNet small_model() {
   AdmUNet model(testing::adm_small_options());
   load_checkpoint(model, testing::adm_small_state_dict_path());
   model->eval();
   return model;
-}
-
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  return ((actual - expected).abs().max() / expected.abs().max()).item<double>();
 }
 
 /// ||actual - expected|| / ||expected||, the error of a whole tensor rather than of its worst element.
@@ -78,7 +74,7 @@ TEST_CASE("the cached timestep frequencies give the reference's embedding") {
 }
 
 TEST_CASE("bf16 mixed precision: the blocks' convolutions in bfloat16, the rest in float32") {
-  const auto io = read_state_dict(kDataDir + "small_io.pt");
+  const auto io = read_state_dict(testing::adm_small_file("small_io.pt"));
   const auto &x = io.at("x"), &t = io.at("t"), &reference = io.at("out");
   auto full = small_model();
   const auto [full_out, full_gradient] = output_and_input_gradient(full, x, t);
@@ -133,7 +129,7 @@ TEST_CASE("fp16 mixed precision converts the same parameters (its forward pass n
 }
 
 TEST_CASE("gradient checkpointing: the same output, the same gradients up to the order of their sums") {
-  const auto io = read_state_dict(kDataDir + "small_io.pt");
+  const auto io = read_state_dict(testing::adm_small_file("small_io.pt"));
   const auto &x = io.at("x"), &t = io.at("t");
   auto plain = small_model();
   auto checkpointed = small_model();
@@ -194,7 +190,7 @@ TEST_CASE("CudaGraphModel runs a CPU model eagerly, says why, and changes no num
   auto model = small_model();
   CudaGraphModel graphed(model);
   CHECK(graphed.learns_variance());
-  const auto io = read_state_dict(kDataDir + "small_io.pt");
+  const auto io = read_state_dict(testing::adm_small_file("small_io.pt"));
   const auto &x = io.at("x"), &t = io.at("t");
   CHECK(torch::equal(graphed(x, t), model(x, t)));
   CHECK(graphed.fallback_reason().find("CUDA") != std::string::npos);

@@ -8,6 +8,7 @@
 
 #include "support/adm_small.hpp"
 #include "support/error_of.hpp"
+#include "support/tensors.hpp"
 
 #include <fmt/core.h>
 #include <torch/torch.h>
@@ -23,14 +24,15 @@
 
 namespace {
 
+using diffpost::testing::adm_small_file;
 using diffpost::testing::adm_small_options;
 using diffpost::testing::adm_small_state_dict_path;
+using diffpost::testing::randomize_parameters;
+using diffpost::testing::relative_error;
 
 static_assert(diffpost::ScoreModel<diffpost::AdmUNet>, "AdmUNet must model ScoreModel");
 static_assert(!diffpost::HasVarianceKind<diffpost::AdmUNetImpl>,
               "the Impl has no learns_variance(); the holder adds it");
-
-const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/";
 
 // The other branches: new attention order, num_heads, additive embedding, conv resampling, class labels.
 diffpost::AdmUNetOptions variant_options() {
@@ -58,31 +60,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> read_key_list(const st
   return keys;
 }
 
-// Redraws the reference test weights: state-dict order, one generator; dim > 1: N(0,1)/sqrt(fan_in),
-// 1-D weights: 1 + 0.1 N(0,1), biases: 0.1 N(0,1).
-void randomize(torch::nn::Module& model, uint64_t seed) {
-  auto generator = diffpost::make_generator(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& item : model.named_parameters()) {
-    auto& p = item.value();
-    auto draw = at::randn(p.sizes(), generator, p.options());
-    if (p.dim() > 1) {
-      p.copy_(draw / std::sqrt(static_cast<double>(p[0].numel())));
-    } else if (item.key().ends_with("weight")) {
-      p.copy_(1 + 0.1 * draw);
-    } else {
-      p.copy_(0.1 * draw);
-    }
-  }
-}
-
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  return (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
-}
-
 // The built module and the plan-only shape list both equal the reference key list, in order.
 void check_keys(const diffpost::AdmUNetOptions& options, const std::string& key_file) {
-  const auto expected = read_key_list(kDataDir + key_file);
+  const auto expected = read_key_list(adm_small_file(key_file));
   const auto planned = diffpost::adm_state_dict_shapes(options);
   CHECK(planned == expected);
   diffpost::AdmUNet model(options);
@@ -116,7 +96,7 @@ TEST_CASE("AdmUNet presets have the published parameter counts") {
   CHECK(diffpost::adm_parameter_count(diffpost::AdmUNetOptions::imagenet256_uncond()) == 552'814'086);
   // The ImageNet model is too big to build in a unit test; its planned keys and shapes match the reference's.
   CHECK(diffpost::adm_state_dict_shapes(diffpost::AdmUNetOptions::imagenet256_uncond()) ==
-        read_key_list(kDataDir + "imagenet256_uncond_keys.txt"));
+        read_key_list(adm_small_file("imagenet256_uncond_keys.txt")));
 }
 
 TEST_CASE(
@@ -126,7 +106,7 @@ TEST_CASE(
   const auto report = diffpost::load_checkpoint(model, adm_small_state_dict_path());
   CHECK(report.loaded.size() == model->named_parameters().size());
   model->eval();
-  const auto io = diffpost::read_state_dict(kDataDir + "small_io.pt");
+  const auto io = diffpost::read_state_dict(adm_small_file("small_io.pt"));
   const auto& expected = io.at("out");
   torch::NoGradGuard no_grad;
   auto out = model(io.at("x"), io.at("t"));
@@ -138,7 +118,7 @@ TEST_CASE(
 
   // The test's seeded redraw gives the same weights as the file (the variant test relies on it).
   diffpost::AdmUNet redrawn(adm_small_options());
-  randomize(*redrawn, 1);
+  randomize_parameters(*redrawn, diffpost::make_generator(1));
   const auto loaded = model->named_parameters();
   for (const auto& item : redrawn->named_parameters()) CHECK(torch::equal(item.value(), loaded[item.key()]));
 }
@@ -146,9 +126,9 @@ TEST_CASE(
 TEST_CASE(
     "AdmUNet output matches the reference UNetModel (new attention order, labels, additive embedding)") {
   diffpost::AdmUNet model(variant_options());
-  randomize(*model, 3);
+  randomize_parameters(*model, diffpost::make_generator(3));
   model->eval();
-  const auto io = diffpost::read_state_dict(kDataDir + "variant_io.pt");
+  const auto io = diffpost::read_state_dict(adm_small_file("variant_io.pt"));
   torch::NoGradGuard no_grad;
   auto out = model(io.at("x"), io.at("t"), io.at("y"));
   const auto& expected = io.at("out");
@@ -194,7 +174,7 @@ TEST_CASE("AdmUNet attention: the convolution and bmm paths give the same output
   diffpost::AdmUNet model(adm_small_options());
   diffpost::load_checkpoint(model, adm_small_state_dict_path());
   model->eval();
-  const auto io = diffpost::read_state_dict(kDataDir + "small_io.pt");
+  const auto io = diffpost::read_state_dict(adm_small_file("small_io.pt"));
   auto input_gradient = [&](const torch::Tensor& x) {
     auto input = x.detach().requires_grad_(true);
     auto out = model(input, io.at("t"));

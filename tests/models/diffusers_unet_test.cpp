@@ -12,6 +12,7 @@
 
 #include "support/error_of.hpp"
 #include "support/temp_dir.hpp"
+#include "support/tensors.hpp"
 
 #include <torch/torch.h>
 #include "support/doctest_with_torch.hpp"
@@ -29,6 +30,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using diffpost::testing::error_of;
+using diffpost::testing::relative_error;
 using diffpost::testing::TempDir;
 
 static_assert(diffpost::ScoreModel<diffpost::DiffusersUNet>, "DiffusersUNet must model ScoreModel");
@@ -60,22 +62,11 @@ void check_parameters(const diffpost::DiffusersUNetOptions& options, const fs::p
   }
 }
 
-// The fixture weights: in state-dict order from one seeded stream, as the script drew them in Python
-// (torch.manual_seed(seed), then torch.randn per tensor): dim > 1 N(0,1)/sqrt(fan_in), 1-D weights
-// 1 + 0.1 N(0,1), biases 0.1 N(0,1).
+// The fixture weights, drawn as the script drew them in Python: torch.manual_seed(seed), then
+// randomize_parameters from the default generator.
 void randomize(torch::nn::Module& model, uint64_t seed) {
   torch::manual_seed(seed);
-  torch::NoGradGuard no_grad;
-  for (auto& item : model.named_parameters()) {
-    auto& p = item.value();
-    const auto draw = torch::randn(p.sizes());
-    if (p.dim() > 1)
-      p.copy_(draw / std::sqrt(static_cast<double>(p[0].numel())));
-    else if (item.key().ends_with("weight"))
-      p.copy_(1 + 0.1 * draw);
-    else
-      p.copy_(0.1 * draw);
-  }
+  diffpost::testing::randomize_parameters(model, at::detail::getDefaultCPUGenerator());
 }
 
 // The state dict with the attention names of early diffusers checkpoints (query, key, value, proj_attn).
@@ -94,10 +85,6 @@ diffpost::StateDict with_old_attention_names(const diffpost::StateDict& state) {
     renamed.insert(match[1].str() + "." + old + "." + match[3].str(), tensor);
   }
   return renamed;
-}
-
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  return (actual - expected).abs().max().item<double>() / expected.abs().max().item<double>();
 }
 
 struct ParityCase {

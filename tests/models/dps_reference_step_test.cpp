@@ -8,27 +8,19 @@
 #include "support/doctest_with_torch.hpp"
 
 #include "support/adm_small.hpp"
+#include "support/tensors.hpp"
 
 #include <string>
 
 #include <fmt/format.h>
 
-namespace {
-
-const std::string kDataDir = std::string(DIFFPOST_TEST_DATA_DIR) + "/";
-
-double relative_error(const torch::Tensor& got, const torch::Tensor& expected) {
-  return ((got - expected).abs().max() / expected.abs().max()).item<double>();
-}
-
-}  // namespace
-
 TEST_CASE("a DPS step matches the reference's p_sample + PosteriorSampling step number for number") {
   using namespace diffpost;
+  using testing::relative_error;
   AdmUNet model(testing::adm_small_options());
   load_checkpoint(model, testing::adm_small_state_dict_path());
   model->eval();
-  const auto reference = read_state_dict(kDataDir + "dps_step/reference_step.pt");
+  const auto reference = read_state_dict(std::string(DIFFPOST_TEST_DATA_DIR) + "/dps_step/reference_step.pt");
   const auto& mask = reference.at("mask");
   const PosteriorSampler dps(DPS<GaussianLikelihood, InpaintingOperator>(
       GaussianLikelihood(0.05), InpaintingOperator{mask[0][0]},

@@ -22,6 +22,11 @@ inline AdmUNetOptions adm_small_options() {
       .resblock_updown(true);
 }
 
+/// A file of tests/data/adm_small (the reference's weights, inputs and outputs for adm_small_options()).
+inline std::string adm_small_file(const std::string& name) {
+  return std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/" + name;
+}
+
 /// The reference's weights for adm_small_options(), saved by torch.save(model.state_dict()).
 inline std::string adm_small_state_dict_path() {
   return std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/small_state_dict.pt";

@@ -49,4 +49,14 @@ inline Problem make_problem(double sigma, uint64_t seed) {
   return {mean, covariance, prior, x_true, y, posterior, sigma};
 }
 
+/// The root mean square of a tensor's entries.
+inline double rms(const torch::Tensor& t) {
+  return t.square().mean().sqrt().item<double>();
+}
+
+/// The Euclidean distance between the mean of `samples` [N, ...] and the exact posterior mean.
+inline double distance_to_posterior_mean(const torch::Tensor& samples, const Problem& problem) {
+  return (to_eigen(samples.mean(0).reshape({-1})) - problem.posterior.mean).norm();
+}
+
 }  // namespace diffpost::testing
