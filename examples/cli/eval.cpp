@@ -25,6 +25,7 @@
 #include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "prepared_method.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
 
@@ -353,8 +354,7 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
   // The bar counts the steps of every method on every batch.
   int64_t batch_steps = 0;
   for (const auto& method : plan.options.methods)
-    with_method(method, options.method_settings, run, 1, op, noise,
-                [&](const auto& sampler) { batch_steps += sampler.num_steps(); });
+    batch_steps += prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise).num_steps;
   progress.start(batch_steps);
   StateDict record;
   const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
@@ -387,12 +387,10 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
     };
     const auto start = std::chrono::steady_clock::now();
     torch::Tensor restored;
-    NetworkCost cost;
-    with_method(method, options.method_settings, run, 1, op, noise, [&](const auto& sampler) {
-      cost = sampler.network_cost();
-      done += sampler.num_steps();
-      restored = sampler.sample(prior.model, y_on_device, plan.shape, generator, callback);
-    });
+    const auto prepared = prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise);
+    const NetworkCost cost = prepared.network_cost;
+    done += prepared.num_steps;
+    restored = prepared.sample(prior.model, y_on_device, plan.shape, generator, callback);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     add(method, restored.detach().to(torch::kCPU).clamp(-1.0, 1.0), seconds, cost);
   }

@@ -7,6 +7,7 @@
 #include "support/doctest_with_torch.hpp"
 
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "common.hpp"
@@ -109,7 +110,9 @@ TEST_CASE("a method added as one entry is in the help, has its flags, and runs t
 
   const Run run{"random-inpaint"};
   const TaskPlan plan("random-inpaint", TaskParameters{}, {1, 4, 4}, 0);
-  const auto op = plan.batch(0, 2, 1);
+  // The batch operator as the one type it holds: with_method then compiles every method for it alone.
+  using Inpainting = PerImageOperator<InpaintingOperator>;
+  const std::variant<Inpainting> op(std::get<Inpainting>(plan.batch(0, 2, 1)));
   CHECK(missing_capability<TestMethods>("unguided", plan, AnyNoise(PoissonLikelihood(1.0))).empty());
   auto prior = GaussianPrior(torch::zeros({1, 4, 4}), torch::ones({1, 4, 4}), DiffusionSchedule::linear());
   auto generator = make_generator(0);
@@ -140,7 +143,8 @@ TEST_CASE(
   const BasicTaskPlan<TestTasks> plan("sign-flip", TaskParametersOf<TestTasks>{}, {1, 4, 4}, 0);
   CHECK(plan.has_naive_inverse());
   CHECK(plan.default_scale() == 1.0);
-  const auto op = plan.batch(0, 2, 1);
+  using Flip = PerImageOperator<SignFlip>;
+  const std::variant<Flip> op(std::get<Flip>(plan.batch(0, 2, 1)));
   const auto x = torch::randn({2, 1, 4, 4});
   CHECK(torch::equal(std::visit([&](const auto& o) { return o.forward(x); }, op), -x));
 

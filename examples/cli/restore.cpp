@@ -22,6 +22,7 @@
 #include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "prepared_method.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
 
@@ -151,23 +152,22 @@ void restore_batch(const RestorePlan& plan, size_t t, int64_t batch, Prior& prio
   const auto repeated = std::visit([&](const auto& o) { return AnyOperator(o.repeated(num_samples)); }, op);
   auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
   const auto y_on_device = y.to(device);
-  torch::Tensor samples;
   const MethodRun run{task, plan.task_plans[t].default_scale(), plan.schedules, options.noise.sigma};
-  with_method(options.method, options.methods, run, num_samples, repeated, noise, [&](const auto& sampler) {
-    progress.start(sampler.num_steps());
-    const int64_t done_before = progress.done * progress.steps;
-    auto& bar = *progress.bar;
-    const StepCallback callback = [&](const StepInfo& info) {
-      InterruptGuard::check();
-      // The residual needs a device sync: only when the bar redraws.
-      if (!bar.due()) return bar.update(done_before + info.step);
-      bar.update(done_before + info.step, info.residual.defined()
-                                              ? fmt::format("batch {}/{} residual {:.3f}", batch + 1,
-                                                            plan.batches, info.residual.mean().item<double>())
-                                              : fmt::format("batch {}/{}", batch + 1, plan.batches));
-    };
-    samples = sampler.sample(prior.model, y_on_device, plan.shape, generator, callback);
-  });
+  const auto method =
+      prepare_method<PriorNetwork>(options.method, options.methods, run, num_samples, repeated, noise);
+  progress.start(method.num_steps);
+  const int64_t done_before = progress.done * progress.steps;
+  auto& bar = *progress.bar;
+  const StepCallback callback = [&](const StepInfo& info) {
+    InterruptGuard::check();
+    // The residual needs a device sync: only when the bar redraws.
+    if (!bar.due()) return bar.update(done_before + info.step);
+    bar.update(done_before + info.step, info.residual.defined()
+                                            ? fmt::format("batch {}/{} residual {:.3f}", batch + 1,
+                                                          plan.batches, info.residual.mean().item<double>())
+                                            : fmt::format("batch {}/{}", batch + 1, plan.batches));
+  };
+  const auto samples = method.sample(prior.model, y_on_device, plan.shape, generator, callback);
   const auto restored = samples.detach().to(torch::kCPU).clamp(-1.0, 1.0);
   const auto naive = naive_inverse(op, y);
   const auto dir = folder.dir();
