@@ -25,6 +25,7 @@
 #include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "paper_metrics.hpp"
 #include "prepared_method.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
@@ -57,6 +58,7 @@ struct EvalOptions {
   InputOptions input;
   ModelOptions model;
   OutputOptions output;
+  PaperMetricOptions metrics;
 };
 
 /// The names of the flags a sweep may vary, from a parser of `diffpost eval`.
@@ -90,6 +92,7 @@ void declare_eval(CLI::App& app, EvalOptions& o) {
          "1x28x28 models, none otherwise")
       ->type_name("FILE|none")
       ->group("Methods");
+  PaperMetricOptions::add_options(app, o.metrics);
 }
 
 /// The sweep of --sweep: a flag a sweep may vary, and its values.
@@ -153,6 +156,8 @@ struct Row {
   std::string task;
   std::string method;
   Scores scores;
+  std::vector<double> lpips;  ///< per image, with LPIPS
+  SetScores set;              ///< FID and KID, with FID
   double frechet = NAN;
   double seconds = 0.0;
   NetworkCost cost;  ///< network forwards and backwards per image (none for the naive inverse)
@@ -223,21 +228,35 @@ std::string cell(const std::vector<double>& values, int digits) {
 /// The Markdown table: one row per sweep value x task x method; the best mean of each metric within a task
 /// (and sweep value) in bold.
 std::string markdown_table(const std::vector<Row>& rows, const std::string& swept) {
+  // LPIPS, FID and KID columns when a row has them.
+  const bool with_lpips =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return !r.lpips.empty(); });
+  const bool with_fid =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.set.fid.has_value(); });
+  const auto paper_header = std::string(with_lpips ? " LPIPS |" : "") + (with_fid ? " FID | KID |" : "");
+  const auto paper_rule = std::string(with_lpips ? "---|" : "") + (with_fid ? "---|---|" : "");
   std::string text =
-      swept.empty() ? "| task | method | PSNR (dB) | SSIM | FD | network fwd / bwd | time (s) "
-                      "|\n|---|---|---|---|---|---|---|\n"
+      swept.empty() ? fmt::format(
+                          "| task | method | PSNR (dB) | SSIM |{} FD | network fwd / bwd | time (s) "
+                          "|\n|---|---|---|---|{}---|---|---|\n",
+                          paper_header, paper_rule)
                     : fmt::format(
-                          "| {} | task | method | PSNR (dB) | SSIM | FD | network fwd / bwd | time (s) |\n"
-                          "|---|---|---|---|---|---|---|---|\n",
-                          swept);
+                          "| {} | task | method | PSNR (dB) | SSIM |{} FD | network fwd / bwd | time (s) |\n"
+                          "|---|---|---|---|---|{}---|---|---|\n",
+                          swept, paper_header, paper_rule);
+  const auto kid_mean = [](const Row& r) { return r.set.kid ? r.set.kid->mean : INFINITY; };
   for (size_t i = 0; i < rows.size();) {
     size_t end = i;
     while (end < rows.size() && rows[end].task == rows[i].task && rows[end].value == rows[i].value) ++end;
-    double best_psnr = -INFINITY, best_ssim = -INFINITY, best_fd = INFINITY;
+    double best_psnr = -INFINITY, best_ssim = -INFINITY, best_fd = INFINITY, best_lpips = INFINITY,
+           best_fid = INFINITY, best_kid = INFINITY;
     for (size_t j = i; j < end; ++j) {
       best_psnr = std::max(best_psnr, mean_std(rows[j].scores.psnr).first);
       best_ssim = std::max(best_ssim, mean_std(rows[j].scores.ssim).first);
       if (std::isfinite(rows[j].frechet)) best_fd = std::min(best_fd, rows[j].frechet);
+      if (!rows[j].lpips.empty()) best_lpips = std::min(best_lpips, mean_std(rows[j].lpips).first);
+      if (rows[j].set.fid) best_fid = std::min(best_fid, *rows[j].set.fid);
+      best_kid = std::min(best_kid, kid_mean(rows[j]));
     }
     for (size_t j = i; j < end; ++j) {
       const auto& r = rows[j];
@@ -246,11 +265,20 @@ std::string markdown_table(const std::vector<Row>& rows, const std::string& swep
       const auto ssim = bold(mean_std(r.scores.ssim).first == best_ssim, cell(r.scores.ssim, 3));
       const auto fd = std::isfinite(r.frechet) ? bold(r.frechet == best_fd, fmt::format("{:.2f}", r.frechet))
                                                : std::string("-");
+      std::string paper;
+      if (with_lpips)
+        paper += r.lpips.empty()
+                     ? " - |"
+                     : fmt::format(" {} |", bold(mean_std(r.lpips).first == best_lpips, cell(r.lpips, 4)));
+      if (with_fid)
+        paper += r.set.fid ? fmt::format(" {} | {} |", bold(*r.set.fid == best_fid, r.set.fid_text()),
+                                         bold(kid_mean(r) == best_kid, r.set.kid_text()))
+                           : " - | - |";
       if (!swept.empty()) text += fmt::format("| {} ", r.value);
       const auto cost =
           r.method == "naive" ? std::string("-") : fmt::format("{} / {}", r.cost.forwards, r.cost.backwards);
-      text += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", r.task, r.method, psnr, ssim, fd,
-                          cost, r.seconds);
+      text += fmt::format("| {} | {} | {} | {} |{} {} | {} | {:.1f} |\n", r.task, r.method, psnr, ssim, paper,
+                          fd, cost, r.seconds);
     }
     i = end;
   }
@@ -338,8 +366,8 @@ std::vector<std::string> row_methods(const EvalPlan& plan, const TaskPlan& task)
 /// Runs every method on batch `batch` of task `t` at `point` and writes the batch's record: per method the
 /// scores, features, seconds and network cost; the truth's features; the grid cells of its first images.
 void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t, int64_t batch, Prior& prior,
-                    const torch::Device& device, const FeatureExtractor& extractor, const RunFolder& folder,
-                    TaskProgress& progress) {
+                    const torch::Device& device, const FeatureExtractor& extractor,
+                    const PaperMetrics& metrics, const RunFolder& folder, TaskProgress& progress) {
   const auto& options = point.options;
   const auto& task = plan.tasks[t];
   const auto seed = options.sampling.seed;
@@ -359,6 +387,7 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
   StateDict record;
   const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
   if (extractor.classifier) record.insert("truth/features", extractor.features({truth}));
+  if (metrics.has_fid()) record.insert("truth/pool3", metrics.features(truth));
   const int64_t shown = std::max<int64_t>(0, std::min(first + n, kGridImages) - first);
   std::vector<std::vector<torch::Tensor>> cells(static_cast<size_t>(shown));
   const auto picture = measurement_picture(op, y);
@@ -371,6 +400,8 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
     record.insert(method + "/psnr", values(scores.psnr));
     record.insert(method + "/ssim", values(scores.ssim));
     if (extractor.classifier) record.insert(method + "/features", extractor.features({outputs}));
+    if (metrics.has_lpips()) record.insert(method + "/lpips", metrics.lpips(outputs, truth));
+    if (metrics.has_fid()) record.insert(method + "/pool3", metrics.features(outputs));
     record.insert(method + "/seconds", torch::tensor(seconds, torch::kFloat64));
     record.insert(method + "/cost", torch::tensor({cost.forwards, cost.backwards}, torch::kLong));
     for (int64_t i = 0; i < shown; ++i) cells[static_cast<size_t>(i)].push_back(outputs.narrow(0, i, 1));
@@ -404,7 +435,8 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
 void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
   const auto dir = folder.dir();
   std::vector<Row> rows;
-  std::string per_image = "sweep,value,task,method,image,psnr,ssim\n";
+  // per_image.csv's rows without their LPIPS cell, and that cell: the column is there when a row has LPIPS.
+  std::vector<std::pair<std::string, std::optional<double>>> per_image_rows;
   for (const auto& point : plan.points) {
     for (size_t t = 0; t < plan.tasks.size(); ++t) {
       const auto& task = plan.tasks[t];
@@ -420,6 +452,13 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
         return torch::cat(parts, 0);
       };
       const bool with_fd = records.front().contains("truth/features");
+      // A paper metric is reported when every batch has it (a resumed run may mix runs with and without).
+      const auto every_batch_has = [&](const std::string& key) {
+        return std::all_of(records.begin(), records.end(),
+                           [&](const StateDict& r) { return r.contains(key); });
+      };
+      const bool with_fid = every_batch_has("truth/pool3");
+      const auto truth_pool3 = with_fid ? gather("truth/pool3") : torch::Tensor();
       const auto truth_statistics =
           with_fd ? GaussianStatistics::of(gather("truth/features")) : GaussianStatistics{};
       const auto methods = row_methods(plan, point.task_plans[t]);
@@ -430,21 +469,30 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
         row.task = task;
         row.method = method;
         const auto psnr = gather(method + "/psnr"), ssim = gather(method + "/ssim");
+        const bool with_lpips = every_batch_has(method + "/lpips");
+        const auto lpips = with_lpips ? gather(method + "/lpips") : torch::Tensor();
         for (int64_t i = 0; i < plan.count(); ++i) {
           row.scores.psnr.push_back(psnr[i].item<double>());
           row.scores.ssim.push_back(ssim[i].item<double>());
-          per_image += fmt::format("{},{},{},{},{},{},{}\n", plan.swept, point.value, task, method,
-                                   plan.inputs[static_cast<size_t>(i)].name,
-                                   csv_number(row.scores.psnr.back()), csv_number(row.scores.ssim.back()));
+          if (with_lpips) row.lpips.push_back(lpips[i].item<double>());
+          per_image_rows.emplace_back(
+              fmt::format("{},{},{},{},{},{},{}", plan.swept, point.value, task, method,
+                          plan.inputs[static_cast<size_t>(i)].name, csv_number(row.scores.psnr.back()),
+                          csv_number(row.scores.ssim.back())),
+              with_lpips ? std::optional(row.lpips.back()) : std::nullopt);
         }
+        if (with_fid && every_batch_has(method + "/pool3"))
+          row.set = SetScores::of(truth_pool3, gather(method + "/pool3"));
         if (with_fd)
           row.frechet =
               frechet_distance(GaussianStatistics::of(gather(method + "/features")), truth_statistics);
         for (const auto& record : records) row.seconds += record.at(method + "/seconds").item<double>();
         const auto cost = records.front().at(method + "/cost");
         row.cost = {cost[0].item<int64_t>(), cost[1].item<int64_t>()};
-        fmt::print("{}{} {}: {} | FD {:.2f} | {:.1f} s\n", task, plan.suffix(point), method,
-                   row.scores.summary(), row.frechet, row.seconds);
+        fmt::print("{}{} {}: {}{}{} | FD {:.2f} | {:.1f} s\n", task, plan.suffix(point), method,
+                   row.scores.summary(), row.lpips.empty() ? "" : ", LPIPS " + cell(row.lpips, 4),
+                   row.set.fid ? fmt::format(", FID {}, KID {}", row.set.fid_text(), row.set.kid_text()) : "",
+                   row.frechet, row.seconds);
         method_psnr.push_back(row.scores.psnr);
         rows.push_back(std::move(row));
       }
@@ -474,25 +522,52 @@ void finalize_eval(const EvalPlan& plan, const RunFolder& folder) {
                 GridOptions{}.overwrite(true).column_labels(labels).cell_captions(std::move(captions)));
     }
   }
-  std::string csv =
-      "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,frechet,forwards,backwards,"
-      "seconds\n";
+  // LPIPS, FID and KID columns when a row has them (their weights were given or found).
+  const bool rows_lpips =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return !r.lpips.empty(); });
+  const bool rows_fid =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.set.fid.has_value(); });
+  std::string csv = fmt::format(
+      "sweep,value,task,method,images,psnr_mean,psnr_std,ssim_mean,ssim_std,{}{}frechet,forwards,backwards,"
+      "seconds\n",
+      rows_lpips ? "lpips_mean,lpips_std," : "", rows_fid ? "fid,kid_mean,kid_std," : "");
   for (const auto& r : rows) {
     const auto [pm, ps] = mean_std(r.scores.psnr);
     const auto [sm, ss] = mean_std(r.scores.ssim);
-    csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{:.1f}\n", plan.swept, r.value, r.task, r.method,
-                       plan.count(), csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
-                       std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "", r.cost.forwards,
-                       r.cost.backwards, r.seconds);
+    std::string paper;
+    if (rows_lpips) {
+      const auto [lm, ls] = mean_std(r.lpips);
+      paper += r.lpips.empty() ? ",," : fmt::format("{},{},", csv_number(lm), csv_number(ls));
+    }
+    if (rows_fid)
+      paper += r.set.fid ? fmt::format("{:.4f},{:.6f},{:.6f},", *r.set.fid, r.set.kid->mean, r.set.kid->std)
+                         : ",,,";
+    csv += fmt::format("{},{},{},{},{},{},{},{},{},{}{},{},{},{:.1f}\n", plan.swept, r.value, r.task,
+                       r.method, plan.count(), csv_number(pm), csv_number(ps), csv_number(sm), csv_number(ss),
+                       paper, std::isfinite(r.frechet) ? fmt::format("{:.4f}", r.frechet) : "",
+                       r.cost.forwards, r.cost.backwards, r.seconds);
   }
   const auto table = markdown_table(rows, plan.swept);
   const auto markdown = fmt::format(
       "# diffpost eval\n\n`{}`\n\n{} images, seed {}, model `{}`; mean ± sample standard deviation over the "
       "images; FD = Frechet distance of classifier features to the ground truth ({}); network fwd / bwd = "
-      "network evaluations and backpropagations per image; best per task in bold.\n\n{}",
+      "network evaluations and backpropagations per image; {}best per task in bold.\n\n{}",
       plan.command, plan.count(), plan.options.sampling.seed, plan.prior_files.name(),
-      plan.classifier_name.empty() ? "not computed" : plan.classifier_name, table);
+      plan.classifier_name.empty() ? "not computed" : plan.classifier_name,
+      rows_lpips || rows_fid
+          ? "LPIPS v0.1 per image (as the lpips package), FID and KID of each method's outputs "
+            "against the truths (pytorch-fid's Inception pool3 features), all on the images as "
+            "8-bit files; "
+          : "",
+      table);
   write_text(dir / "results.csv", csv, true);
+  const bool any_lpips = std::any_of(per_image_rows.begin(), per_image_rows.end(),
+                                     [](const auto& r) { return r.second.has_value(); });
+  std::string per_image = any_lpips ? "sweep,value,task,method,image,psnr,ssim,lpips\n"
+                                    : "sweep,value,task,method,image,psnr,ssim\n";
+  for (const auto& [cells, lpips] : per_image_rows)
+    per_image +=
+        cells + (any_lpips ? "," + (lpips ? csv_number(*lpips) : std::string()) : std::string()) + "\n";
   write_text(dir / "per_image.csv", per_image, true);
   write_text(dir / "results.md", markdown, true);
   fmt::print("\n{}\nwrote {}, {}, {}\n", table, (folder.out() / "results.md").string(),
@@ -534,6 +609,7 @@ int run_eval(int argc, char** argv) {
   }
   const auto runtime = resolve_runtime(options.model.device, options.model.precision, shard.local_rank);
   auto prior = load_prior(plan.prior_files, runtime);
+  const auto metrics = PaperMetrics::load(options.metrics, plan.shape, runtime.device);
   RunFolder folder(out, run_settings(app, "eval", argc, argv, plan.batches, plan.units()), shard,
                    options.output.force, options.output.resume);
 
@@ -542,6 +618,7 @@ int run_eval(int argc, char** argv) {
              fmt::join(plan.tasks, ","), torch::get_num_threads(), runtime_description(runtime),
              extractor.classifier ? ", FD features from " + extractor.path.string() : ", no FD",
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
+  for (const auto& note : metrics.notes()) fmt::print("{}\n", note);
   std::fflush(stdout);
   return run_batches(
       folder, options.output.force,
@@ -558,7 +635,8 @@ int run_eval(int argc, char** argv) {
               if (folder.resuming() && folder.finished(plan.unit(point, t), batch)) {
                 ++skipped;
               } else {
-                evaluate_batch(plan, point, t, batch, prior, runtime.device, extractor, folder, progress);
+                evaluate_batch(plan, point, t, batch, prior, runtime.device, extractor, metrics, folder,
+                               progress);
               }
               progress.finish_batch();
             }

@@ -22,6 +22,7 @@
 #include "methods.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "paper_metrics.hpp"
 #include "prepared_method.hpp"
 #include "run_folder.hpp"
 #include "tasks.hpp"
@@ -40,6 +41,7 @@ struct RestoreOptions {
   InputOptions input;
   ModelOptions model;
   OutputOptions output;
+  PaperMetricOptions metrics;
 };
 
 void declare_restore(CLI::App& app, RestoreOptions& o) {
@@ -51,6 +53,7 @@ void declare_restore(CLI::App& app, RestoreOptions& o) {
       ->check(CLI::Range(int64_t{1}, int64_t{1000}));
   add_method_options(app, o.methods);
   add_restoration_options(app, o);
+  PaperMetricOptions::add_options(app, o.metrics);
 }
 
 constexpr const char* kRestoreName = "diffpost restore";
@@ -135,7 +138,8 @@ std::vector<std::string> grid_labels(const RestorePlan& plan, bool has_naive) {
 /// Restores batch `batch` of task `t` and writes its images and its record. The measurements are made on
 /// the CPU (the same on every device); the method runs where the network is.
 void restore_batch(const RestorePlan& plan, size_t t, int64_t batch, Prior& prior,
-                   const torch::Device& device, const RunFolder& folder, TaskProgress& progress) {
+                   const torch::Device& device, const PaperMetrics& metrics, const RunFolder& folder,
+                   TaskProgress& progress) {
   const auto& options = plan.options;
   const auto& task = plan.tasks[t];
   const auto seed = options.sampling.seed;
@@ -203,6 +207,16 @@ void restore_batch(const RestorePlan& plan, size_t t, int64_t batch, Prior& prio
     record.insert("naive_psnr", values(naive_scores.psnr));
     record.insert("naive_ssim", values(naive_scores.ssim));
   }
+  // The paper metrics: LPIPS per image; pool3 features, from which the summary computes FID and KID.
+  if (metrics.has_lpips()) {
+    record.insert("lpips", metrics.lpips(restored, truth.repeat_interleave(num_samples, 0)));
+    if (naive.defined()) record.insert("naive_lpips", metrics.lpips(naive.clamp(-1.0, 1.0), truth));
+  }
+  if (metrics.has_fid()) {
+    record.insert("truth_pool3", metrics.features(truth));
+    record.insert("pool3", metrics.features(restored));
+    if (naive.defined()) record.insert("naive_pool3", metrics.features(naive.clamp(-1.0, 1.0)));
+  }
   record.insert("seconds",
                 torch::tensor(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                               torch::kFloat64));
@@ -232,6 +246,9 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
     std::string task;
     Scores restored;
     Scores naive;
+    std::vector<double> lpips, naive_lpips;  // with LPIPS
+    SetScores set, naive_set;                // with FID
+    bool with_lpips = false, with_fid = false;
     double seconds = 0.0;
     int64_t unusable = 0;  // restorations that leave kUnusable or more of the measurement unexplained
   };
@@ -245,15 +262,37 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
     TaskSummary summary;
     summary.task = task;
     const bool has_naive = plan.task_plans[t].has_naive_inverse();
-    std::string csv = "image,method,sample,psnr,ssim\n";
+    std::vector<StateDict> records;
+    for (int64_t batch = 0; batch < plan.batches; ++batch) {
+      auto record = folder.finished(task, batch);
+      TORCH_CHECK(record.has_value(), "the record of ", task, " batch ", batch, " vanished");
+      records.push_back(std::move(*record));
+    }
+    // A paper metric is reported when every batch has it (a resumed run may mix runs with and without).
+    const auto every_batch_has = [&](const char* key) {
+      return std::all_of(records.begin(), records.end(), [&](const StateDict& r) { return r.contains(key); });
+    };
+    const bool with_lpips = every_batch_has("lpips"), with_fid = every_batch_has("pool3");
+    summary.with_lpips = with_lpips;
+    summary.with_fid = with_fid;
+    const auto gather = [&](const char* key) {
+      std::vector<torch::Tensor> parts;
+      for (const auto& r : records) parts.push_back(r.at(key));
+      return torch::cat(parts, 0);
+    };
+    std::string csv = fmt::format("image,method,sample,psnr,ssim{}{}\n", with_lpips ? ",lpips" : "",
+                                  with_fid ? ",fid,kid" : "");
+    // The per-image rows' LPIPS (and their empty FID and KID cells).
+    const auto extra_cells = [&](const std::vector<double>& lpips) {
+      return (with_lpips ? "," + csv_number(lpips.back()) : std::string()) + (with_fid ? ",," : "");
+    };
     std::vector<std::vector<torch::Tensor>> grid_rows;
     std::vector<std::vector<std::string>> grid_captions;  // the PSNR under each restoration
     const auto labels = grid_labels(plan, has_naive);
     across_labels.push_back(task + "\n" + labels[1]);
     across_labels.push_back(task + "\n" + labels[2]);
     for (int64_t batch = 0; batch < plan.batches; ++batch) {
-      const auto record = folder.finished(task, batch);
-      TORCH_CHECK(record.has_value(), "the record of ", task, " batch ", batch, " vanished");
+      const auto* record = &records[static_cast<size_t>(batch)];
       summary.seconds += record->at("seconds").item<double>();
       const auto psnr = record->at("psnr"), ssim = record->at("ssim");
       summary.unusable += record->at("unexplained").ge(kUnusable).sum().item<int64_t>();
@@ -270,15 +309,18 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
         if (has_naive) {
           summary.naive.psnr.push_back(record->at("naive_psnr")[i].item<double>());
           summary.naive.ssim.push_back(record->at("naive_ssim")[i].item<double>());
-          csv += fmt::format("{},naive,,{},{}\n", name, csv_number(summary.naive.psnr.back()),
-                             csv_number(summary.naive.ssim.back()));
+          if (with_lpips) summary.naive_lpips.push_back(record->at("naive_lpips")[i].item<double>());
+          csv += fmt::format("{},naive,,{},{}{}\n", name, csv_number(summary.naive.psnr.back()),
+                             csv_number(summary.naive.ssim.back()), extra_cells(summary.naive_lpips));
           captions[1] = psnr_caption(summary.naive.psnr.back());
         }
         for (int64_t k = 0; k < options.num_samples; ++k) {
           summary.restored.psnr.push_back(psnr[i * options.num_samples + k].item<double>());
           summary.restored.ssim.push_back(ssim[i * options.num_samples + k].item<double>());
-          csv += fmt::format("{},{},{},{},{}\n", name, method, k, csv_number(summary.restored.psnr.back()),
-                             csv_number(summary.restored.ssim.back()));
+          if (with_lpips)
+            summary.lpips.push_back(record->at("lpips")[i * options.num_samples + k].item<double>());
+          csv += fmt::format("{},{},{},{},{}{}\n", name, method, k, csv_number(summary.restored.psnr.back()),
+                             csv_number(summary.restored.ssim.back()), extra_cells(summary.lpips));
           captions.push_back(psnr_caption(summary.restored.psnr.back()));
         }
         auto& across_row = across[static_cast<size_t>(image)];
@@ -295,13 +337,34 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
         grid_captions.push_back(std::move(captions));
       }
     }
-    for (const auto& [name, scores] :
-         {std::pair{method, &summary.restored}, std::pair{std::string("naive"), &summary.naive}}) {
+    if (with_fid) {
+      const auto truth_features = gather("truth_pool3");
+      summary.set = SetScores::of(truth_features, gather("pool3"));
+      if (has_naive) summary.naive_set = SetScores::of(truth_features, gather("naive_pool3"));
+    }
+    // The mean and std rows; with FID, the set's FID and KID mean on the mean row, the KID std on the std
+    // row.
+    for (const auto& [name, scores, lpips, set] :
+         {std::tuple{method, &summary.restored, &summary.lpips, &summary.set},
+          std::tuple{std::string("naive"), &summary.naive, &summary.naive_lpips, &summary.naive_set}}) {
       if (scores->psnr.empty()) continue;
       const auto [pm, ps] = mean_std(scores->psnr);
       const auto [sm, ss] = mean_std(scores->ssim);
-      csv += fmt::format("mean,{},,{},{}\nstd,{},,{},{}\n", name, csv_number(pm), csv_number(sm), name,
-                         csv_number(ps), csv_number(ss));
+      const auto [lm, ls] = mean_std(*lpips);
+      const auto number = [](const auto& value, auto get) {
+        return value ? fmt::format("{:.6f}", get(*value)) : std::string();
+      };
+      const auto mean_extra =
+          (with_lpips ? "," + csv_number(lm) : std::string()) +
+          (with_fid ? fmt::format(",{},{}", number(set->fid, [](double v) { return v; }),
+                                  number(set->kid, [](const KidResult& k) { return k.mean; }))
+                    : std::string());
+      const auto std_extra =
+          (with_lpips ? "," + csv_number(ls) : std::string()) +
+          (with_fid ? fmt::format(",,{}", number(set->kid, [](const KidResult& k) { return k.std; }))
+                    : std::string());
+      csv += fmt::format("mean,{},,{},{}{}\nstd,{},,{},{}{}\n", name, csv_number(pm), csv_number(sm),
+                         mean_extra, name, csv_number(ps), csv_number(ss), std_extra);
     }
     save_grid(grid_rows, (dir / task / "grid.png").string(),
               GridOptions{}.overwrite(true).column_labels(labels).cell_captions(std::move(grid_captions)));
@@ -322,10 +385,18 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
       plan.command, plan.count(), plan.schedules.steps, options.sampling.sampler,
       noise_description(options.noise), options.sampling.seed,
       plan.prior_files.checkpoint.filename().string());
+  // LPIPS, FID and KID columns when a task has them (their weights were given or found).
+  const bool any_lpips =
+      std::any_of(summaries.begin(), summaries.end(), [](const auto& s) { return s.with_lpips; });
+  const bool any_fid =
+      std::any_of(summaries.begin(), summaries.end(), [](const auto& s) { return s.with_fid; });
+  const auto paper_header = (any_lpips ? fmt::format(" {} LPIPS |", title) : std::string()) +
+                            (any_fid ? fmt::format(" {0} FID | {0} KID |", title) : std::string());
+  const auto paper_rule = std::string(any_lpips ? "---|" : "") + (any_fid ? "---|---|" : "");
   text += fmt::format(
-      "| task | scale | {0} PSNR (dB) | {0} SSIM | naive PSNR (dB) | naive SSIM | time (s) |\n"
-      "|---|---|---|---|---|---|---|\n",
-      title);
+      "| task | scale | {0} PSNR (dB) | {0} SSIM |{1} naive PSNR (dB) | naive SSIM | time (s) |\n"
+      "|---|---|---|---|{2}---|---|---|\n",
+      title, paper_header, paper_rule);
   for (const auto& s : summaries) {
     const auto cell = [](const std::vector<double>& v, int digits) {
       if (v.empty()) return std::string("-");
@@ -334,9 +405,16 @@ std::vector<Unusable> finalize_restore(const RestorePlan& plan, const RunFolder&
     };
     const auto step_size = task_step_size(method, options.methods, s.task);
     const auto scale = step_size ? default_text(*step_size) : std::string("-");
-    text += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} |\n", s.task, scale, cell(s.restored.psnr, 2),
-                        cell(s.restored.ssim, 3), cell(s.naive.psnr, 2), cell(s.naive.ssim, 3), s.seconds);
+    const auto paper_cells =
+        (any_lpips ? fmt::format(" {} |", cell(s.lpips, 4)) : std::string()) +
+        (any_fid ? fmt::format(" {} | {} |", s.set.fid_text(), s.set.kid_text()) : std::string());
+    text += fmt::format("| {} | {} | {} | {} |{} {} | {} | {:.1f} |\n", s.task, scale,
+                        cell(s.restored.psnr, 2), cell(s.restored.ssim, 3), paper_cells,
+                        cell(s.naive.psnr, 2), cell(s.naive.ssim, 3), s.seconds);
     fmt::print("{}: {} {}", s.task, title, s.restored.summary());
+    if (s.with_lpips)
+      fmt::print(", LPIPS ({}) {}", options.metrics.lpips == "alex" ? "alex" : "vgg", cell(s.lpips, 4));
+    if (s.with_fid) fmt::print(", FID {}, KID {}", s.set.fid_text(), s.set.kid_text());
     if (!s.naive.psnr.empty()) fmt::print(" | naive inverse {}", s.naive.summary());
     fmt::print(" | {:.1f} s\n", s.seconds);
   }
@@ -397,6 +475,7 @@ int run_restore(int argc, char** argv) {
   }
   const auto runtime = resolve_runtime(options.model.device, options.model.precision, shard.local_rank);
   auto prior = load_prior(plan.prior_files, runtime);
+  const auto metrics = PaperMetrics::load(options.metrics, plan.shape, runtime.device);
   RunFolder folder(out, run_settings(app, "restore", argc, argv, plan.batches, plan.tasks), shard,
                    options.output.force, options.output.resume);
   for (const auto& task : plan.tasks) fs::create_directories(folder.dir() / task);
@@ -405,6 +484,7 @@ int run_restore(int argc, char** argv) {
              plan.prior_files.description(), plan.count(), plan.schedules.steps, options.sampling.sampler,
              noise_description(options.noise), torch::get_num_threads(), runtime_description(runtime),
              shard.count > 1 ? fmt::format(", shard {} ({})", shard.text(), shard.origin) : std::string());
+  for (const auto& note : metrics.notes()) fmt::print("{}\n", note);
   std::fflush(stdout);
   return run_batches(
       folder, options.output.force,
@@ -422,7 +502,7 @@ int run_restore(int argc, char** argv) {
             if (folder.resuming() && folder.finished(task, batch)) {
               ++skipped;
             } else {
-              restore_batch(plan, t, batch, prior, runtime.device, folder, progress);
+              restore_batch(plan, t, batch, prior, runtime.device, metrics, folder, progress);
             }
             progress.finish_batch();
           }

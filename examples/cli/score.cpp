@@ -24,6 +24,7 @@
 #include "files.hpp"
 #include "model.hpp"
 #include "options.hpp"
+#include "paper_metrics.hpp"
 
 namespace diffpost::cli {
 namespace {
@@ -137,17 +138,6 @@ void check_paired_sizes(const std::vector<std::string>& names, const ScoreOption
     if (truth != restored)
       throw UsageError(fmt::format("'{}' is {}x{} in {} but {}x{} in {}; paired images must have one size",
                                    name, truth[1], truth[0], o.truth, restored[1], restored[0], o.restored));
-  }
-}
-
-/// A c10::Error of a weight file as one UsageError line, naming the flag that gives another file.
-template <class Load>
-auto with_weights_context(const std::string& flag, Load&& load) {
-  try {
-    return load();
-  } catch (const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    throw UsageError(fmt::format("{} (see {})", message.substr(0, message.find('\n')), flag));
   }
 }
 

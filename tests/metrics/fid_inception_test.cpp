@@ -8,6 +8,7 @@
 #include <diffpost/metrics/fid_inception.hpp>
 
 #include "support/error_of.hpp"
+#include "support/metric_weights.hpp"
 #include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
@@ -24,51 +25,12 @@ namespace fs = std::filesystem;
 using diffpost::FidInceptionV3;
 using diffpost::StateDict;
 using diffpost::testing::error_of;
+using diffpost::testing::random_fid_inception;
 using diffpost::testing::TempDir;
 
 namespace {
 
 const fs::path kFidData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "fid";
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// The state dict of torchvision's Inception3(num_classes=1008, aux_logits=False) with the random weights of
-// make_fid_fixtures (README.md): in sorted key order from torch::manual_seed(2231), convolutions randn *
-// sqrt(2 / fan_in), batch-norm weights and running variances rand * 0.5 + 0.75, biases and running means
-// randn
-// * 0.1; num_batches_tracked and fc zero, without drawing. fc is a broadcast view of one zero, which keeps
-// the file 8 MB smaller.
-StateDict random_fid_inception() {
-  FidInceptionV3 shapes;
-  const auto model = diffpost::state_dict(*shapes);
-  auto keys = model.keys();
-  std::sort(keys.begin(), keys.end());
-  torch::manual_seed(2231);
-  std::map<std::string, torch::Tensor> drawn;
-  for (const auto& key : keys) {
-    const auto& like = model.at(key);
-    const auto shape = like.sizes().vec();
-    if (ends_with(key, "num_batches_tracked")) {
-      drawn[key] = torch::zeros_like(like);
-    } else if (ends_with(key, "conv.weight")) {
-      drawn[key] = torch::randn(shape) * std::sqrt(2.0 / static_cast<double>(shape[1] * shape[2] * shape[3]));
-    } else if (ends_with(key, "bn.weight") || ends_with(key, "bn.running_var")) {
-      drawn[key] = torch::rand(shape) * 0.5 + 0.75;
-    } else if (ends_with(key, "bn.bias") || ends_with(key, "bn.running_mean")) {
-      drawn[key] = torch::randn(shape) * 0.1;
-    } else {
-      FAIL("no rule for key ", key);
-    }
-  }
-  StateDict state;
-  for (const auto& key : model.keys()) state.insert(key, drawn.at(key));
-  state.insert("fc.weight", torch::zeros({1}).expand({1008, 2048}));
-  state.insert("fc.bias", torch::zeros({1}).expand({1008}));
-  return state;
-}
 
 // The four images pytorch-fid read, as diffpost loads them: [1, C, H, W] in [-1, 1].
 std::vector<torch::Tensor> fixture_images() {
@@ -159,7 +121,7 @@ TEST_CASE("the FID Inception loader is strict, names the keys, and tells torchvi
   // Files written before PyTorch 0.4.1 have no num_batches_tracked, and no fc is needed.
   StateDict old_style;
   for (const auto& [name, tensor] : state)
-    if (!ends_with(name, "num_batches_tracked") && !name.starts_with("fc.")) old_style.insert(name, tensor);
+    if (!name.ends_with("num_batches_tracked") && !name.starts_with("fc.")) old_style.insert(name, tensor);
   diffpost::load_fid_inception_weights(inception, old_style);
   CHECK(torch::equal(inception->named_buffers()["Mixed_7c.branch_pool.bn.running_mean"],
                      state.at("Mixed_7c.branch_pool.bn.running_mean")));

@@ -7,6 +7,7 @@
 #include <diffpost/metrics/lpips.hpp>
 
 #include "support/error_of.hpp"
+#include "support/metric_weights.hpp"
 #include "support/temp_dir.hpp"
 
 #include <torch/torch.h>
@@ -25,55 +26,12 @@ using diffpost::Lpips;
 using diffpost::LpipsNetwork;
 using diffpost::StateDict;
 using diffpost::testing::error_of;
+using diffpost::testing::random_backbone;
 using diffpost::testing::TempDir;
 
 namespace {
 
 const fs::path kLpipsData = fs::path(DIFFPOST_TEST_DATA_DIR) / "metrics" / "lpips";
-
-// The seeds make_lpips_fixtures drew the backbones from (README.md).
-uint64_t backbone_seed(LpipsNetwork network) {
-  return network == LpipsNetwork::alex ? 2201 : 2202;
-}
-
-// The shapes of torchvision's classifier tensors, present in its weight files and ignored by LPIPS.
-std::vector<std::pair<std::string, std::vector<int64_t>>> torchvision_classifier(LpipsNetwork network) {
-  if (network == LpipsNetwork::alex) {
-    return {{"classifier.1.weight", {4096, 9216}}, {"classifier.1.bias", {4096}},
-            {"classifier.4.weight", {4096, 4096}}, {"classifier.4.bias", {4096}},
-            {"classifier.6.weight", {1000, 4096}}, {"classifier.6.bias", {1000}}};
-  }
-  return {{"classifier.0.weight", {4096, 25088}}, {"classifier.0.bias", {4096}},
-          {"classifier.3.weight", {4096, 4096}},  {"classifier.3.bias", {4096}},
-          {"classifier.6.weight", {1000, 4096}},  {"classifier.6.bias", {1000}}};
-}
-
-// torchvision's state dict for `network` with the random features the Python run used: in sorted key order
-// from torch::manual_seed(seed), weights randn * sqrt(2 / fan_in), biases randn * 0.1 (the CPU generator
-// gives Python's numbers); the classifier as zero tensors of its shapes, stored as one-element broadcast
-// views so that the file stays small.
-StateDict random_backbone(LpipsNetwork network) {
-  Lpips shapes(network);
-  std::vector<std::pair<std::string, std::vector<int64_t>>> features;
-  for (const auto& item : shapes->named_parameters()) {
-    if (item.key().rfind("features.", 0) == 0) features.emplace_back(item.key(), item.value().sizes().vec());
-  }
-  auto sorted = features;
-  std::sort(sorted.begin(), sorted.end());
-  torch::manual_seed(backbone_seed(network));
-  std::map<std::string, torch::Tensor> drawn;
-  for (const auto& [name, shape] : sorted) {
-    const bool weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-    drawn[name] =
-        weight ? torch::randn(shape) * std::sqrt(2.0 / static_cast<double>(shape[1] * shape[2] * shape[3]))
-               : torch::randn(shape) * 0.1;
-  }
-  StateDict state;
-  for (const auto& [name, shape] : features) state.insert(name, drawn.at(name));
-  for (const auto& [name, shape] : torchvision_classifier(network))
-    state.insert(name, torch::zeros({1}).expand(shape));
-  return state;
-}
 
 // The backbone written like torchvision's file, in a folder that lives as long as the test.
 fs::path write_backbone(const TempDir& dir, LpipsNetwork network) {
