@@ -4,6 +4,7 @@
 
 #include <diffpost/models/adm_unet.hpp>
 
+#include <filesystem>
 #include <string>
 
 namespace diffpost::testing {
@@ -24,12 +25,12 @@ inline AdmUNetOptions adm_small_options() {
 
 /// A file of tests/data/adm_small (the reference's weights, inputs and outputs for adm_small_options()).
 inline std::string adm_small_file(const std::string& name) {
-  return std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/" + name;
+  return (std::filesystem::path(DIFFPOST_TEST_DATA_DIR) / "adm_small" / name).string();
 }
 
 /// The reference's weights for adm_small_options(), saved by torch.save(model.state_dict()).
 inline std::string adm_small_state_dict_path() {
-  return std::string(DIFFPOST_TEST_DATA_DIR) + "/adm_small/small_state_dict.pt";
+  return adm_small_file("small_state_dict.pt");
 }
 
 }  // namespace diffpost::testing
