@@ -32,6 +32,16 @@ inline void add_process_flags(CLI::App& app, int& threads, std::string& cpu_allo
       ->capture_default_str();
 }
 
+/// --warmup (untimed runs first) and --repeats (timed runs; the median is reported).
+inline void add_timing_flags(CLI::App& app, int& warmup, int& repeats) {
+  app.add_option("--warmup", warmup, "untimed runs first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--repeats", repeats, "timed runs (the median is reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
 /// Parses the command line into the options declared on `app`; --help prints the help and exits with 0, a
 /// bad flag prints CLI11's message and exits with its code.
 inline void parse_command_line(CLI::App& app, int argc, char** argv) {

@@ -39,12 +39,7 @@ int main(int argc, char** argv) {
   CLI::App app("Times DiffusersUNet forward and forward + input-only gradient (docs/performance.md).",
                "diffusers_benchmark");
   benchmarks::add_process_flags(app, threads, cpu_allocator);
-  app.add_option("--warmup", warmup, "untimed runs first")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--repeats", repeats, "timed runs (the median is reported)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  benchmarks::add_timing_flags(app, warmup, repeats);
   app.add_option("--batches", batches, "comma-separated batch sizes")
       ->delimiter(',')
       ->check(CLI::PositiveNumber)

@@ -31,12 +31,7 @@ Settings parse(int argc, char** argv) {
   Settings s;
   CLI::App app("Times single UNet kernels at FFHQ 256 sizes (docs/performance.md).", "kernel_benchmark");
   benchmarks::add_process_flags(app, s.threads, s.cpu_allocator);
-  app.add_option("--warmup", s.warmup, "untimed runs first")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--repeats", s.repeats, "timed runs (the median is reported)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  benchmarks::add_timing_flags(app, s.warmup, s.repeats);
   benchmarks::parse_command_line(app, argc, argv);
   return s;
 }

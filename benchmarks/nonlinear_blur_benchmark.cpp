@@ -44,12 +44,7 @@ Settings parse(int argc, char** argv) {
       "Times the nonlinear blur operator, forward and forward + input gradient (docs/performance.md).",
       "nonlinear_blur_benchmark");
   benchmarks::add_process_flags(app, s.threads, s.cpu_allocator);
-  app.add_option("--warmup", s.warmup, "untimed runs first")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--repeats", s.repeats, "timed runs (the median is reported)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  benchmarks::add_timing_flags(app, s.warmup, s.repeats);
   app.add_option("--size", s.size, "image height and width (a multiple of 128)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

@@ -45,12 +45,7 @@ Settings parse(int argc, char** argv) {
   app.add_option("--interop-threads", s.interop_threads, "inter-op threads (0 = LibTorch's default)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app.add_option("--warmup", s.warmup, "untimed runs first")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--repeats", s.repeats, "timed runs (the median is reported)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  benchmarks::add_timing_flags(app, s.warmup, s.repeats);
   app.add_option("--configs", s.configs, "comma-separated configurations")
       ->delimiter(',')
       ->check(CLI::IsMember({"small", "ffhq"}))

@@ -25,6 +25,23 @@
 
 namespace diffpost::cli {
 
+/// --lpips-backbone, --lpips-linear and --fid-inception (in `group`): the metrics' weight files, by default
+/// found where torchvision, lpips and pytorch-fid put them.
+inline void add_metric_weight_options(CLI::App& app, std::string& lpips_backbone, std::string& lpips_linear,
+                                      std::string& fid_inception, const std::string& group) {
+  add_value_option(app, "--lpips-backbone", lpips_backbone,
+                   "torchvision's alexnet-owt-7be5be79.pth / vgg16-397923af.pth (default: $TORCH_HOME/hub/"
+                   "checkpoints)",
+                   "FILE", group);
+  add_value_option(app, "--lpips-linear", lpips_linear,
+                   "lpips's weights/v0.1/alex.pth / vgg.pth (default: the pip-installed lpips package)",
+                   "FILE", group);
+  add_value_option(
+      app, "--fid-inception", fid_inception,
+      "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints)", "FILE",
+      group);
+}
+
 /// --lpips, --lpips-backbone, --lpips-linear, --fid, --fid-inception.
 struct PaperMetricOptions {
   std::string lpips = "auto";  ///< auto (VGG when its weights are found), alex, vgg or off
@@ -40,22 +57,12 @@ struct PaperMetricOptions {
         "and lpips's weights are found",
         "NET", "Metrics")
         ->check(CLI::IsMember({"auto", "alex", "vgg", "off"}));
-    add_value_option(app, "--lpips-backbone", o.lpips_backbone,
-                     "torchvision's alexnet-owt-7be5be79.pth / vgg16-397923af.pth (default: "
-                     "$TORCH_HOME/hub/checkpoints)",
-                     "FILE", "Metrics");
-    add_value_option(app, "--lpips-linear", o.lpips_linear,
-                     "lpips's weights/v0.1/alex.pth / vgg.pth (default: the pip-installed lpips package)",
-                     "FILE", "Metrics");
     add_value_option(app, "--fid", o.fid,
                      "FID and KID of the restored set against the truths (pytorch-fid's pool3 features): on, "
                      "off, or auto: on when the Inception weights are found",
                      "MODE", "Metrics")
         ->check(CLI::IsMember({"auto", "on", "off"}));
-    add_value_option(
-        app, "--fid-inception", o.fid_inception,
-        "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints)", "FILE",
-        "Metrics");
+    add_metric_weight_options(app, o.lpips_backbone, o.lpips_linear, o.fid_inception, "Metrics");
   }
 };
 

@@ -5,25 +5,15 @@
 # redrawn latent must give another measurement than the fixed one, and a linear-only method must be refused.
 #   cmake -DDIFFPOST=<exe> -DFIXTURE=<exe> -DCONFIG=<yaml> -DOUT=<dir> -P this
 file(REMOVE_RECURSE "${OUT}")
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  # The model is untrained: restorations that explain little of the measurement are reported with exit 1
-  # after everything is written; any other failure fails the test.
-  string(REGEX MATCHALL "diffpost [a-z]+: [^\n]*" reports "${err}")
-  list(FILTER reports EXCLUDE REGEX "explain less than half of the measurement")
-  if(NOT (rc EQUAL 0 OR (rc EQUAL 1 AND reports STREQUAL "")))
-    message(FATAL_ERROR "${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-  message(STATUS "${out}")
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/run_tool.cmake)
 
-run("${FIXTURE}" "${OUT}/files")
-run("${DIFFPOST}" init --config "${CONFIG}" --out "${OUT}/files/model.pt" --seed 1 --force)
+run_tool(ignored "${FIXTURE}" "${OUT}/files")
+run_tool(ignored "${DIFFPOST}" init --config "${CONFIG}" --out "${OUT}/files/model.pt" --seed 1 --force)
 set(weights "${OUT}/files/kernel_wizard.pth")
 set(images "${OUT}/files/image_0.png" "${OUT}/files/image_1.png")
 set(model --model "${OUT}/files/model.pt" --config "${CONFIG}")
 
-run("${DIFFPOST}" restore --task nonlinear-deblur --operator-weights "${weights}" ${model} --steps 3 --batch 2
+run_tool(ignored "${DIFFPOST}" restore --task nonlinear-deblur --operator-weights "${weights}" ${model} --steps 3 --batch 2
     --threads 2 --seed 3 --out "${OUT}/restore" ${images})
 foreach(index 0 1)
   foreach(kind truth measurement naive dps)
@@ -47,7 +37,7 @@ message(STATUS "metrics.csv:\n${rows}")
 # degrade, fixed and redrawn latent: the same seed draws the same first latent, so the two measurements
 # differ only because the redrawn operator draws again for the measurement (the fixed one is drawn once).
 foreach(mode fixed redrawn)
-  run("${DIFFPOST}" degrade --task nonlinear-deblur --operator-weights "${weights}" --kernel-latent ${mode}
+  run_tool(ignored "${DIFFPOST}" degrade --task nonlinear-deblur --operator-weights "${weights}" --kernel-latent ${mode}
       --sigma 0 --seed 3 --out "${OUT}/degrade-${mode}" ${images})
   if(NOT EXISTS "${OUT}/degrade-${mode}/image_0_measurement.png")
     message(FATAL_ERROR "degrade --kernel-latent ${mode} wrote no image_0_measurement.png")

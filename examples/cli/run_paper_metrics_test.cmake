@@ -4,18 +4,7 @@
 # (auto) finds them; the lpips heads are the committed tests/data/metrics/lpips/vgg_heads_legacy.pth, by flag.
 #   cmake -DDIFFPOST=<exe> -DFIXTURE=<exe> -DMODEL=<pt> -DCONFIG=<yaml> -DHEADS=<pth> -DOUT=<dir> -P this
 file(REMOVE_RECURSE "${OUT}")
-function(run output_variable)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  # The model is untrained: restorations that explain little of the measurement are reported with exit 1
-  # after everything is written; any other failure fails the test.
-  string(REGEX MATCHALL "diffpost [a-z]+: [^\n]*" reports "${err}")
-  list(FILTER reports EXCLUDE REGEX "explain less than half of the measurement")
-  if(NOT (rc EQUAL 0 OR (rc EQUAL 1 AND reports STREQUAL "")))
-    message(FATAL_ERROR "${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-  message(STATUS "${out}")
-  set(${output_variable} "${out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/run_tool.cmake)
 
 # Two decimal numbers agree when they differ by at most `tolerance` units of their last printed digit (both are
 # printed with the same number of decimals; CMake's math is integer only).
@@ -29,12 +18,12 @@ function(expect_close what first second tolerance)
   message(STATUS "${what}: restore ${first}, score ${second}")
 endfunction()
 
-run(ignored "${FIXTURE}" "${OUT}/torch")
+run_tool(ignored "${FIXTURE}" "${OUT}/torch")
 set(ENV{TORCH_HOME} "${OUT}/torch")
 set(model --model "${MODEL}" --config "${CONFIG}" --threads 2)
 
 # restore: LPIPS by flag (the heads), FID and KID found in $TORCH_HOME.
-run(restored "${DIFFPOST}" restore --task sr --test-set 4 --steps 3 --seed 2 ${model} --lpips-linear "${HEADS}"
+run_tool(restored "${DIFFPOST}" restore --task sr --test-set 4 --steps 3 --seed 2 ${model} --lpips-linear "${HEADS}"
     --out "${OUT}/restore")
 foreach(expected "LPIPS \\(vgg\\) from .*vgg16-397923af.pth and .*vgg_heads_legacy.pth"
                  "FID and KID from .*pt_inception-2015-12-05-6726825d.pth" "sr: DPS PSNR .*, LPIPS \\(vgg\\) .*, FID .*, KID")
@@ -69,7 +58,7 @@ foreach(truth IN LISTS truths)
   file(COPY_FILE "${truth}" "${OUT}/score/truth/${name}.png")
   file(COPY_FILE "${OUT}/restore/sr/${name}_dps.png" "${OUT}/score/restored/${name}.png")
 endforeach()
-run(scored "${DIFFPOST}" score "${OUT}/score/truth" "${OUT}/score/restored" --lpips vgg --lpips-linear "${HEADS}"
+run_tool(scored "${DIFFPOST}" score "${OUT}/score/truth" "${OUT}/score/restored" --lpips vgg --lpips-linear "${HEADS}"
     --kid --threads 2)
 if(NOT scored MATCHES "mean of 4: [^\n]*LPIPS \\(vgg\\) (${number})")
   message(FATAL_ERROR "score printed no mean LPIPS")
@@ -87,7 +76,7 @@ expect_close("FID (4 decimals)" "${restore_fid_4}" "${score_fid}" 2)
 expect_close("KID (6 decimals)" "${restore_kid}" "${score_kid}" 2)
 
 # eval: LPIPS by flag, FID off; the results gain LPIPS columns only.
-run(evaluated "${DIFFPOST}" eval --task sr --methods dps --test-set 4 --steps 3 ${model} --lpips-linear "${HEADS}"
+run_tool(evaluated "${DIFFPOST}" eval --task sr --methods dps --test-set 4 --steps 3 ${model} --lpips-linear "${HEADS}"
     --fid off --out "${OUT}/eval")
 file(STRINGS "${OUT}/eval/results.csv" results)
 list(GET results 0 header)

@@ -58,22 +58,12 @@ void declare_score(CLI::App& app, ScoreOptions& o) {
   add_value_option(app, "--lpips", o.lpips, "also LPIPS v0.1 with this backbone: alex or vgg (DPS: vgg)",
                    "NET", "Metrics")
       ->check(CLI::IsMember({"alex", "vgg"}));
-  add_value_option(app, "--lpips-backbone", o.lpips_backbone,
-                   "torchvision's alexnet-owt-7be5be79.pth / vgg16-397923af.pth (default: $TORCH_HOME/hub/"
-                   "checkpoints)",
-                   "FILE", "Weights");
-  add_value_option(app, "--lpips-linear", o.lpips_linear,
-                   "lpips's weights/v0.1/alex.pth / vgg.pth (default: the pip-installed lpips package)",
-                   "FILE", "Weights");
   app.add_flag("--fid", o.fid,
                "also FID (pytorch-fid's pool3 features; implied by --fid-inception, --kid and "
                "--save-stats)")
       ->group("Metrics");
-  add_value_option(
-      app, "--fid-inception", o.fid_inception,
-      "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints)", "FILE",
-      "Weights");
   app.add_flag("--kid", o.kid, "also KID (100 subsets of min(1000, N), mean ± std)")->group("Metrics");
+  add_metric_weight_options(app, o.lpips_backbone, o.lpips_linear, o.fid_inception, "Weights");
   add_value_option(app, "--csv", o.csv, "write per-image image,psnr,ssim[,lpips] rows here", "FILE",
                    "Output");
   add_value_option(app, "--save-stats", o.save_stats,

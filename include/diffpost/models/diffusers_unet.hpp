@@ -415,21 +415,9 @@ class Downsample2DImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Downsample2D);
 
-/// diffusers `Upsample2D` with a convolution (`conv`): nearest x2, then 3x3.
-class Upsample2DImpl : public torch::nn::Module {
- public:
-  explicit Upsample2DImpl(int64_t channels) {
-    conv_ = register_module("conv",
-                            torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
-  }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return conv_(torch::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2}));
-  }
-
- private:
-  torch::nn::Conv2d conv_{nullptr};
-};
-TORCH_MODULE(Upsample2D);
+/// diffusers `Upsample2D` with a convolution (`conv`): nearest x2, then 3x3 - the ADM UNet's module, whose
+/// parameter has the same name.
+using Upsample2D = adm::Upsample;
 
 /// What resamples at the end of a down or up block: nothing, a convolution (Downsample2D / Upsample2D) or a
 /// residual block (`downsample_type` / `upsample_type` "resnet").
