@@ -12,6 +12,7 @@
 #include <diffpost/io/detail/pickle.hpp>
 #include <diffpost/io/detail/safetensors_format.hpp>
 #include <diffpost/io/detail/zip_archive.hpp>
+#include <diffpost/schedule.hpp>
 
 #include <algorithm>
 #include <array>
@@ -109,9 +110,27 @@ class StateDict {
 /// (e.g. "ema" in a training checkpoint holding both "model" and "ema"); when empty, the file's top-level
 /// dict is used if it maps names to tensors, else the one entry among "state_dict", "model_state_dict",
 /// "model", "ema", "ema_model", "net" that holds such a dict.
+///
+/// `prefix` selects one sub-module of the state dict: only the entries whose names start with it are kept,
+/// with the prefix removed (e.g. "model.diffusion_model." for the UNet of a CompVis LDM checkpoint, whose
+/// names then read "input_blocks.0.0.weight"; the trailing dot may be left out). Strict: a prefix that no
+/// entry has is refused with the sub-module prefixes the file does have.
+///
+/// `ema` (needs `prefix`) takes the exponential-moving-average copy that CompVis ldm's LitEma keeps next to
+/// the model: for prefix "<root>.<path>." its entries are "<root>_ema." + "<path>.<name>" with the dots
+/// removed (e.g. "model_ema.diffusion_modelinput_blocks00weight" for
+/// "model.diffusion_model.input_blocks.0.0.weight"). They are mapped back to the model's names; entries
+/// LitEma does not track (buffers) keep the model's own values, as ldm's `ema_scope` does. Refused when the
+/// file has no EMA entries for the prefix, when an EMA entry has another shape or matches no model entry, and
+/// when two model names lose their dots to the same EMA name.
 struct ReadOptions {
   TORCH_ARG(std::string, key) = "";
+  TORCH_ARG(std::string, prefix) = "";
+  TORCH_ARG(bool, ema) = false;
 };
+
+/// The sub-module of `state` under `prefix`, or its EMA copy (defined below, see ReadOptions).
+inline StateDict select_module(const StateDict& state, std::string prefix, bool ema = false);
 
 /// Keys tried, in order, when a checkpoint nests its state dict inside a bigger dict and no key was chosen.
 inline const std::vector<std::string>& nested_state_dict_keys() {
@@ -216,7 +235,8 @@ inline StateDict state_dict_from(const PickleGraph& graph, const std::filesystem
   StateDict state(quoted(path) + (chosen_key.empty() ? "" : " (key '" + chosen_key + "')"));
   for (const auto& [key, value] : dict.entries) state.insert(key->text, value->tensor);
   state.module_versions() = read_module_versions(dict);
-  return state;
+  if (options.prefix().empty() && !options.ema()) return state;
+  return select_module(state, options.prefix(), options.ema());
 }
 
 // The legacy (torch < 1.6) torch.save layout, one file of consecutive pickles: the magic number, the protocol
@@ -289,6 +309,163 @@ inline StateDict read_legacy_torch_save(const std::filesystem::path& path, const
 
 }  // namespace detail
 
+namespace detail {
+
+inline std::string without_dots(std::string_view name) {
+  std::string text;
+  text.reserve(name.size());
+  for (char c : name)
+    if (c != '.') text += c;
+  return text;
+}
+
+// The module prefixes of `state`'s names, two levels deep ("model.diffusion_model.",
+// "first_stage_model.encoder.", "model_ema."), in file order, for error messages.
+inline std::string list_module_prefixes(const StateDict& state, size_t limit = 16) {
+  std::vector<std::string> prefixes;
+  std::unordered_set<std::string> seen;
+  for (const auto& [name, tensor] : state) {
+    const auto first = name.find('.');
+    if (first == std::string::npos) continue;  // a top-level buffer such as "betas"
+    const auto second = name.find('.', first + 1);
+    const auto cut = second == std::string::npos ? first : second;
+    auto prefix = name.substr(0, cut + 1);
+    if (seen.insert(prefix).second) prefixes.push_back(std::move(prefix));
+  }
+  if (prefixes.empty()) return "none (all its names are top-level)";
+  std::string text;
+  for (size_t i = 0; i < prefixes.size() && i < limit; ++i) text += (i ? ", '" : "'") + prefixes[i] + "'";
+  if (prefixes.size() > limit) text += ", ... (" + std::to_string(prefixes.size() - limit) + " more)";
+  return text;
+}
+
+}  // namespace detail
+
+/// The sub-module of `state` under `prefix` (with or without its trailing dot), names stripped of it, or with
+/// `ema` its EMA copy in CompVis ldm's LitEma layout mapped back to those names: see ReadOptions for the
+/// rules and the errors. Module versions (`_metadata`) under the prefix are kept, stripped. Tensors are
+/// shared, not copied.
+inline StateDict select_module(const StateDict& state, std::string prefix, bool ema) {
+  const std::string where = state.origin().empty() ? "the state dict" : state.origin();
+  TORCH_CHECK(!prefix.empty() || !ema,
+              "select_module: the EMA copy (ema) is kept per sub-module; give the "
+              "prefix of the module it averages, e.g. \"model.diffusion_model.\"");
+  if (!prefix.empty() && prefix.back() != '.') prefix += '.';
+  std::vector<std::pair<std::string, const torch::Tensor*>> selected;
+  for (const auto& [name, tensor] : state) {
+    if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0)
+      selected.emplace_back(name.substr(prefix.size()), &tensor);
+  }
+  TORCH_CHECK(!selected.empty(), where, " has no sub-module '", prefix,
+              "' (no entry starts with it); the "
+              "sub-modules it has: ",
+              detail::list_module_prefixes(state), ". Choose one of those as the prefix");
+  StateDict result(where + " (prefix '" + prefix + "'" + (ema ? ", EMA weights" : "") + ")");
+  for (const auto& [module, version] : state.module_versions()) {
+    if (module + "." == prefix) {
+      result.module_versions().emplace_back("", version);
+    } else if (module.size() > prefix.size() && module.compare(0, prefix.size(), prefix) == 0) {
+      result.module_versions().emplace_back(module.substr(prefix.size()), version);
+    }
+  }
+  if (!ema) {
+    for (const auto& [name, tensor] : selected) result.insert(name, *tensor);
+    return result;
+  }
+  // LitEma (ldm/modules/ema.py) registers one buffer per parameter of the module it averages, named without
+  // dots, next to its own `decay` and `num_updates`.
+  const auto root_end = prefix.find('.');
+  const std::string ema_root = prefix.substr(0, root_end) + "_ema.";
+  const std::string ema_path = detail::without_dots(prefix.substr(root_end + 1));
+  std::unordered_map<std::string, std::string> model_name_of;  // EMA name -> model name
+  for (const auto& [name, tensor] : selected) {
+    const auto ema_name = ema_root + ema_path + detail::without_dots(name);
+    const auto [found, inserted] = model_name_of.emplace(ema_name, name);
+    TORCH_CHECK(inserted, where, ": the EMA copy cannot tell '", prefix, found->second, "' from '", prefix,
+                name, "': both are '", ema_name,
+                "' once their dots are removed (LitEma's naming); load the model's "
+                "own weights (ema false)");
+  }
+  std::unordered_map<std::string, const torch::Tensor*> ema_tensor_of;  // model name -> EMA tensor
+  std::vector<std::string> unmatched;
+  for (const auto& [name, tensor] : state) {
+    if (name.compare(0, ema_root.size(), ema_root) != 0 || name == ema_root + "decay" ||
+        name == ema_root + "num_updates")
+      continue;
+    if (name.compare(ema_root.size(), ema_path.size(), ema_path) != 0) continue;  // another module's EMA
+    auto found = model_name_of.find(name);
+    if (found == model_name_of.end()) {
+      unmatched.push_back(name);
+      continue;
+    }
+    const auto& model_tensor = state.at(prefix + found->second);
+    TORCH_CHECK(tensor.sizes() == model_tensor.sizes(), where, ": EMA entry '", name, "' has shape ",
+                tensor.sizes(), " but '", prefix, found->second, "' has ", model_tensor.sizes());
+    ema_tensor_of.emplace(found->second, &tensor);
+  }
+  TORCH_CHECK(unmatched.empty(), where, ": ", unmatched.size(), " EMA entries match no entry under '", prefix,
+              "', e.g. '", unmatched.empty() ? "" : unmatched.front(),
+              "'; the EMA copy does not belong to this module");
+  TORCH_CHECK(!ema_tensor_of.empty(), where, " has no EMA copy of '", prefix, "' (no entry '", ema_root,
+              ema_path, "...', the LitEma layout of CompVis ldm); the sub-modules it has: ",
+              detail::list_module_prefixes(state), ". Load the model's own weights (ema false)");
+  for (const auto& [name, tensor] : selected) {
+    auto found = ema_tensor_of.find(name);
+    result.insert(name, found == ema_tensor_of.end() ? *tensor : *found->second);
+  }
+  return result;
+}
+
+/// The diffusion schedule buffers of `state` (CompVis ldm's `register_schedule`: betas, alphas_cumprod,
+/// alphas_cumprod_prev, sqrt_alphas_cumprod, ..., posterior_mean_coef2), the top-level entries of those names
+/// that the file has, in file order; empty when it has none.
+inline StateDict schedule_buffers(const StateDict& state) {
+  static const std::unordered_set<std::string> names{"betas",
+                                                     "alphas_cumprod",
+                                                     "alphas_cumprod_prev",
+                                                     "sqrt_alphas_cumprod",
+                                                     "sqrt_one_minus_alphas_cumprod",
+                                                     "log_one_minus_alphas_cumprod",
+                                                     "sqrt_recip_alphas_cumprod",
+                                                     "sqrt_recipm1_alphas_cumprod",
+                                                     "posterior_variance",
+                                                     "posterior_log_variance_clipped",
+                                                     "posterior_mean_coef1",
+                                                     "posterior_mean_coef2"};
+  StateDict buffers(state.origin());
+  for (const auto& [name, tensor] : state)
+    if (names.contains(name)) buffers.insert(name, tensor);
+  return buffers;
+}
+
+/// The schedule stored in `state` (its `betas`, read as float64; a 1-D tensor of values in (0, 1]), or
+/// nullopt when it has no `betas`. When the file also has `alphas_cumprod`, it must equal the cumulative
+/// product of 1 - betas to the precision it was stored in (1e-5 relative in float32), else the file
+/// contradicts itself and c10::Error says so.
+inline std::optional<DiffusionSchedule> schedule_from_state_dict(const StateDict& state) {
+  const auto* betas = state.find("betas");
+  if (betas == nullptr) return std::nullopt;
+  const std::string where = state.origin().empty() ? "the state dict" : state.origin();
+  TORCH_CHECK(betas->dim() == 1 && betas->numel() > 0 && betas->is_floating_point(), where,
+              ": 'betas' is a tensor of shape ", betas->sizes(), " and dtype ", betas->scalar_type(),
+              ", not a 1-D float tensor of the schedule's betas");
+  const auto betas64 = betas->to(torch::kFloat64).contiguous();
+  std::vector<double> values(betas64.data_ptr<double>(), betas64.data_ptr<double>() + betas64.numel());
+  DiffusionSchedule schedule(values);
+  if (const auto* stored = state.find("alphas_cumprod")) {
+    TORCH_CHECK(stored->sizes() == betas->sizes(), where, ": 'alphas_cumprod' has shape ", stored->sizes(),
+                " but 'betas' has ", betas->sizes());
+    const auto expected = torch::cumprod(1 - betas64, 0);
+    const double error = (stored->to(torch::kFloat64) - expected).abs().max().item<double>();
+    const double tolerance = stored->scalar_type() == torch::kFloat64 ? 1e-12 : 1e-5;
+    TORCH_CHECK(error <= tolerance, where,
+                ": 'alphas_cumprod' differs from the cumulative product of 1 - betas "
+                "by up to ",
+                error, " (more than ", tolerance, "); the file's schedule buffers contradict each other");
+  }
+  return schedule;
+}
+
 /// Reads the state dict stored in the PyTorch checkpoint at `path`, as written by
 /// `torch.save(model.state_dict(), path)` (the zip format of torch >= 1.6, and the legacy format before it):
 /// an OrderedDict with `_metadata`, a plain dict of tensors, or a dict nesting one of those under a key (see
@@ -323,7 +500,9 @@ inline StateDict read_state_dict(const std::filesystem::path& path, const ReadOp
       auto contents = detail::read_safetensors_file(path, "safetensors file " + detail::quoted(path));
       StateDict state(detail::quoted(path));
       for (auto& [name, tensor] : contents.tensors) state.insert(name, std::move(tensor));
-      return state;
+      return options.prefix().empty() && !options.ema()
+                 ? state
+                 : select_module(state, options.prefix(), options.ema());
     }
     TORCH_CHECK(first.substr(0, 4) == std::string_view("PK\x03\x04", 4), context,
                 " is not a PyTorch checkpoint: it does not start like a zip archive (torch.save since 1.6 "

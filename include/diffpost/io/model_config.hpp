@@ -7,12 +7,14 @@
 
 #include <diffpost/detail/text.hpp>
 #include <diffpost/models/adm_unet.hpp>
+#include <diffpost/schedule.hpp>
 
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -118,14 +120,8 @@ inline std::vector<int64_t> config_int_list(const YAML::Node& node, const AdmOpt
   return values;
 }
 
-/// parse_adm_model_config, less its conversion of stray yaml-cpp exceptions.
-inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const std::string& origin) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    TORCH_CHECK(false, origin, ": not valid YAML/JSON: ", e.what());
-  }
+/// The create_model arguments in `root` (a mapping) as AdmModelConfig; see parse_adm_model_config.
+inline AdmModelConfig parse_adm_model_config_node(const YAML::Node& root, const std::string& origin) {
   TORCH_CHECK(root.IsMap(), origin, ": expected a mapping of create_model arguments (key: value lines)");
   const auto& known = adm_config_keys();
   std::set<std::string> seen;
@@ -189,6 +185,214 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
   return config;
 }
 
+/// Loads YAML (or JSON) text; errors name `origin`.
+inline YAML::Node load_yaml(const std::string& text, const std::string& origin) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    TORCH_CHECK(false, origin, ": not valid YAML/JSON: ", e.what());
+  }
+}
+
+/// Whether `root` has the layout of a CompVis latent-diffusion config (`model: {target: ..., params: {...,
+/// unet_config: ...}}`).
+inline bool is_ldm_config(const YAML::Node& root) {
+  return root.IsMap() && root["model"] && root["model"].IsMap() && root["model"]["params"] &&
+         root["model"]["params"].IsMap() && root["model"]["params"]["unet_config"];
+}
+
+/// The ldm UNetModel keyword arguments diffpost reads, and the AdmUNetOptions field each one sets (empty:
+/// checked, then not needed).
+inline const std::vector<std::pair<std::string, std::string>>& ldm_unet_keys() {
+  static const std::vector<std::pair<std::string, std::string>> keys{
+      {"image_size", "image_size"},
+      {"in_channels", "in_channels"},
+      {"out_channels", "out_channels"},
+      {"model_channels", "num_channels"},
+      {"num_res_blocks", "num_res_blocks"},
+      {"channel_mult", "channel_mult"},
+      {"attention_resolutions", ""},  // downsample factors, converted below
+      {"num_heads", "num_heads"},
+      {"num_head_channels", "num_head_channels"},
+      {"num_heads_upsample", "num_heads_upsample"},
+      {"use_scale_shift_norm", "use_scale_shift_norm"},
+      {"resblock_updown", "resblock_updown"},
+      {"use_new_attention_order", "use_new_attention_order"},
+      {"dropout", "dropout"},
+      {"num_classes", "num_classes"},
+      {"use_checkpoint", "use_checkpoint"},
+      {"use_fp16", "use_fp16"},
+      {"legacy", ""},
+      {"dims", ""},
+      {"conv_resample", ""},
+      {"use_spatial_transformer", ""},
+      {"transformer_depth", ""},
+      {"context_dim", ""},
+      {"n_embed", ""},
+  };
+  return keys;
+}
+
+/// ldm's `make_beta_schedule` (ldm/modules/diffusionmodules/util.py) for "linear" (linspace of the square
+/// roots, squared), "sqrt_linear" and "sqrt", in float64.
+inline std::vector<double> ldm_betas(const std::string& schedule, int64_t timesteps, double linear_start,
+                                     double linear_end, const std::string& origin) {
+  auto linspace = [timesteps](double start, double end) {
+    std::vector<double> values(static_cast<size_t>(timesteps));
+    const double step = timesteps == 1 ? 0.0 : (end - start) / static_cast<double>(timesteps - 1);
+    for (int64_t i = 0; i < timesteps; ++i) values[i] = start + static_cast<double>(i) * step;
+    values.back() = end;
+    return values;
+  };
+  std::vector<double> betas;
+  if (schedule == "linear") {
+    betas = linspace(std::sqrt(linear_start), std::sqrt(linear_end));
+    for (auto& b : betas) b *= b;
+  } else if (schedule == "sqrt_linear") {
+    betas = linspace(linear_start, linear_end);
+  } else if (schedule == "sqrt") {
+    betas = linspace(linear_start, linear_end);
+    for (auto& b : betas) b = std::sqrt(b);
+  } else {
+    TORCH_CHECK(false, origin, ": beta_schedule '", schedule,
+                "' is not supported (supported: linear, sqrt_linear, sqrt); read the schedule from the "
+                "checkpoint's betas instead (schedule_from_state_dict)");
+  }
+  return betas;
+}
+
+}  // namespace detail
+
+/// A CompVis latent-diffusion configuration (e.g. `configs/latent-diffusion/ffhq-ldm-vq-4.yaml`): the UNet
+/// of `model.params.unet_config.params` as AdmUNetOptions, and the diffusion settings of `model.params` with
+/// ldm's defaults (DDPM in ldm/models/diffusion/ddpm.py) where the file is silent.
+struct LdmModelConfig {
+  AdmUNetOptions unet{1, 1, 1};
+  int64_t timesteps = 1000;
+  std::string beta_schedule = "linear";
+  double linear_start = 1e-4;
+  double linear_end = 2e-2;
+  /// The latent scale: `decode_first_stage` divides z by it (1.0 in the VQ configs).
+  double scale_factor = 1.0;
+  /// What the UNet predicts: "eps" (all the released LDMs) or "x0".
+  std::string parameterization = "eps";
+
+  /// The schedule ldm's `register_schedule` builds from these settings (`make_beta_schedule`); prefer the
+  /// checkpoint's own `betas` when it has them (schedule_from_state_dict).
+  [[nodiscard]] DiffusionSchedule schedule() const {
+    return DiffusionSchedule(
+        detail::ldm_betas(beta_schedule, timesteps, linear_start, linear_end, "LdmModelConfig"));
+  }
+};
+
+namespace detail {
+
+/// parse_ldm_model_config on a loaded document.
+inline LdmModelConfig parse_ldm_model_config_node(const YAML::Node& root, const std::string& origin) {
+  TORCH_CHECK(is_ldm_config(root), origin,
+              ": not a latent-diffusion config: expected model: {params: {unet_config: {target: "
+              "ldm.modules.diffusionmodules.openaimodel.UNetModel, params: {...}}}}");
+  const auto model_params = root["model"]["params"];
+  const auto unet_config = model_params["unet_config"];
+  const std::string unet_origin = origin + " model.params.unet_config";
+  TORCH_CHECK(unet_config.IsMap() && unet_config["params"] && unet_config["params"].IsMap(), unet_origin,
+              " must be a mapping with target and params");
+  if (unet_config["target"]) {
+    const auto target =
+        config_value<std::string>(unet_config["target"], "target", "a class path", unet_origin);
+    TORCH_CHECK(target == "ldm.modules.diffusionmodules.openaimodel.UNetModel", unet_origin, ": target '",
+                target,
+                "' is not ldm.modules.diffusionmodules.openaimodel.UNetModel, the UNet diffpost reads "
+                "as its ADM UNet");
+  }
+  const auto params = unet_config["params"];
+  const std::string params_origin = origin + " model.params.unet_config.params";
+  const auto& keys = ldm_unet_keys();
+  YAML::Node adm(YAML::NodeType::Map);
+  std::set<std::string> seen;
+  for (const auto& item : params) {
+    TORCH_CHECK(item.first.IsScalar(), params_origin, ": keys must be names such as 'model_channels'");
+    const auto key = item.first.Scalar();
+    auto found = std::find_if(keys.begin(), keys.end(), [&](const auto& k) { return k.first == key; });
+    if (found == keys.end()) {
+      std::string list;
+      for (const auto& k : keys) list += (list.empty() ? "" : ", ") + k.first;
+      TORCH_CHECK(false, params_origin, ": unknown UNetModel argument '", key, "'; known: ", list);
+    }
+    seen.insert(key);
+    if (!found->second.empty()) adm[found->second] = item.second;
+  }
+  auto flag = [&](const char* key, bool fallback) {
+    return seen.contains(key) ? config_value<bool>(params[key], key, "true or false", params_origin)
+                              : fallback;
+  };
+  auto absent_or_null = [&](const char* key) { return !seen.contains(key) || params[key].IsNull(); };
+  TORCH_CHECK(!flag("use_spatial_transformer", false) && absent_or_null("context_dim"), params_origin,
+              ": a conditional UNet with a SpatialTransformer (use_spatial_transformer, context_dim) is not "
+              "supported; diffpost reads the unconditional ldm UNet (the ADM UNet)");
+  TORCH_CHECK(absent_or_null("n_embed"), params_origin,
+              ": n_embed (a UNet that predicts codebook ids) is not supported");
+  TORCH_CHECK(!seen.contains("dims") ||
+                  config_value<int64_t>(params["dims"], "dims", "an integer", params_origin) == 2,
+              params_origin, ": dims must be 2 (images); 1-D and 3-D UNets are not supported");
+  TORCH_CHECK(flag("conv_resample", true), params_origin,
+              ": conv_resample false is not supported (the ADM UNet resamples with convolutions)");
+  flag("legacy", true);  // read for its type: it only changes SpatialTransformer heads, absent here
+  TORCH_CHECK(seen.contains("model_channels"), params_origin, ": missing required key 'model_channels'");
+  TORCH_CHECK(seen.contains("image_size") && seen.contains("num_res_blocks") &&
+                  seen.contains("attention_resolutions"),
+              params_origin,
+              ": missing one of the required keys image_size, num_res_blocks, "
+              "attention_resolutions");
+  // ldm's attention_resolutions are downsample factors (ds); AdmUNetOptions holds feature-map sizes.
+  const auto image_size =
+      config_value<int64_t>(params["image_size"], "image_size", "an integer", params_origin);
+  TORCH_CHECK(image_size > 0 && image_size <= 4096, params_origin, ": 'image_size' is ", image_size,
+              ", out of range 1 to 4096");
+  const auto factors =
+      config_int_list(params["attention_resolutions"],
+                      AdmOptionField{.name = "attention_resolutions", .min = 1, .max = 4096}, params_origin);
+  YAML::Node resolutions(YAML::NodeType::Sequence);
+  for (int64_t ds : factors) {
+    TORCH_CHECK(image_size % ds == 0, params_origin, ": attention_resolutions entry ", ds,
+                " (a downsample factor in ldm) does not divide image_size ", image_size);
+    resolutions.push_back(image_size / ds);
+  }
+  adm["attention_resolutions"] = resolutions;
+  if (!seen.contains("num_heads") && !seen.contains("num_head_channels")) {
+    TORCH_CHECK(false, params_origin, ": give num_heads or num_head_channels (ldm's UNetModel requires one)");
+  }
+  LdmModelConfig config;
+  config.unet = parse_adm_model_config_node(adm, params_origin).options;
+  auto number = [&](const char* key, double& value) {
+    if (model_params[key])
+      value = config_value<double>(model_params[key], key, "a number", origin + " model.params");
+  };
+  number("linear_start", config.linear_start);
+  number("linear_end", config.linear_end);
+  number("scale_factor", config.scale_factor);
+  if (model_params["timesteps"]) {
+    config.timesteps =
+        config_value<int64_t>(model_params["timesteps"], "timesteps", "an integer", origin + " model.params");
+    TORCH_CHECK(config.timesteps >= 1 && config.timesteps <= 100000, origin, " model.params: timesteps ",
+                config.timesteps, " is out of range 1 to 100000");
+  }
+  if (model_params["beta_schedule"])
+    config.beta_schedule = config_value<std::string>(model_params["beta_schedule"], "beta_schedule",
+                                                     "a schedule name", origin + " model.params");
+  if (model_params["parameterization"])
+    config.parameterization = config_value<std::string>(model_params["parameterization"], "parameterization",
+                                                        "eps or x0", origin + " model.params");
+  TORCH_CHECK(config.parameterization == "eps" || config.parameterization == "x0", origin,
+              " model.params: parameterization '", config.parameterization, "' is not eps or x0");
+  TORCH_CHECK(config.linear_start > 0 && config.linear_end > 0 && config.linear_end <= 1, origin,
+              " model.params: linear_start ", config.linear_start, " and linear_end ", config.linear_end,
+              " must be in (0, 1]");
+  TORCH_CHECK(config.scale_factor > 0, origin, " model.params: scale_factor must be positive, got ",
+              config.scale_factor);
+  return config;
+}
+
 }  // namespace detail
 
 /// Parses an ADM UNet configuration from YAML (or JSON) text, with the keys of the reference's
@@ -201,11 +405,15 @@ inline AdmModelConfig parse_adm_model_config_yaml(const std::string& text, const
 /// use_new_attention_order, model_path; plus the extensions in_channels and num_classes (overrides
 /// class_cond). `origin` names the source in error messages. Throws c10::Error on unknown keys, missing
 /// required keys, wrong types, integers outside their AdmOptionField range (e.g. num_channels 1 to 4096),
-/// options that `AdmUNetOptions::validate()` rejects, and networks of more than 2^32 parameters.
+/// options that `AdmUNetOptions::validate()` rejects, and networks of more than 2^32 parameters. A CompVis
+/// latent-diffusion config (`model: {params: {unet_config: ...}}`) is recognised and its UNet read as
+/// parse_ldm_model_config does.
 inline AdmModelConfig parse_adm_model_config(const std::string& text,
                                              const std::string& origin = "model config") {
   try {
-    return detail::parse_adm_model_config_yaml(text, origin);
+    const auto root = detail::load_yaml(text, origin);
+    if (detail::is_ldm_config(root)) return {detail::parse_ldm_model_config_node(root, origin).unet, ""};
+    return detail::parse_adm_model_config_node(root, origin);
   } catch (const YAML::Exception& e) {  // a conversion the checks above did not foresee
     TORCH_CHECK(false, origin, ": not a model config diffpost can read: ", e.what());
   }
@@ -219,6 +427,8 @@ inline std::string adm_model_config_yaml(const AdmUNetOptions& options, const st
   YAML::Emitter out;
   out << YAML::BeginMap;
   for_each_adm_option(options, [&](const AdmOptionField& field, const auto& value) {
+    // out_channels only when given: files of the derived default stay in the reference's keys
+    if (std::string_view(field.name) == "out_channels" && options.explicit_out_channels() == -1) return;
     out << YAML::Key << field.name << YAML::Value;
     if constexpr (std::is_same_v<std::decay_t<decltype(value)>, std::vector<int64_t>>)
       out << YAML::DoubleQuoted << fmt::format("{}", fmt::join(value, ","));
@@ -233,6 +443,35 @@ inline std::string adm_model_config_yaml(const AdmUNetOptions& options, const st
   TORCH_CHECK(out.good(),
               "adm_model_config_yaml: yaml-cpp could not write the configuration: ", out.GetLastError());
   return std::string(out.c_str()) + "\n";
+}
+
+/// Parses a CompVis latent-diffusion config (`ffhq-ldm-vq-4.yaml` layout): `model.params.unet_config.params`
+/// (ldm's UNetModel arguments: model_channels, attention_resolutions as downsample factors, out_channels,
+/// ...) into AdmUNetOptions, and timesteps, beta_schedule, linear_start, linear_end, scale_factor and
+/// parameterization from `model.params`. Other parts of the file (first_stage_config, data, lightning) are
+/// not read. Throws c10::Error on unknown UNet arguments, SpatialTransformer (conditional) UNets, values of
+/// the wrong type or range, and options AdmUNetOptions::validate() rejects.
+inline LdmModelConfig parse_ldm_model_config(const std::string& text,
+                                             const std::string& origin = "latent-diffusion config") {
+  try {
+    return detail::parse_ldm_model_config_node(detail::load_yaml(text, origin), origin);
+  } catch (const YAML::Exception& e) {
+    TORCH_CHECK(false, origin, ": not a latent-diffusion config diffpost can read: ", e.what());
+  }
+}
+
+/// Reads the latent-diffusion config file at `path` (at most 1 MiB; see parse_ldm_model_config).
+inline LdmModelConfig read_ldm_model_config(const std::filesystem::path& path) {
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  TORCH_CHECK(!error && std::filesystem::is_regular_file(path, error), "read_ldm_model_config: cannot open '",
+              path.string(), "'");
+  TORCH_CHECK(size <= (uintmax_t{1} << 20), "read_ldm_model_config: '", path.string(), "' is ", size,
+              " bytes; a config is a few kilobytes (is this the checkpoint?)");
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_ldm_model_config(text.str(), "'" + path.string() + "'");
 }
 
 /// Reads the ADM UNet configuration file at `path` (YAML or JSON, at most 1 MiB; see parse_adm_model_config

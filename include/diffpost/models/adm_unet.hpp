@@ -57,6 +57,10 @@ struct AdmUNetOptions {
   TORCH_ARG(int64_t, image_size);
   /// Image channels of x_t (the reference hard-codes 3).
   TORCH_ARG(int64_t, in_channels) = 3;
+  /// Channels of the raw output when given (CompVis ldm's `out_channels`, e.g. a latent UNet whose output
+  /// differs from its input); -1 derives them as guided-diffusion does (see out_channels()). Config key
+  /// `out_channels`.
+  TORCH_ARG(int64_t, explicit_out_channels) = -1;
   /// Base channel count (`model_channels` in UNetModel); the timestep embedding has 4x this width.
   TORCH_ARG(int64_t, num_channels);
   /// Residual blocks per resolution level on the way down (one more on the way up).
@@ -112,8 +116,12 @@ struct AdmUNetOptions {
         .resblock_updown(true);
   }
 
-  /// Channels of the raw output: in_channels, or twice that when the model learns its variance.
-  [[nodiscard]] int64_t out_channels() const { return learn_sigma_ ? 2 * in_channels_ : in_channels_; }
+  /// Channels of the raw output: `explicit_out_channels` when given, else in_channels, or twice that when the
+  /// model learns its variance.
+  [[nodiscard]] int64_t out_channels() const {
+    if (explicit_out_channels_ != -1) return explicit_out_channels_;
+    return learn_sigma_ ? 2 * in_channels_ : in_channels_;
+  }
 
   /// The reference's default channel_mult per image size (guided-diffusion `create_model`), for an empty
   /// `channel_mult`: 256: 1,1,2,2,4,4; 128: 1,1,2,3,4; 64: 1,2,3,4.
@@ -162,6 +170,13 @@ struct AdmUNetOptions {
     TORCH_CHECK(image_size_ > 0, "AdmUNetOptions: image_size must be positive, got ", image_size_);
     TORCH_CHECK(in_channels_ > 0, "AdmUNetOptions: in_channels must be positive, got ", in_channels_);
     TORCH_CHECK(num_channels_ > 0, "AdmUNetOptions: num_channels must be positive, got ", num_channels_);
+    TORCH_CHECK(explicit_out_channels_ == -1 || explicit_out_channels_ > 0,
+                "AdmUNetOptions: explicit_out_channels (out_channels) must be -1 (derived) or positive, got ",
+                explicit_out_channels_);
+    TORCH_CHECK(!learn_sigma_ || explicit_out_channels_ == -1 || explicit_out_channels_ == 2 * in_channels_,
+                "AdmUNetOptions: learn_sigma needs 2 * in_channels = ", 2 * in_channels_,
+                " output channels (eps and the variance interpolation), but explicit_out_channels is ",
+                explicit_out_channels_, "; drop out_channels or set learn_sigma false");
     TORCH_CHECK(num_res_blocks_ > 0, "AdmUNetOptions: num_res_blocks must be positive, got ",
                 num_res_blocks_);
     TORCH_CHECK(dropout_ >= 0.0 && dropout_ < 1.0, "AdmUNetOptions: dropout must be in [0, 1), got ",
@@ -241,6 +256,8 @@ requires std::same_as<std::remove_const_t<Options>, AdmUNetOptions>
 void for_each_adm_option(Options& options, Visitor&& visit) {
   visit(AdmOptionField{.name = "image_size", .min = 1, .max = 4096, .required = true}, options.image_size());
   visit(AdmOptionField{.name = "in_channels", .min = 1, .max = 64}, options.in_channels());
+  visit(AdmOptionField{.name = "out_channels", .min = 1, .max = 128, .unset_allowed = true},
+        options.explicit_out_channels());
   visit(AdmOptionField{.name = "num_channels", .min = 1, .max = 4096, .required = true},
         options.num_channels());
   visit(AdmOptionField{.name = "num_res_blocks", .min = 1, .max = 16, .required = true},
@@ -279,14 +296,18 @@ inline std::string adm_option_text(const std::vector<int64_t>& values) {
 }
 
 /// Prints the options as `AdmUNetOptions(image_size=256, in_channels=3, out_channels=6, ...)`, one field per
-/// reference argument (for_each_adm_option) plus the derived out_channels, for logs and error messages.
+/// argument (for_each_adm_option), out_channels with its effective value, for logs and error messages.
 inline std::ostream& operator<<(std::ostream& os, const AdmUNetOptions& o) {
   os << "AdmUNetOptions(";
   const char* separator = "";
   for_each_adm_option(o, [&](const AdmOptionField& field, const auto& value) {
-    os << separator << field.name << "=" << adm_option_text(value);
+    os << separator << field.name << "=";
+    // out_channels prints its effective value, also when derived (-1)
+    if (std::string_view(field.name) == "out_channels")
+      os << o.out_channels();
+    else
+      os << adm_option_text(value);
     separator = ", ";
-    if (std::string_view(field.name) == "in_channels") os << ", out_channels=" << o.out_channels();
   });
   return os << ")";
 }

@@ -7,7 +7,8 @@
 // torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter, ...). Every other callable yields an
 // inert `Opaque` value that remembers the callable's name, so that a caller can reject it with an error that
 // says what the file holds (for example a whole pickled model) instead of what went wrong deep inside a
-// parser.
+// parser. BUILD, APPEND(S) and SETITEM(S) on such a value (an object's state, the items of a foreign list or
+// dict subclass, as in Lightning checkpoints) leave it as it is.
 #pragma once
 
 #include <torch/torch.h>
@@ -394,11 +395,13 @@ class Unpickler {
         }
         case 'a': {  // APPEND
           auto value = pop();
+          if (top()->is(PickleValue::Kind::Opaque)) break;  // a foreign list subclass: stays inert
           expect(top(), PickleValue::Kind::List, "APPEND")->items.push_back(value);
           break;
         }
         case 'e': {  // APPENDS
           auto values = pop_to_mark();
+          if (top()->is(PickleValue::Kind::Opaque)) break;
           auto& list = expect(top(), PickleValue::Kind::List, "APPENDS")->items;
           list.insert(list.end(), values.begin(), values.end());
           break;
@@ -415,11 +418,15 @@ class Unpickler {
         case 's': {  // SETITEM
           auto value = pop();
           auto key = pop();
+          // A foreign dict subclass (NEWOBJ then SETITEMS, e.g. Lightning's AttributeDict or a
+          // collections.defaultdict) stays an inert placeholder: its items are dropped, never interpreted.
+          if (top()->is(PickleValue::Kind::Opaque)) break;
           set_items(*expect(top(), PickleValue::Kind::Dict, "SETITEM"), {key, value});
           break;
         }
         case 'u': {  // SETITEMS
           auto values = pop_to_mark();
+          if (top()->is(PickleValue::Kind::Opaque)) break;
           set_items(*expect(top(), PickleValue::Kind::Dict, "SETITEMS"), values);
           break;
         }
