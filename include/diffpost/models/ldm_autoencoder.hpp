@@ -18,6 +18,8 @@
 // ("Latent diffusion autoencoders").
 #pragma once
 
+#include <diffpost/models/adm_unet.hpp>
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -243,18 +245,9 @@ class DownsampleImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Downsample);
 
-/// ldm's `Upsample` with a convolution: nearest-neighbour x2, then a 3x3 convolution.
-class UpsampleImpl : public torch::nn::Module {
- public:
-  explicit UpsampleImpl(int64_t channels) { conv_ = register_module("conv", conv3x3(channels, channels)); }
-  torch::Tensor forward(const torch::Tensor& x) {
-    return conv_(torch::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)}));
-  }
-
- private:
-  torch::nn::Conv2d conv_{nullptr};
-};
-TORCH_MODULE(Upsample);
+/// ldm's `Upsample` with a convolution: nearest-neighbour x2, then a 3x3 convolution - the ADM UNet's module,
+/// whose parameter has the same name.
+using Upsample = adm::Upsample;
 
 /// Whether a level of the encoder or decoder ends by halving, doubling or keeping its size.
 enum class Resample { none, down, up };
