@@ -456,7 +456,7 @@ inline std::optional<DiffusionSchedule> schedule_from_state_dict(const StateDict
     TORCH_CHECK(stored->sizes() == betas->sizes(), where, ": 'alphas_cumprod' has shape ", stored->sizes(),
                 " but 'betas' has ", betas->sizes());
     const auto expected = torch::cumprod(1 - betas64, 0);
-    const double error = (stored->to(torch::kFloat64) - expected).abs().max().item<double>();
+    const auto error = (stored->to(torch::kFloat64) - expected).abs().max().item<double>();
     const double tolerance = stored->scalar_type() == torch::kFloat64 ? 1e-12 : 1e-5;
     TORCH_CHECK(error <= tolerance, where,
                 ": 'alphas_cumprod' differs from the cumulative product of 1 - betas "

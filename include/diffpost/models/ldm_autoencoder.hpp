@@ -169,10 +169,12 @@ class NormalizeImpl : public torch::nn::Module {
 TORCH_MODULE(Normalize);
 
 inline torch::nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride = 1, int64_t padding = 1) {
+  // NOLINTNEXTLINE(modernize-return-braced-init-list): Conv2d's constructor from options is explicit
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(stride).padding(padding));
 }
 
 inline torch::nn::Conv2d conv1x1(int64_t in, int64_t out) {
+  // NOLINTNEXTLINE(modernize-return-braced-init-list): Conv2d's constructor from options is explicit
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1));
 }
 
@@ -425,7 +427,7 @@ struct LdmPosterior {
 
   /// mean + std * N(0, I), the noise drawn from `generator` on its own device (the reference draws on the
   /// CPU and moves it, so a CPU generator reproduces its samples).
-  [[nodiscard]] torch::Tensor sample(at::Generator generator) const {
+  [[nodiscard]] torch::Tensor sample(const at::Generator& generator) const {
     const auto noise =
         at::randn(mean.sizes(), generator, mean.options().device(generator.device())).to(mean.device());
     return mean + stddev() * noise;
@@ -472,11 +474,11 @@ class LdmAutoencoderImpl : public torch::nn::Module {
   }
 
   /// KL only: a sample of the posterior, `encode(x).sample()` in ldm, with the noise from `generator`.
-  torch::Tensor encode(const torch::Tensor& x, at::Generator generator) {
+  torch::Tensor encode(const torch::Tensor& x, const at::Generator& generator) {
     TORCH_CHECK(options_.kind() == LdmAutoencoderKind::kl,
                 "LdmAutoencoder::encode(x, generator): a VQ autoencoder has no posterior to sample; call "
                 "encode(x)");
-    return posterior(x).sample(std::move(generator));
+    return posterior(x).sample(generator);
   }
 
   /// KL only: ldm's `DiagonalGaussianDistribution(quant_conv(encoder(x)))`.
