@@ -5,13 +5,13 @@
 #pragma once
 
 #include <diffpost/concepts.hpp>
-#include <diffpost/random.hpp>
 #include <diffpost/methods/dps.hpp>
 #include <diffpost/methods/unconditional.hpp>
 #include <diffpost/models/adm_unet.hpp>
 #include <diffpost/models/gaussian_prior.hpp>
 #include <diffpost/noise.hpp>
 #include <diffpost/operators.hpp>
+#include <diffpost/random.hpp>
 #include <diffpost/runtime/caching_cpu_allocator.hpp>
 #include <diffpost/samplers.hpp>
 #include <diffpost/schedule.hpp>
