@@ -379,10 +379,13 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
   const auto op = point.task_plans[t].batch(first, n, 1);
   const auto y = measure(op, noise, truth, seed, first);
   const MethodRun run{task, point.task_plans[t].default_scale(), point.schedules, options.noise.sigma};
-  // The bar counts the steps of every method on every batch.
+  // Each method made once for the batch; the bar counts the steps of every method on every batch.
+  std::vector<PreparedMethod<PriorNetwork>> prepared;
   int64_t batch_steps = 0;
-  for (const auto& method : plan.options.methods)
-    batch_steps += prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise).num_steps;
+  for (const auto& method : plan.options.methods) {
+    prepared.push_back(prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise));
+    batch_steps += prepared.back().num_steps;
+  }
   progress.start(batch_steps);
   StateDict record;
   const auto values = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
@@ -409,7 +412,8 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
   if (const auto naive = naive_inverse(op, y); naive.defined()) add("naive", naive.clamp(-1.0, 1.0), 0.0, {});
   const auto y_on_device = y.to(device);  // measurements are made on the CPU, the same on every device
   int64_t done = progress.done * progress.steps;
-  for (const auto& method : plan.options.methods) {
+  for (size_t m = 0; m < prepared.size(); ++m) {
+    const auto& method = plan.options.methods[m];
     auto generator = make_generator(image_seed(seed, first, SeedStream::sampling), device);
     const StepCallback callback = [&, before = done](const StepInfo& info) {
       InterruptGuard::check();
@@ -417,13 +421,10 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
                            fmt::format("{} batch {}/{}", method, batch + 1, plan.batches));
     };
     const auto start = std::chrono::steady_clock::now();
-    torch::Tensor restored;
-    const auto prepared = prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise);
-    const NetworkCost cost = prepared.network_cost;
-    done += prepared.num_steps;
-    restored = prepared.sample(prior.model, y_on_device, plan.shape, generator, callback);
+    done += prepared[m].num_steps;
+    const auto restored = prepared[m].sample(prior.model, y_on_device, plan.shape, generator, callback);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    add(method, restored.detach().to(torch::kCPU).clamp(-1.0, 1.0), seconds, cost);
+    add(method, restored.detach().to(torch::kCPU).clamp(-1.0, 1.0), seconds, prepared[m].network_cost);
   }
   for (int64_t i = 0; i < shown; ++i)
     for (size_t c = 0; c < cells[static_cast<size_t>(i)].size(); ++c)
