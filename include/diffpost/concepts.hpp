@@ -6,6 +6,7 @@
 //   Sampler          x_t -> x_{t-1}      one reverse step of the diffusion process
 //   PosteriorStep    (x_t, eps) -> x_{t-1} a method's correction of that step by the measurement (DPS, DDRM,
 //   ...)
+//   Autoencoder      x <-> z             the first stage of a latent diffusion prior (LDM's VQ-f4, KL-f8)
 //
 // Each concept is split into small named requirements so that a type which misses one gets an error that
 // names the missing piece. Conventions shared by all of them: tensors are NCHW, images live in [-1, 1],
@@ -162,6 +163,40 @@ concept HasNoiseLevel = requires(const N& noise) {
 /// satisfy it. GaussianLikelihood and NoNoise (sigma 0) do.
 template <class N>
 concept GaussianNoiseModel = NoiseModel<N> && HasNoiseLevel<N>;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Autoencoder
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Requirement 1 of Autoencoder: `codec.decode(z)` maps a latent batch to an image batch, built from
+/// differentiable LibTorch operations (latent methods differentiate A(D(z)) with respect to z).
+template <class C>
+concept HasDecoder = requires(const C& codec, const torch::Tensor& z) {
+  { codec.decode(z) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement 2 of Autoencoder: `codec.encode(x)` maps an image batch to the latent the diffusion model
+/// sees, differentiably (PSLD's gluing term differentiates through it).
+template <class C>
+concept HasEncoder = requires(const C& codec, const torch::Tensor& x) {
+  { codec.encode(x) } -> std::same_as<torch::Tensor>;
+};
+
+/// Requirement 3 of Autoencoder: `codec.image_shape(latent_shape)` and `codec.latent_shape(image_shape)`
+/// convert batch shapes [B, C, H, W] without running the networks.
+template <class C>
+concept HasLatentShapes = requires(const C& codec, const Shape& shape) {
+  { codec.image_shape(shape) } -> std::convertible_to<Shape>;
+  { codec.latent_shape(shape) } -> std::convertible_to<Shape>;
+};
+
+/// The first stage of a latent diffusion model, whose latents the score model denoises. Requirements:
+///   1. `codec.decode(z) -> torch::Tensor`, differentiable in z (HasDecoder);
+///   2. `codec.encode(x) -> torch::Tensor`, differentiable in x (HasEncoder);
+///   3. `codec.image_shape(latent_shape)` and `codec.latent_shape(image_shape)` (HasLatentShapes).
+/// Not required: encode(decode(z)) == z (a VQ codec quantizes), being a torch::nn::Module.
+template <class C>
+concept Autoencoder = HasDecoder<C> && HasEncoder<C> && HasLatentShapes<C>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // ScoreModel
