@@ -50,6 +50,12 @@ inline void parse_command_line(CLI::App& app, int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::exit(app.exit(e));
   }
+#ifndef __OPTIMIZE__
+  // CI's build (.ci/test) is unoptimised: it only checks that the benchmarks run.
+  std::cerr << "warning: " << app.get_name()
+            << " was built without optimisation, so its timings are not representative; build it with "
+               "-DCMAKE_BUILD_TYPE=Release\n";
+#endif
 }
 
 /// Installs the chosen CPU allocator before any tensor is made, and sets the intra-op threads.
