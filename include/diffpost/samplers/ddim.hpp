@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace diffpost {
 
@@ -71,5 +74,39 @@ class DDIMSampler {
 };
 
 static_assert(Sampler<DDIMSampler>);
+
+/// ldm's uniform DDIM discretisation of an N-step `model_schedule` (CompVis ldm's `make_ddim_timesteps(
+/// "uniform")` and `make_ddim_sampling_parameters`, which the latent solvers' official code runs): with
+/// stride c = N / steps (integer division), the network sees the timesteps 1, 1 + c, 1 + 2c, ... (every one
+/// below N
+/// + 1, so 1000 / 300 gives 334 steps) and each step's abar is the model's abar at that timestep. When the
+/// last timestep equals the number of steps (c = 1: timesteps 1 ... N), abar is taken one timestep earlier,
+/// as the PSLD code's `make_ddim_sampling_parameters` does to avoid ldm's index error at t = N. ldm's last
+/// step goes to abar_0 (its `alphas_prev[0]`); a DiffusionSchedule's last step goes to abar = 1, the only
+/// difference. `model_schedule` must be un-respaced (the schedule the network was trained on).
+inline DiffusionSchedule ldm_uniform_ddim_schedule(const DiffusionSchedule& model_schedule, int64_t steps) {
+  const int64_t n = model_schedule.num_steps();
+  TORCH_CHECK(steps >= 1 && steps <= n, "ldm_uniform_ddim_schedule: steps must be in [1, ", n, "], got ",
+              steps);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(
+        model_schedule.model_timestep(i) == i,
+        "ldm_uniform_ddim_schedule: give the un-respaced schedule the network was trained on; this one "
+        "maps step ",
+        i, " to timestep ", model_schedule.model_timestep(i));
+  }
+  const int64_t stride = n / steps;
+  std::vector<int64_t> timesteps;
+  for (int64_t t = 0; t < n; t += stride) timesteps.push_back(t + 1);
+  const bool shifted = timesteps.back() == static_cast<int64_t>(timesteps.size());
+  std::vector<int64_t> kept;
+  kept.reserve(timesteps.size());
+  for (auto t : timesteps) kept.push_back(shifted ? t - 1 : t);
+  TORCH_CHECK(kept.back() < n, "ldm_uniform_ddim_schedule: ", steps, " steps of a ", n,
+              "-step schedule reach timestep ", kept.back(),
+              ", outside it (ldm fails there too); choose another "
+              "step count");
+  return DiffusionSchedule(model_schedule.restricted_to(kept).betas(), std::move(timesteps));
+}
 
 }  // namespace diffpost
