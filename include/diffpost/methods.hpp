@@ -10,6 +10,7 @@
 #include <diffpost/methods/mcg.hpp>
 #include <diffpost/methods/pigdm.hpp>
 #include <diffpost/methods/projection.hpp>
+#include <diffpost/methods/resample.hpp>
 #include <diffpost/methods/score_ald.hpp>
 #include <diffpost/methods/sdedit.hpp>
 #include <diffpost/methods/unconditional.hpp>
