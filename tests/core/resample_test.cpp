@@ -10,6 +10,7 @@
 #include "support/linear_problem.hpp"
 
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <vector>
 
@@ -31,6 +32,9 @@ struct ResampleDenseOperator {
 static_assert(ForwardOperator<ResampleDenseOperator>);
 
 using ResampleMethod = ReSample<GaussianLikelihood, ResampleDenseOperator, LinearAutoencoder>;
+static_assert(PosteriorStep<ResampleMethod>);
+// ReSample takes any pixel-space ForwardOperator (it differentiates A and D by autograd) and any NoiseModel.
+static_assert(PosteriorStep<ReSample<PoissonLikelihood, PhaseRetrievalOperator, LinearAutoencoder>>);
 
 // The FFHQ LDM's schedule (ffhq-ldm-vq-4.yaml): ldm's "linear" betas, linspace(sqrt(0.0015), sqrt(0.0195),
 // 1000)^2.
@@ -183,6 +187,10 @@ TEST_CASE("ReSample's steps, consistency checkpoints and network cost are the re
   // Network work: 500 evaluations with their gradient, and 5 time-travel evaluations at each of the 33
   // checkpoints.
   CHECK((PosteriorSampler(method).network_cost() == NetworkCost{500 + 33 * 5, 500}));
+  // The template arguments are deduced from the constructor's (the docs' spelling).
+  const ReSample deduced(GaussianLikelihood(0.01), ThroughDecoder(problem.op, problem.codec),
+                         resample_ldm_schedule());
+  static_assert(std::same_as<decltype(deduced), const ResampleMethod>);
   // Without pixel optimisation every checkpoint fits in latent space.
   const auto latent_only = resample_method(problem, ReSampleOptions{}.pixel_optimization(false));
   CHECK(latent_only.is_consistency_step(330));
