@@ -11,6 +11,7 @@
 #include <diffpost/methods/pigdm.hpp>
 #include <diffpost/methods/projection.hpp>
 #include <diffpost/methods/psld.hpp>
+#include <diffpost/methods/resample.hpp>
 #include <diffpost/methods/score_ald.hpp>
 #include <diffpost/methods/sdedit.hpp>
 #include <diffpost/methods/unconditional.hpp>
