@@ -1,5 +1,5 @@
 // LatentDAPS (Zhang, Chu, Berner, Meng, Anandkumar & Song, "Improving Diffusion Inverse Problem Solving with
-// Decoupled Noise Annealing", CVPR 2025, section 4.4; official code zhangbingliang2019/DAPS, `LatentDAPS` in
+// Decoupled Noise Annealing", CVPR 2025; official code zhangbingliang2019/DAPS, `LatentDAPS` in
 // sampler.py): DAPS run on the latents of a latent diffusion model, the measurement seen through the decoder.
 #pragma once
 
@@ -34,6 +34,8 @@ namespace diffpost {
 ///     Euler step's end is a timestep like every other.
 ///   - The start is z_T ~ N(0, I) on the VP scale (standard deviation sqrt(1 + sigma_max^2) = 10.05 on the VE
 ///     scale); the official start has standard deviation sigma_max = 10.
+///   - The official `LatentWrapper.loss` casts the decoded image to float32 before the operator; diffpost
+///     computes in the latents' dtype (the same for float32 runs).
 ///   - A chain that produces NaN stops with an error naming the step (`PosteriorSampler`'s divergence check);
 ///     the official chain returns zeros for the whole batch and goes on.
 ///   - The official loop decodes x0_hat, z0 and z_t at every level for its logs; diffpost decodes nothing
