@@ -7,6 +7,7 @@
 #include <diffpost/methods/ddrm.hpp>
 #include <diffpost/methods/diffpir.hpp>
 #include <diffpost/methods/dps.hpp>
+#include <diffpost/methods/latent_daps.hpp>
 #include <diffpost/methods/mcg.hpp>
 #include <diffpost/methods/pigdm.hpp>
 #include <diffpost/methods/projection.hpp>

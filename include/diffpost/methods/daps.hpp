@@ -20,14 +20,41 @@
 
 namespace diffpost {
 
+/// The Markov chain of DAPS's second phase (the official `mcmc_sampler_config.mc_algo`).
+enum class DAPSChain {
+  langevin,  ///< x <- x + l s + sqrt(2 l) z (`mc_algo: langevin`, the pixel-space settings)
+  hmc,       ///< damped HMC, v <- m v + sqrt(l) s + sqrt(2 (1 - m)) z, x <- x + sqrt(l) v (`mc_algo: hmc`)
+};
+
 /// Options of DAPS. Defaults are the official pixel-space DAPS-1K settings (`configs/sampler/edm_daps.yaml`,
 /// `commands/pixel_ffhq.sh`, the Langevin settings of `configs/task/down_sampling.yaml`): 200 annealing
 /// levels from sigma 100 down toward 0.1 on EDM's rho = 7 spacing, 5 Euler steps of the ODE down to sigma
 /// 0.01 per level, 100 Langevin steps of size 1e-4 decaying linearly to 1e-6 over the levels, tau 0.01. Its
 /// other tasks change `step_size` (5e-5 for motion deblur, box inpainting and phase retrieval; 1e-5 with 200
 /// `langevin_steps` for nonlinear deblur). Sigmas are on the variance-exploding scale sigma = sqrt(1 / abar -
-/// 1), images in [-1, 1].
+/// 1), images in [-1, 1]. `latent()` is the official LatentDAPS preset (methods/latent_daps.hpp).
 struct DAPSOptions {
+  /// The official LatentDAPS-100 settings on the FFHQ LDM (`configs/sampler/latent_edm_daps.yaml`,
+  /// `commands/ldm_ffhq.sh`, the `ldm` block of `configs/task/down_sampling.yaml`): 50 annealing levels from
+  /// sigma 10 toward 0.1, 2 Euler steps of the ODE down to sigma 0.001, 24 HMC steps of size 1.35e-4
+  /// decaying to 1.35e-4 x 0.023 with momentum 0.86, tau 0.01, the latent gradient clamped to [-1, 1].
+  /// Other tasks change the chain's settings (docs/methods.md, LatentDAPS).
+  static DAPSOptions latent() {
+    return DAPSOptions{}
+        .annealing_steps(50)
+        .sigma_max(10.0)
+        .sigma_min(0.1)
+        .ode_steps(2)
+        .ode_sigma_min(0.001)
+        .chain(DAPSChain::hmc)
+        .langevin_steps(24)
+        .step_size(1.35e-4)
+        .step_size_min_ratio(0.023)
+        .momentum(0.86)
+        .tau(0.01)
+        .gradient_clamp(1.0);
+  }
+
   TORCH_ARG(int64_t, annealing_steps) = 200;
   TORCH_ARG(double, sigma_max) = 100.0;
   TORCH_ARG(double, sigma_min) = 0.1;
@@ -38,6 +65,13 @@ struct DAPSOptions {
   TORCH_ARG(double, step_size_min_ratio) = 0.01;
   TORCH_ARG(double, tau) = 0.01;
   TORCH_ARG(bool, clip_denoised) = false;
+  /// The chain of the second phase; `langevin_steps` counts its steps whichever it is.
+  TORCH_ARG(DAPSChain, chain) = DAPSChain::langevin;
+  /// HMC's momentum m in [0, 1) (the official `momentum`, 0.9 unless a task sets it); unused by Langevin.
+  TORCH_ARG(double, momentum) = 0.9;
+  /// When > 0, each entry of the data term's gradient (of r^2, before the 1 / tau^2) is clamped to
+  /// [-gradient_clamp, gradient_clamp], as the official `LatentWrapper.gradient` does with 1; 0 = no clamp.
+  TORCH_ARG(double, gradient_clamp) = 0.0;
 };
 
 /// DAPS (the paper's Algorithm 1 as the official code runs it). At annealing level sigma (VE scale):
@@ -46,7 +80,9 @@ struct DAPSOptions {
 ///   2. Langevin dynamics x <- x + l grad log p + sqrt(2 l) z from x = x0_hat for `langevin_steps` steps on
 ///      log p(x) = -r(y, A(x))^2 / tau^2 - ||x - x0_hat||^2 / (2 sigma^2), r the likelihood's data fidelity
 ///      (||y - A x|| for Gaussian noise), with l decaying linearly from `step_size` to `step_size` x
-///      `step_size_min_ratio` over the levels;
+///      `step_size_min_ratio` over the levels; or, with `DAPSChain::hmc`, the official damped HMC on the same
+///      target from a fresh standard-normal velocity v: v <- m v + sqrt(l) grad log p + sqrt(2 (1 - m)) z,
+///      x <- x + sqrt(l) v (an Euler step of underdamped Langevin dynamics with friction (1 - m) / sqrt(l));
 ///   3. x_{t'} = x0 + sigma' z at the next level sigma' (0 after the last: the result is x0).
 /// The model is discrete-time, so every sigma is rounded to the nearest timestep of `model_schedule` (the
 /// schedule the network was trained on, e.g. `DiffusionSchedule::linear()`); levels that round to the same
@@ -97,17 +133,29 @@ class DAPS : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule,
     const auto& path = ode_paths_[index];
     const auto x0_hat = solve_ode(model, prediction, path);
 
-    // Langevin dynamics on x0 at this level's sigma (VE scale).
+    // Langevin dynamics (or damped HMC) on x0 at this level's sigma (VE scale).
     const double sigma = model_schedule_.sqrt_recipm1_alphas_cumprod()[path.front()];
     const double step = langevin_step_size(index);
     const double inverse_tau2 = 1.0 / (o.tau() * o.tau());
     const double inverse_sigma2 = 1.0 / (sigma * sigma);
+    const bool hmc = o.chain() == DAPSChain::hmc;
     auto x = x0_hat;
+    // The official order of draws: the velocity first, then one standard normal per step.
+    auto velocity = hmc ? detail::randn_like(x, generator) : torch::Tensor();
     for (int64_t k = 0; k < o.langevin_steps(); ++k) {
-      const auto fidelity = fidelity_gradient(this->likelihood(), this->measurement_operator(), y, x,
-                                              FidelityPenalty::squared_norm);
-      const auto score = (x0_hat - x) * inverse_sigma2 - fidelity.gradient * inverse_tau2;
-      x = x + step * score + std::sqrt(2.0 * step) * detail::randn_like(x, generator);
+      auto gradient = fidelity_gradient(this->likelihood(), this->measurement_operator(), y, x,
+                                        FidelityPenalty::squared_norm)
+                          .gradient;
+      if (o.gradient_clamp() > 0.0) gradient = gradient.clamp(-o.gradient_clamp(), o.gradient_clamp());
+      const auto score = (x0_hat - x) * inverse_sigma2 - gradient * inverse_tau2;
+      const auto z = detail::randn_like(x, generator);
+      if (hmc) {
+        const double h = std::sqrt(step);
+        velocity = o.momentum() * velocity + h * score + std::sqrt(2.0 * (1.0 - o.momentum())) * z;
+        x = x + h * velocity;
+      } else {
+        x = x + step * score + std::sqrt(2.0 * step) * z;
+      }
     }
 
     // Forward diffusion to the next level: x0 + sigma' z on the VE scale is sqrt(abar') x0 + sqrt(1 - abar')
@@ -152,6 +200,10 @@ class DAPS : public detail::MethodParts<Likelihood, Operator, DiffusionSchedule,
                 "DAPSOptions: step_size and step_size_min_ratio must be > 0, got ", o.step_size(), " and ",
                 o.step_size_min_ratio());
     TORCH_CHECK(o.tau() > 0.0, "DAPSOptions::tau must be > 0, got ", o.tau());
+    TORCH_CHECK(o.momentum() >= 0.0 && o.momentum() < 1.0, "DAPSOptions::momentum must be in [0, 1), got ",
+                o.momentum(), " (HMC's velocity decay; the official LatentDAPS presets use 0.41 to 0.95)");
+    TORCH_CHECK(o.gradient_clamp() >= 0.0, "DAPSOptions::gradient_clamp must be >= 0 (0 = no clamp), got ",
+                o.gradient_clamp());
     const auto sigmas = edm_sigmas(o.sigma_max(), o.sigma_min(), o.annealing_steps() + 1);
     std::set<int64_t> levels;
     for (int64_t k = 0; k < o.annealing_steps(); ++k) levels.insert(model_schedule.nearest_step(sigmas[k]));

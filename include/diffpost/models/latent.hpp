@@ -44,7 +44,7 @@ class FirstStage {
   /// The image batch shape of latents shaped `latent_shape` [B, embed_dim, h, w].
   [[nodiscard]] Shape image_shape(const Shape& latent_shape) const {
     const auto& o = autoencoder_->options();
-    check_shape(latent_shape, o.embed_dim(), "latent", "embed_dim");
+    check_shape(latent_shape, o.embed_dim(), "a latent", "embed_dim");
     const int64_t f = o.downsampling_factor();
     return {latent_shape[0], o.out_ch(), latent_shape[2] * f, latent_shape[3] * f};
   }
@@ -52,7 +52,7 @@ class FirstStage {
   /// The latent batch shape of images shaped `image_shape` [B, C, H, W] (H and W multiples of the factor).
   [[nodiscard]] Shape latent_shape(const Shape& image_shape) const {
     const auto& o = autoencoder_->options();
-    check_shape(image_shape, o.in_channels(), "image", "in_channels");
+    check_shape(image_shape, o.in_channels(), "an image", "in_channels");
     const int64_t f = o.downsampling_factor();
     TORCH_CHECK(image_shape[2] % f == 0 && image_shape[3] % f == 0, "FirstStage: images of ", image_shape[2],
                 " x ", image_shape[3],
