@@ -68,9 +68,9 @@ class FirstStage {
 
  private:
   static void check_shape(const Shape& shape, int64_t channels, const char* what, const char* option) {
-    TORCH_CHECK(shape.size() == 4 && shape[1] == channels, "FirstStage: expected a ", what,
-                " batch shape [B, ", channels, ", H, W] (the autoencoder's ", option, " is ", channels,
-                "), got ", c10::IntArrayRef(shape));
+    TORCH_CHECK(shape.size() == 4 && shape[1] == channels, "FirstStage: expected ", what, " batch shape [B, ",
+                channels, ", H, W] (the autoencoder's ", option, " is ", channels, "), got ",
+                c10::IntArrayRef(shape));
   }
 
   LdmAutoencoder autoencoder_;
