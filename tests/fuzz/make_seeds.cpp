@@ -145,6 +145,16 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The CompVis latent diffusion checkpoints (Lightning .ckpt files) and the reference outputs next to them.
+  for (const char* extension : {".ckpt", ".pt"}) {
+    for (const auto& path : files_in(source / "tests/data/latent_diffusion", extension)) {
+      const auto pickles = pickles_of(path);
+      for (size_t i = 0; i < pickles.size(); ++i)
+        write_file(corpus / "pickle" / (path.stem().string() + "." + std::to_string(i) + ".pkl"), pickles[i]);
+      counts[0] += pickles.size();
+    }
+  }
+
   for (const auto& path : files_in(source / "tests/data/metrics", ".png")) {
     fs::copy_file(path, corpus / "image" / path.filename(), fs::copy_options::overwrite_existing);
     ++counts[1];
@@ -214,6 +224,7 @@ int main(int argc, char** argv) {
        std::vector<std::pair<std::string, std::string>>{{"tests/data/adm_config", ".yaml"},
                                                         {"tests/data/adm_config", ".json"},
                                                         {"tests/data/cli", ".yaml"},
+                                                        {"tests/data/latent_diffusion", ".yaml"},
                                                         {"examples/prior", ".yaml"}}) {
     for (const auto& path : files_in(source / folder, extension)) {
       fs::copy_file(

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,23 @@ const std::string kLdmFfhqYaml = R"(model:
       params:
         embed_dim: 3
         n_embed: 8192
+        ckpt_path: configs/first_stage_models/vq-f4/model.yaml
+        ddconfig:
+          double_z: false
+          z_channels: 3
+          resolution: 256
+          in_channels: 3
+          out_ch: 3
+          ch: 128
+          ch_mult:
+          - 1
+          - 2
+          - 4
+          num_res_blocks: 2
+          attn_resolutions: []
+          dropout: 0.0
+        lossconfig:
+          target: torch.nn.Identity
     cond_stage_config: __is_unconditional__
 )";
 
@@ -111,6 +129,13 @@ TEST_CASE(
   CHECK(config.linear_end == 0.0195);
   CHECK(config.scale_factor == 1.0);
   CHECK(config.parameterization == "eps");
+  // The first stage: ldm's vq-f4 autoencoder.
+  REQUIRE(config.first_stage.has_value());
+  CHECK(config.first_stage->target == "ldm.models.autoencoder.VQModelInterface");
+  std::ostringstream first_stage, vq_f4;
+  first_stage << config.first_stage->options;
+  vq_f4 << diffpost::LdmAutoencoderOptions::vq_f4();
+  CHECK(first_stage.str() == vq_f4.str());
   const auto schedule = config.schedule();
   REQUIRE(schedule.num_steps() == 1000);
   CHECK(std::abs(schedule.betas().front() - 0.0015) < 1e-15);

@@ -7,6 +7,7 @@
 
 #include <diffpost/detail/text.hpp>
 #include <diffpost/models/adm_unet.hpp>
+#include <diffpost/models/ldm_autoencoder.hpp>
 #include <diffpost/schedule.hpp>
 
 #include <torch/torch.h>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -263,6 +265,145 @@ inline std::vector<double> ldm_betas(const std::string& schedule, int64_t timest
 
 }  // namespace detail
 
+/// A CompVis first-stage autoencoder configuration: the `first_stage_config` of a latent-diffusion config, or
+/// the `model` section of a standalone one (`models/first_stage_models/vq-f4/config.yaml`): the class it
+/// names and its hyper-parameters (`embed_dim`, `n_embed` and the `ddconfig` of ldm's Encoder and Decoder).
+struct LdmFirstStageConfig {
+  /// `target`: ldm.models.autoencoder.VQModelInterface (in LDM configs), VQModel (standalone VQ configs) or
+  /// AutoencoderKL.
+  std::string target;
+  LdmAutoencoderOptions options;
+};
+
+namespace detail {
+
+/// At most this many codebook entries (the published VQ autoencoders have 256 to 16,384), channels and pixels
+/// of training resolution in a first-stage config: bounds on what a config file can make diffpost allocate.
+inline constexpr int64_t kLdmFirstStageMaxCodebook = int64_t{1} << 20;
+inline constexpr int64_t kLdmFirstStageMaxChannels = 4096;
+inline constexpr int64_t kLdmFirstStageMaxResolution = 65536;
+
+/// The keys of mapping `node` (at `origin`), each checked against `known` (the arguments of `what`); throws
+/// on an unknown or repeated key.
+inline std::set<std::string> checked_keys(const YAML::Node& node, const std::vector<std::string>& known,
+                                          const std::string& origin, const std::string& what) {
+  std::set<std::string> seen;
+  for (const auto& item : node) {
+    TORCH_CHECK(item.first.IsScalar(), origin, ": keys must be names, got a ",
+                item.first.IsSequence() ? "list" : (item.first.IsMap() ? "mapping" : "null"));
+    const auto key = item.first.Scalar();
+    TORCH_CHECK(std::find(known.begin(), known.end(), key) != known.end(), origin, ": unknown ", what,
+                " argument '", key, "'; known: ", fmt::format("{}", fmt::join(known, ", ")));
+    TORCH_CHECK(seen.insert(key).second, origin, ": key '", key, "' appears twice");
+  }
+  return seen;
+}
+
+/// An integer `key` of `node` in [min, max].
+inline int64_t config_int(const YAML::Node& node, const std::string& key, int64_t min, int64_t max,
+                          const std::string& origin) {
+  const auto field = AdmOptionField{.name = key.c_str(), .min = min, .max = max};
+  return check_config_range(field, config_value<int64_t>(node[key], key, "an integer", origin), origin);
+}
+
+/// ldm's `Encoder`/`Decoder` keyword arguments (`ddconfig`) into `options` (embed_dim, n_embed and the kind
+/// already set).
+inline void parse_ldm_ddconfig(const YAML::Node& ddconfig, LdmAutoencoderOptions& options,
+                               const std::string& origin) {
+  TORCH_CHECK(ddconfig.IsMap(), origin, " must be a mapping of Encoder/Decoder arguments (ch, ch_mult, ...)");
+  const auto seen =
+      checked_keys(ddconfig,
+                   {"double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult",
+                    "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv", "use_linear_attn",
+                    "attn_type", "give_pre_end", "tanh_out"},
+                   origin, "Encoder/Decoder");
+  for (const char* key :
+       {"z_channels", "resolution", "in_channels", "out_ch", "ch", "num_res_blocks", "attn_resolutions"})
+    TORCH_CHECK(seen.contains(key), origin, ": missing required key '", key, "'");
+  auto flag = [&](const char* key, bool fallback) {
+    return seen.contains(key) ? config_value<bool>(ddconfig[key], key, "true or false", origin) : fallback;
+  };
+  TORCH_CHECK(flag("resamp_with_conv", true), origin,
+              ": resamp_with_conv false (average-pool resampling) is not supported; the published "
+              "autoencoders resample with convolutions");
+  TORCH_CHECK(!flag("use_linear_attn", false), origin,
+              ": use_linear_attn (linear attention) is not supported");
+  TORCH_CHECK(!flag("give_pre_end", false) && !flag("tanh_out", false), origin,
+              ": give_pre_end and tanh_out (a decoder without its output layers, or with a tanh) are not "
+              "supported");
+  if (seen.contains("attn_type")) {
+    const auto attn_type = config_value<std::string>(ddconfig["attn_type"], "attn_type", "a name", origin);
+    TORCH_CHECK(attn_type == "vanilla", origin, ": attn_type '", attn_type,
+                "' is not supported (only ldm's vanilla AttnBlock)");
+  }
+  const int64_t max_channels = kLdmFirstStageMaxChannels;
+  options
+      .double_z(flag("double_z", true))  // ldm's Encoder default
+      .z_channels(config_int(ddconfig, "z_channels", 1, max_channels, origin))
+      .resolution(config_int(ddconfig, "resolution", 1, kLdmFirstStageMaxResolution, origin))
+      .in_channels(config_int(ddconfig, "in_channels", 1, max_channels, origin))
+      .out_ch(config_int(ddconfig, "out_ch", 1, max_channels, origin))
+      .ch(config_int(ddconfig, "ch", 1, max_channels, origin))
+      .num_res_blocks(config_int(ddconfig, "num_res_blocks", 1, 16, origin))
+      .attn_resolutions(config_int_list(
+          ddconfig["attn_resolutions"],
+          AdmOptionField{.name = "attn_resolutions", .min = 1, .max = kLdmFirstStageMaxResolution}, origin))
+      .ch_mult(seen.contains("ch_mult")
+                   ? config_int_list(ddconfig["ch_mult"],
+                                     AdmOptionField{.name = "ch_mult", .min = 1, .max = 64}, origin)
+                   : std::vector<int64_t>{1, 2, 4, 8});  // ldm's Encoder default
+  if (seen.contains("dropout"))
+    options.dropout(config_value<double>(ddconfig["dropout"], "dropout", "a number", origin));
+}
+
+/// A `target` + `params` mapping naming one of ldm's autoencoders (see LdmFirstStageConfig).
+inline LdmFirstStageConfig parse_ldm_first_stage_node(const YAML::Node& config, const std::string& origin) {
+  TORCH_CHECK(config.IsMap() && config["target"] && config["params"] && config["params"].IsMap(), origin,
+              " must be a mapping with target (e.g. ldm.models.autoencoder.VQModelInterface) and params");
+  LdmFirstStageConfig result;
+  result.target = config_value<std::string>(config["target"], "target", "a class path", origin);
+  const std::string prefix = "ldm.models.autoencoder.";
+  const auto name = result.target.rfind(prefix, 0) == 0 ? result.target.substr(prefix.size()) : "";
+  const bool vq = name == "VQModelInterface" || name == "VQModel";
+  TORCH_CHECK(vq || name == "AutoencoderKL", origin, ": target '", result.target,
+              "' is not an autoencoder diffpost builds (ldm.models.autoencoder.VQModelInterface, VQModel or "
+              "AutoencoderKL)");
+  const auto params = config["params"];
+  const std::string params_origin = origin + ".params";
+  std::vector<std::string> known{"ddconfig",    "lossconfig", "embed_dim",        "ckpt_path",
+                                 "ignore_keys", "image_key",  "colorize_nlabels", "monitor"};
+  if (vq) {
+    for (const char* key : {"n_embed", "batch_resize_range", "scheduler_config", "lr_g_factor", "remap",
+                            "sane_index_shape", "use_ema"})
+      known.emplace_back(key);
+  }
+  const auto seen = checked_keys(params, known, params_origin, name);
+  TORCH_CHECK(seen.contains("ddconfig") && seen.contains("embed_dim") && (!vq || seen.contains("n_embed")),
+              params_origin, ": missing one of the required keys ddconfig, embed_dim", vq ? ", n_embed" : "");
+  auto set_and_not_null = [&](const char* key) { return seen.contains(key) && !params[key].IsNull(); };
+  TORCH_CHECK(!set_and_not_null("colorize_nlabels"), params_origin,
+              ": colorize_nlabels (an autoencoder of segmentation maps, with a 'colorize' buffer) is not "
+              "supported");
+  TORCH_CHECK(!set_and_not_null("remap"), params_origin,
+              ": remap (a codebook index remapping, with a 'used' buffer) is not supported");
+  TORCH_CHECK(!seen.contains("use_ema") ||
+                  !config_value<bool>(params["use_ema"], "use_ema", "true or false", params_origin),
+              params_origin, ": use_ema true (the autoencoder's own EMA copy) is not supported");
+  auto& options = result.options;
+  options.kind(vq ? LdmAutoencoderKind::vq : LdmAutoencoderKind::kl)
+      .embed_dim(config_int(params, "embed_dim", 1, kLdmFirstStageMaxChannels, params_origin));
+  if (vq) options.n_embed(config_int(params, "n_embed", 1, kLdmFirstStageMaxCodebook, params_origin));
+  parse_ldm_ddconfig(params["ddconfig"], options, params_origin + ".ddconfig");
+  try {
+    options.validate();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, origin, ": ", e.what_without_backtrace());
+  }
+  return result;
+}
+
+}  // namespace detail
+
 /// A CompVis latent-diffusion configuration (e.g. `configs/latent-diffusion/ffhq-ldm-vq-4.yaml`): the UNet
 /// of `model.params.unet_config.params` as AdmUNetOptions, and the diffusion settings of `model.params` with
 /// ldm's defaults (DDPM in ldm/models/diffusion/ddpm.py) where the file is silent.
@@ -276,6 +417,13 @@ struct LdmModelConfig {
   double scale_factor = 1.0;
   /// What the UNet predicts: "eps" (all the released LDMs) or "x0".
   std::string parameterization = "eps";
+  /// `model.params.first_stage_config`: the autoencoder (absent from configs that describe only the UNet).
+  std::optional<LdmFirstStageConfig> first_stage;
+  /// `scale_by_std`: the scale factor is the checkpoint's `scale_factor` buffer (1 / std of the training
+  /// latents, e.g. the LSUN churches KL-f8 LDM), not the config's `scale_factor`.
+  bool scale_by_std = false;
+  /// `use_ema` (ldm's default true): whether training kept an EMA copy of the UNet (`model_ema.*`).
+  bool use_ema = true;
 
   /// The schedule ldm's `register_schedule` builds from these settings (`make_beta_schedule`); prefer the
   /// checkpoint's own `betas` when it has them (schedule_from_state_dict).
@@ -390,6 +538,34 @@ inline LdmModelConfig parse_ldm_model_config_node(const YAML::Node& root, const 
               " must be in (0, 1]");
   TORCH_CHECK(config.scale_factor > 0, origin, " model.params: scale_factor must be positive, got ",
               config.scale_factor);
+  auto model_flag = [&](const char* key, bool fallback) {
+    return model_params[key]
+               ? config_value<bool>(model_params[key], key, "true or false", origin + " model.params")
+               : fallback;
+  };
+  config.scale_by_std = model_flag("scale_by_std", false);
+  config.use_ema = model_flag("use_ema", true);
+  // Conditional LDMs (ldm's LatentDiffusion: a cond_stage_config other than __is_unconditional__ makes the
+  // UNet take a conditioning through conditioning_key) need inputs diffpost does not have.
+  if (const auto cond = model_params["cond_stage_config"]; cond) {
+    const bool unconditional = cond.IsScalar() && cond.Scalar() == "__is_unconditional__";
+    const std::string what = cond.IsScalar() ? "'" + cond.Scalar() + "'"
+                                             : (cond.IsMap() && cond["target"] && cond["target"].IsScalar()
+                                                    ? "target '" + cond["target"].Scalar() + "'"
+                                                    : std::string("a conditioning model"));
+    TORCH_CHECK(
+        unconditional, origin, " model.params.cond_stage_config is ", what,
+        ": a conditional LDM (class labels, text, layouts, or images concatenated to the latent) is not "
+        "supported; diffpost reads unconditional LDMs, whose cond_stage_config is __is_unconditional__");
+  }
+  if (const auto key = model_params["conditioning_key"]; key && !key.IsNull()) {
+    TORCH_CHECK(false, origin, " model.params.conditioning_key is '",
+                key.IsScalar() ? key.Scalar() : std::string("?"),
+                "': a conditional LDM is not supported; diffpost reads unconditional LDMs "
+                "(cond_stage_config: __is_unconditional__, no conditioning_key)");
+  }
+  if (const auto first_stage = model_params["first_stage_config"]; first_stage)
+    config.first_stage = parse_ldm_first_stage_node(first_stage, origin + " model.params.first_stage_config");
   return config;
 }
 
@@ -447,10 +623,13 @@ inline std::string adm_model_config_yaml(const AdmUNetOptions& options, const st
 
 /// Parses a CompVis latent-diffusion config (`ffhq-ldm-vq-4.yaml` layout): `model.params.unet_config.params`
 /// (ldm's UNetModel arguments: model_channels, attention_resolutions as downsample factors, out_channels,
-/// ...) into AdmUNetOptions, and timesteps, beta_schedule, linear_start, linear_end, scale_factor and
-/// parameterization from `model.params`. Other parts of the file (first_stage_config, data, lightning) are
-/// not read. Throws c10::Error on unknown UNet arguments, SpatialTransformer (conditional) UNets, values of
-/// the wrong type or range, and options AdmUNetOptions::validate() rejects.
+/// ...) into AdmUNetOptions; timesteps, beta_schedule, linear_start, linear_end, scale_factor, scale_by_std,
+/// use_ema and parameterization from `model.params`; and the autoencoder of `model.params.first_stage_config`
+/// when there is one (parse_ldm_first_stage_config). Other parts of the file (data, lightning, the
+/// autoencoder's lossconfig) are not read. Throws c10::Error on unknown UNet, autoencoder or Encoder/Decoder
+/// arguments, conditional models (a cond_stage_config other than __is_unconditional__, a conditioning_key,
+/// SpatialTransformer UNets), values of the wrong type or range, and options AdmUNetOptions::validate() or
+/// LdmAutoencoderOptions::validate() rejects.
 inline LdmModelConfig parse_ldm_model_config(const std::string& text,
                                              const std::string& origin = "latent-diffusion config") {
   try {
@@ -460,18 +639,62 @@ inline LdmModelConfig parse_ldm_model_config(const std::string& text,
   }
 }
 
-/// Reads the latent-diffusion config file at `path` (at most 1 MiB; see parse_ldm_model_config).
-inline LdmModelConfig read_ldm_model_config(const std::filesystem::path& path) {
+namespace detail {
+
+/// The text of the config file at `path` (at most 1 MiB); errors name `reader`.
+inline std::string read_config_text(const std::filesystem::path& path, const char* reader) {
   std::error_code error;
   const auto size = std::filesystem::file_size(path, error);
-  TORCH_CHECK(!error && std::filesystem::is_regular_file(path, error), "read_ldm_model_config: cannot open '",
+  TORCH_CHECK(!error && std::filesystem::is_regular_file(path, error), reader, ": cannot open '",
               path.string(), "'");
-  TORCH_CHECK(size <= (uintmax_t{1} << 20), "read_ldm_model_config: '", path.string(), "' is ", size,
+  TORCH_CHECK(size <= (uintmax_t{1} << 20), reader, ": '", path.string(), "' is ", size,
               " bytes; a config is a few kilobytes (is this the checkpoint?)");
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
-  return parse_ldm_model_config(text.str(), "'" + path.string() + "'");
+  return text.str();
+}
+
+}  // namespace detail
+
+/// Reads the latent-diffusion config file at `path` (at most 1 MiB; see parse_ldm_model_config).
+inline LdmModelConfig read_ldm_model_config(const std::filesystem::path& path) {
+  return parse_ldm_model_config(detail::read_config_text(path, "read_ldm_model_config"),
+                                "'" + path.string() + "'");
+}
+
+/// Parses a CompVis first-stage autoencoder config: the standalone layout of
+/// `models/first_stage_models/vq-f4/config.yaml` (`model: {target: ldm.models.autoencoder.VQModel, params:
+/// {embed_dim, n_embed, ddconfig, lossconfig, ...}}`), or a latent-diffusion config, whose
+/// `model.params.first_stage_config` is read. The targets diffpost builds are ldm.models.autoencoder's
+/// VQModelInterface and VQModel (kind vq) and AutoencoderKL (kind kl); `ddconfig` holds ldm's Encoder/Decoder
+/// arguments (ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, double_z, ...), `lossconfig`, the
+/// training loss, is not read, nor are ckpt_path, monitor and the other training arguments. Refused by name:
+/// unknown arguments (per class, as ldm's constructors refuse them), other targets, index remapping (remap),
+/// segmentation colorizing (colorize_nlabels), the autoencoder's own EMA (use_ema), linear attention, and
+/// options LdmAutoencoderOptions::validate() rejects.
+inline LdmFirstStageConfig parse_ldm_first_stage_config(const std::string& text,
+                                                        const std::string& origin = "first-stage config") {
+  try {
+    const auto root = detail::load_yaml(text, origin);
+    if (detail::is_ldm_config(root) && root["model"]["params"]["first_stage_config"])
+      return detail::parse_ldm_first_stage_node(root["model"]["params"]["first_stage_config"],
+                                                origin + " model.params.first_stage_config");
+    TORCH_CHECK(root.IsMap() && root["model"] && root["model"].IsMap() && root["model"]["target"], origin,
+                ": not a first-stage autoencoder config: expected model: {target: "
+                "ldm.models.autoencoder.VQModel, params: {embed_dim, n_embed, ddconfig}} (the layout of "
+                "models/first_stage_models/vq-f4/config.yaml) or a latent-diffusion config with "
+                "model.params.first_stage_config");
+    return detail::parse_ldm_first_stage_node(root["model"], origin + " model");
+  } catch (const YAML::Exception& e) {
+    TORCH_CHECK(false, origin, ": not a first-stage config diffpost can read: ", e.what());
+  }
+}
+
+/// Reads the first-stage config file at `path` (at most 1 MiB; see parse_ldm_first_stage_config).
+inline LdmFirstStageConfig read_ldm_first_stage_config(const std::filesystem::path& path) {
+  return parse_ldm_first_stage_config(detail::read_config_text(path, "read_ldm_first_stage_config"),
+                                      "'" + path.string() + "'");
 }
 
 /// Reads the ADM UNet configuration file at `path` (YAML or JSON, at most 1 MiB; see parse_adm_model_config

@@ -334,6 +334,9 @@ class EncoderImpl : public torch::nn::Module {
     return conv_out_(swish(norm_out_(mid_(h))));
   }
 
+  /// The dtype of the convolutions' weights (LdmAutoencoderImpl::set_compute_dtype).
+  torch::ScalarType conv_dtype() const { return conv_in_->weight.scalar_type(); }
+
  private:
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
   torch::nn::ModuleList down_{nullptr};
@@ -368,6 +371,9 @@ class DecoderImpl : public torch::nn::Module {
     for (int64_t i = static_cast<int64_t>(up_->size()) - 1; i >= 0; --i) h = up_[i]->as<Level>()->forward(h);
     return conv_out_(swish(norm_out_(h)));
   }
+
+  /// The dtype of the convolutions' weights (LdmAutoencoderImpl::set_compute_dtype).
+  torch::ScalarType conv_dtype() const { return conv_in_->weight.scalar_type(); }
 
  private:
   torch::nn::Conv2d conv_in_{nullptr}, conv_out_{nullptr};
@@ -462,7 +468,8 @@ class LdmAutoencoderImpl : public torch::nn::Module {
   /// log-variance stacked along channels (not yet clamped).
   torch::Tensor moments(const torch::Tensor& x) {
     const auto input = prepare(x, "moments", options_.in_channels(), /*image=*/true);
-    return quant_conv_(encoder_(input)).to(x.scalar_type());
+    const auto h = encoder_(input.to(encoder_->conv_dtype())).to(input.scalar_type());
+    return quant_conv_(h).to(x.scalar_type());
   }
 
   /// The latent the diffusion model sees: for VQ the latent before quantization (ldm's
@@ -510,13 +517,44 @@ class LdmAutoencoderImpl : public torch::nn::Module {
   torch::Tensor decode(const torch::Tensor& z, bool quantize = true) {
     auto latent = prepare(z, "decode", options_.embed_dim(), /*image=*/false);
     if (quantize && quantize_) latent = quantize_(latent);
-    return decoder_(post_quant_conv_(latent)).to(z.scalar_type());
+    return decoder_(post_quant_conv_(latent).to(decoder_->conv_dtype())).to(z.scalar_type());
   }
 
   /// decode(encode(x)): the reconstruction through the latent the diffusion model sees.
   torch::Tensor forward(const torch::Tensor& x) { return decode(encode(x)); }
 
   const LdmAutoencoderOptions& options() const { return options_; }
+
+  /// Mixed precision, as AdmUNetImpl::set_compute_dtype for the UNet: torch::kBFloat16 or torch::kHalf
+  /// converts the weights and biases of every convolution of the encoder and the decoder to it, and encode
+  /// and decode then cast the image (or the latent after post_quant_conv) to it before the encoder (decoder)
+  /// and back after. Everything else keeps the dtype of the model's other parameters (float32 for the
+  /// published models): every GroupNorm (which also normalises in float32 whatever its input), the attention
+  /// softmax (float32), the 1x1 quant_conv and post_quant_conv, and the codebook, so the latent, the
+  /// nearest-code search and the KL posterior stay in full precision. Inputs and outputs keep the caller's
+  /// dtype, and gradients flow as before. The dtype of the other parameters restores full precision, but the
+  /// bits the conversion dropped stay dropped: load the checkpoint again for exact weights. Call it after
+  /// loading (loading converts into whatever dtype the model holds), before or after moving the model to its
+  /// device. float16 needs CUDA: LibTorch's CPU has no float16 convolutions.
+  void set_compute_dtype(torch::ScalarType dtype) {
+    const auto float_dtype = post_quant_conv_->weight.scalar_type();
+    TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kHalf || dtype == float_dtype,
+                "LdmAutoencoder::set_compute_dtype: expected torch::kBFloat16, torch::kHalf or the dtype of "
+                "the model's other parameters (",
+                float_dtype, "), got ", dtype);
+    torch::NoGradGuard no_grad;
+    const std::vector<std::shared_ptr<torch::nn::Module>> halves{encoder_.ptr(), decoder_.ptr()};
+    for (const auto& half : halves) {
+      for (const auto& module : half->modules(/*include_self=*/false)) {
+        if (module->as<torch::nn::Conv2d>() == nullptr) continue;
+        for (auto& parameter : module->parameters(/*recurse=*/false)) parameter.set_data(parameter.to(dtype));
+      }
+    }
+  }
+
+  /// The dtype the encoder's and decoder's convolutions compute in: the model's parameter dtype unless
+  /// `set_compute_dtype` chose a 16-bit one.
+  torch::ScalarType compute_dtype() const { return encoder_->conv_dtype(); }
 
   void pretty_print(std::ostream& os) const override { os << "diffpost::" << options_; }
 
