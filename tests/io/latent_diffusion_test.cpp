@@ -26,6 +26,8 @@ using diffpost::testing::error_of;
 using diffpost::testing::relative_error;
 
 const fs::path kLatentDiffusionData = fs::path(DIFFPOST_TEST_DATA_DIR) / "latent_diffusion";
+// The published CompVis configs (model sections; tests/data/ldm/README.md).
+const fs::path kLdmConfigs = fs::path(DIFFPOST_TEST_DATA_DIR) / "ldm" / "configs";
 const fs::path kTinyLdm = kLatentDiffusionData / "tiny_ldm.ckpt";
 const fs::path kTinyLdmYaml = kLatentDiffusionData / "tiny_ldm.yaml";
 const fs::path kTinyVq = kLatentDiffusionData / "tiny_vq.ckpt";
@@ -315,72 +317,16 @@ TEST_CASE("first-stage configs: the published vq-f4, kl-f8 and FFHQ LDM configs 
     text << options;
     return text.str();
   };
-  // models/first_stage_models/vq-f4/config.yaml and kl-f8/config.yaml of CompVis latent-diffusion (model
-  // part).
-  const auto vq_f4 = diffpost::parse_ldm_first_stage_config(R"(model:
-  base_learning_rate: 4.5e-06
-  target: ldm.models.autoencoder.VQModel
-  params:
-    embed_dim: 3
-    n_embed: 8192
-    monitor: val/rec_loss
-
-    ddconfig:
-      double_z: false
-      z_channels: 3
-      resolution: 256
-      in_channels: 3
-      out_ch: 3
-      ch: 128
-      ch_mult:
-      - 1
-      - 2
-      - 4
-      num_res_blocks: 2
-      attn_resolutions: []
-      dropout: 0.0
-    lossconfig:
-      target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator
-      params:
-        disc_conditional: false
-        disc_in_channels: 3
-        disc_start: 0
-        disc_weight: 0.75
-        codebook_weight: 1.0
-)",
-                                                            "vq-f4/config.yaml");
+  // models/first_stage_models/vq-f4/config.yaml and kl-f8/config.yaml of CompVis latent-diffusion.
+  const auto vq_f4 = diffpost::read_ldm_first_stage_config(kLdmConfigs / "vq-f4-config.yaml");
   CHECK(vq_f4.target == "ldm.models.autoencoder.VQModel");
   CHECK(printed(vq_f4.options) == printed(diffpost::LdmAutoencoderOptions::vq_f4()));
-  const auto kl_f8 = diffpost::parse_ldm_first_stage_config(R"(model:
-  base_learning_rate: 4.5e-06
-  target: ldm.models.autoencoder.AutoencoderKL
-  params:
-    monitor: val/rec_loss
-    embed_dim: 4
-    lossconfig:
-      target: ldm.modules.losses.LPIPSWithDiscriminator
-      params:
-        disc_start: 50001
-        kl_weight: 1.0e-06
-        disc_weight: 0.5
-    ddconfig:
-      double_z: true
-      z_channels: 4
-      resolution: 256
-      in_channels: 3
-      out_ch: 3
-      ch: 128
-      ch_mult:
-      - 1
-      - 2
-      - 4
-      - 4
-      num_res_blocks: 2
-      attn_resolutions: []
-      dropout: 0.0
-)",
-                                                            "kl-f8/config.yaml");
+  const auto kl_f8 = diffpost::read_ldm_first_stage_config(kLdmConfigs / "kl-f8-config.yaml");
   CHECK(printed(kl_f8.options) == printed(diffpost::LdmAutoencoderOptions::kl_f8()));
+  // configs/latent-diffusion/ffhq-ldm-vq-4.yaml: its first_stage_config is the vq-f4 model.
+  const auto ffhq = diffpost::read_ldm_first_stage_config(kLdmConfigs / "ffhq-ldm-vq-4.yaml");
+  CHECK(ffhq.target == "ldm.models.autoencoder.VQModelInterface");
+  CHECK(printed(ffhq.options) == printed(diffpost::LdmAutoencoderOptions::vq_f4()));
 
   // The tiny fixtures: the LDM config's first stage, the standalone file, and the LDM config read as a
   // first-stage config (its first_stage_config).

@@ -6,6 +6,7 @@
 #include <diffpost/random.hpp>
 
 #include "support/error_of.hpp"
+#include "support/ldm_tiny.hpp"
 #include "support/linear_autoencoder.hpp"
 #include "support/subsample_problem.hpp"
 #include "support/tensors.hpp"
@@ -34,14 +35,7 @@ namespace {
 // (factor 2), one residual block, a 16-entry codebook of 3-channel latents; random weights from `seed`.
 LdmAutoencoder latent_test_tiny_vq(uint64_t seed) {
   torch::manual_seed(seed);
-  LdmAutoencoder model(LdmAutoencoderOptions{}
-                           .embed_dim(3)
-                           .n_embed(16)
-                           .z_channels(3)
-                           .resolution(16)
-                           .ch(32)
-                           .ch_mult({1, 2})
-                           .num_res_blocks(1));
+  LdmAutoencoder model(testing::ldm_tiny_vq());
   model->eval();
   return model;
 }

@@ -8,6 +8,7 @@
 #include <diffpost/random.hpp>
 
 #include "support/error_of.hpp"
+#include "support/ldm_tiny.hpp"
 #include "support/temp_dir.hpp"
 #include "support/tensors.hpp"
 
@@ -30,21 +31,12 @@ using diffpost::LdmAutoencoder;
 using diffpost::LdmAutoencoderKind;
 using diffpost::LdmAutoencoderOptions;
 using diffpost::testing::error_of;
+using diffpost::testing::ldm_tiny_vq;
 using diffpost::testing::relative_error;
 
 const fs::path kLdmData = fs::path(DIFFPOST_TEST_DATA_DIR) / "ldm_autoencoder";
 
 // The tiny configurations of the fixture (README.md).
-LdmAutoencoderOptions ldm_tiny_vq() {
-  return LdmAutoencoderOptions{}
-      .embed_dim(3)
-      .n_embed(16)
-      .z_channels(3)
-      .resolution(16)
-      .ch(32)
-      .ch_mult({1, 2})
-      .num_res_blocks(1);
-}
 
 LdmAutoencoderOptions ldm_tiny_kl() {
   return LdmAutoencoderOptions{}

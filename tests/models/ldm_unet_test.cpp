@@ -7,6 +7,8 @@
 #include <diffpost/models/adm_unet.hpp>
 
 #include "support/error_of.hpp"
+#include "support/file_bytes.hpp"
+#include "support/ldm_tiny.hpp"
 #include "support/tensors.hpp"
 
 #include <torch/torch.h>
@@ -19,93 +21,21 @@
 #include <string>
 #include <vector>
 
+using diffpost::testing::ldm_tiny_yaml;
+
 namespace {
 
 const std::filesystem::path kLdmUNetData = std::filesystem::path(DIFFPOST_TEST_DATA_DIR) / "ldm";
 
 // The model section of ffhq-ldm-vq-4.yaml (the FFHQ 256 LDM), with the keys and values of the published file.
-const std::string kLdmFfhqYaml = R"(model:
-  base_learning_rate: 2.0e-06
-  target: ldm.models.diffusion.ddpm.LatentDiffusion
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0195
-    num_timesteps_cond: 1
-    log_every_t: 200
-    timesteps: 1000
-    first_stage_key: image
-    image_size: 64
-    channels: 3
-    monitor: val/loss_simple_ema
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        image_size: 64
-        in_channels: 3
-        out_channels: 3
-        model_channels: 224
-        attention_resolutions:
-        - 8
-        - 4
-        - 2
-        num_res_blocks: 2
-        channel_mult:
-        - 1
-        - 2
-        - 3
-        - 4
-        num_head_channels: 32
-    first_stage_config:
-      target: ldm.models.autoencoder.VQModelInterface
-      params:
-        embed_dim: 3
-        n_embed: 8192
-        ckpt_path: configs/first_stage_models/vq-f4/model.yaml
-        ddconfig:
-          double_z: false
-          z_channels: 3
-          resolution: 256
-          in_channels: 3
-          out_ch: 3
-          ch: 128
-          ch_mult:
-          - 1
-          - 2
-          - 4
-          num_res_blocks: 2
-          attn_resolutions: []
-          dropout: 0.0
-        lossconfig:
-          target: torch.nn.Identity
-    cond_stage_config: __is_unconditional__
-)";
-
-// The tiny UNet of tests/data/ldm/tiny_unet.ckpt in the same layout.
-std::string ldm_tiny_yaml(const std::string& extra = "") {
-  return R"(model:
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0195
-    timesteps: 1000
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params:
-        image_size: 8
-        in_channels: 3
-        out_channels: 3
-        model_channels: 32
-        attention_resolutions: [2]
-        num_res_blocks: 1
-        channel_mult: [1, 1]
-        num_head_channels: 8
-)" + extra;
-}
+const std::filesystem::path kLdmFfhqYaml = kLdmUNetData / "configs" / "ffhq-ldm-vq-4.yaml";
+;
 
 }  // namespace
 
 TEST_CASE(
     "the FFHQ LDM config reads into AdmUNetOptions: attention at downsample factors, no learned sigma") {
-  const auto config = diffpost::parse_ldm_model_config(kLdmFfhqYaml, "ffhq-ldm-vq-4.yaml");
+  const auto config = diffpost::read_ldm_model_config(kLdmFfhqYaml);
   const auto& o = config.unet;
   CHECK(o.image_size() == 64);
   CHECK(o.in_channels() == 3);
@@ -145,7 +75,8 @@ TEST_CASE(
   CHECK(std::abs(schedule.betas()[500] - middle_root * middle_root) < 1e-15);
 
   // The ADM config reader recognises the layout too.
-  const auto adm = diffpost::parse_adm_model_config(kLdmFfhqYaml, "ffhq-ldm-vq-4.yaml");
+  const auto adm =
+      diffpost::parse_adm_model_config(diffpost::testing::read_bytes(kLdmFfhqYaml), "ffhq-ldm-vq-4.yaml");
   CHECK(fmt::format("{}", adm.options) == fmt::format("{}", o));
 }
 

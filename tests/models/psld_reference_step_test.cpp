@@ -11,6 +11,7 @@
 #include <diffpost/operators/inpainting.hpp>
 #include <diffpost/random.hpp>
 #include "support/doctest_with_torch.hpp"
+#include "support/ldm_tiny.hpp"
 
 #include "support/tensors.hpp"
 
@@ -23,29 +24,12 @@ TEST_CASE("a PSLD step matches the official psld.py step on a tiny latent UNet a
   using namespace diffpost;
   const std::filesystem::path data(DIFFPOST_TEST_DATA_DIR);
   // The UNet of tests/data/ldm/tiny_unet.ckpt with its ldm config (tests/models/ldm_unet_test.cpp).
-  const auto config = parse_ldm_model_config(R"(model:
-  params:
-    linear_start: 0.0015
-    linear_end: 0.0195
-    timesteps: 1000
-    unet_config:
-      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-      params: {image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, attention_resolutions: [2],
-               num_res_blocks: 1, channel_mult: [1, 1], num_head_channels: 8}
-)",
-                                             "tiny ldm config");
+  const auto config = parse_ldm_model_config(testing::ldm_tiny_yaml(), "tiny ldm config");
   AdmUNet unet(config.unet);
   load_checkpoint(unet, data / "ldm" / "tiny_unet.ckpt", {}, ReadOptions{}.prefix("model.diffusion_model."));
   unet->eval();
   // The VQ autoencoder of tests/data/ldm_autoencoder (README there): weights drawn after manual_seed(11).
-  LdmAutoencoder vq(LdmAutoencoderOptions{}
-                        .embed_dim(3)
-                        .n_embed(16)
-                        .z_channels(3)
-                        .resolution(16)
-                        .ch(32)
-                        .ch_mult({1, 2})
-                        .num_res_blocks(1));
+  LdmAutoencoder vq(testing::ldm_tiny_vq());
   vq->eval();
   torch::manual_seed(11);
   testing::randomize_parameters(*vq, at::detail::getDefaultCPUGenerator());
