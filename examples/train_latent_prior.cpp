@@ -80,6 +80,7 @@ struct Flags {
   fs::path sample_grid;
   int64_t samples = 64;
   std::string sample_steps = "ddim100";
+  double eta = 0.0;
   int64_t grid_scale = 2;
   int64_t eval_images = 100;
   int64_t latent_images = 0;
@@ -116,6 +117,9 @@ Flags parse_flags(int argc, char** argv) {
       ->type_name("PNG");
   app.add_option("--samples", f.samples, "samples in the grid")->check(positive)->capture_default_str();
   app.add_option("--sample-steps", f.sample_steps, "respacing of the DDIM samples (ddimN or N)")
+      ->capture_default_str();
+  app.add_option("--eta", f.eta, "DDIM eta of the samples (0: deterministic DDIM, 1: DDPM-like noise)")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--grid-scale", f.grid_scale, "enlarge each grid cell N times")
       ->check(positive)
@@ -592,15 +596,15 @@ int export_prior(const Flags& flags, const torch::Device& device) {
     unet->to(device);
     first_stage->to(device);
     const diffpost::DDIMSampler sampler(schedule.respaced(flags.sample_steps),
-                                        diffpost::DDIMOptions{}.clip_denoised(false));
+                                        diffpost::DDIMOptions{}.eta(flags.eta).clip_denoised(false));
     auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed));
     const int64_t size = config.unet.image_size();
     auto z = diffpost::sample_unconditional(unet, sampler, {flags.samples, flags.embed_dim, size, size},
                                             generator, torch::TensorOptions().device(device));
     auto images = first_stage->decode(z / config.scale_factor).clamp(-1.0, 1.0);
     ex::save_sample_grid(images, flags.grid_scale, flags.sample_grid);
-    fmt::print(stderr, "{} samples ({} DDIM steps, seed {}; latent std {:.3f}) -> {}\n", flags.samples,
-               sampler.schedule().num_steps(), flags.seed, z.std().item<double>(),
+    fmt::print(stderr, "{} samples ({} DDIM steps, eta {}, seed {}; latent std {:.3f}) -> {}\n",
+               flags.samples, sampler.schedule().num_steps(), flags.eta, flags.seed, z.std().item<double>(),
                flags.sample_grid.string());
   }
   return 0;
