@@ -35,10 +35,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -54,12 +52,6 @@
 namespace fs = std::filesystem;
 
 namespace {
-
-std::atomic<bool> stop_requested{false};
-
-extern "C" void request_stop(int) {
-  stop_requested.store(true);
-}
 
 struct Flags {
   std::string data = "fashion-mnist";
@@ -227,121 +219,8 @@ torch::Tensor load_training_images(const std::string& data) {
   return diffpost::load_image_folder(data);
 }
 
-/// Everything that makes a run resumable, saved in one torch archive.
-struct TrainState {
-  int64_t step = 0;
-  double trained_seconds = 0.0;
-  std::vector<float> losses;  // mean loss of every step, for the curve
-};
-
-void save_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNet& ema,
-                torch::optim::Adam& optimizer, const TrainState& state) {
-  torch::serialize::OutputArchive archive;
-  torch::serialize::OutputArchive model_archive, ema_archive, optimizer_archive;
-  model->save(model_archive);
-  ema->save(ema_archive);
-  optimizer.save(optimizer_archive);
-  archive.write("model", model_archive);
-  archive.write("ema", ema_archive);
-  archive.write("optimizer", optimizer_archive);
-  archive.write("step", torch::tensor(state.step));
-  archive.write("trained_seconds", torch::tensor(state.trained_seconds, torch::kFloat64));
-  archive.write("losses", torch::tensor(state.losses.empty() ? std::vector<float>{} : state.losses));
-  // Written beside the target and renamed, so an interruption never leaves a half-written state.
-  diffpost::detail::write_file_atomically(path, true, "train_prior", "",
-                                          [&](std::ostream& out) { archive.save_to(out); });
-}
-
-void load_state(const fs::path& path, diffpost::AdmUNet& model, diffpost::AdmUNet& ema,
-                torch::optim::Adam* optimizer, TrainState& state, const torch::Device& device) {
-  torch::serialize::InputArchive archive;
-  archive.load_from(path.string(), device);  // onto the device the run trains on, whatever wrote it
-  torch::serialize::InputArchive model_archive, ema_archive, optimizer_archive;
-  archive.read("model", model_archive);
-  archive.read("ema", ema_archive);
-  model->load(model_archive);
-  ema->load(ema_archive);
-  if (optimizer) {
-    archive.read("optimizer", optimizer_archive);
-    optimizer->load(optimizer_archive);
-  }
-  torch::Tensor step, seconds, losses;
-  archive.read("step", step);
-  archive.read("trained_seconds", seconds);
-  archive.read("losses", losses);
-  state.step = step.item<int64_t>();
-  state.trained_seconds = seconds.item<double>();
-  losses = losses.to(torch::kCPU).contiguous();
-  state.losses.assign(losses.data_ptr<float>(), losses.data_ptr<float>() + losses.numel());
-}
-
-/// Draws a line from (x0, y0) to (x1, y1) into a [3, H, W] canvas with colour `rgb` (values in [-1, 1]).
-void draw_line(torch::Tensor& canvas, double x0, double y0, double x1, double y1,
-               const std::vector<float>& rgb) {
-  auto pixels = canvas.accessor<float, 3>();
-  const int64_t h = canvas.size(1), w = canvas.size(2);
-  const int steps = static_cast<int>(std::max(std::abs(x1 - x0), std::abs(y1 - y0))) + 1;
-  for (int k = 0; k <= steps; ++k) {
-    const double s = static_cast<double>(k) / steps;
-    const auto x = static_cast<int64_t>(std::lround(x0 + s * (x1 - x0)));
-    const auto y = static_cast<int64_t>(std::lround(y0 + s * (y1 - y0)));
-    if (x < 0 || y < 0 || x >= w || y >= h) continue;
-    for (int c = 0; c < 3; ++c) pixels[c][y][x] = rgb[c];
-  }
-}
-
-/// Renders the loss curve as an image: log10(loss) against the step, the per-step losses in light grey, a
-/// moving average over `window` steps in blue, horizontal grid lines at 1, 2, 5 x 10^k, vertical ones every
-/// 10% of the steps. No text: the axis ranges are printed by the program and belong in the caption.
-torch::Tensor render_loss_curve(const std::vector<float>& losses, int64_t window, double& y_min,
-                                double& y_max) {
-  const int64_t width = 640, height = 360, margin = 20;
-  auto canvas = torch::ones({3, height, width});
-  const auto n = static_cast<int64_t>(losses.size());
-  std::vector<double> smooth(losses.size());
-  double running = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    running += losses[i];
-    if (i >= window) running -= losses[i - window];
-    smooth[i] = running / static_cast<double>(std::min(i + 1, window));
-  }
-  y_min = 1e30;
-  y_max = -1e30;
-  for (int64_t i = std::min<int64_t>(n - 1, 10); i < n; ++i) {  // skip the first steps' huge losses
-    y_min = std::min(y_min, static_cast<double>(losses[i]));
-    y_max = std::max(y_max, smooth[i] * 2.0);
-  }
-  y_min = std::max(y_min, 1e-4);
-  if (!(y_max > y_min)) y_max = y_min * 10;
-  const double ly0 = std::log10(y_min), ly1 = std::log10(y_max);
-  auto to_x = [&](double i) { return margin + (width - 2 * margin) * i / std::max<double>(n - 1, 1); };
-  auto to_y = [&](double v) {
-    const double lv = std::log10(std::max(v, 1e-12));
-    return height - margin - (height - 2 * margin) * (lv - ly0) / (ly1 - ly0);
-  };
-  const std::vector<float> grid{0.7f, 0.7f, 0.7f}, raw{0.5f, 0.5f, 0.5f}, blue{-1.0f, -0.4f, 0.6f},
-      black{-1.0f, -1.0f, -1.0f};
-  for (int e = static_cast<int>(std::floor(ly0)); e <= static_cast<int>(std::ceil(ly1)); ++e) {
-    for (double m : {1.0, 2.0, 5.0}) {
-      const double v = m * std::pow(10.0, e);
-      if (v < y_min || v > y_max) continue;
-      draw_line(canvas, margin, to_y(v), width - margin, to_y(v), grid);
-    }
-  }
-  for (int k = 0; k <= 10; ++k) {
-    const double x = to_x(k * (n - 1) / 10.0);
-    draw_line(canvas, x, margin, x, height - margin, grid);
-  }
-  for (int64_t i = 1; i < n; ++i)
-    draw_line(canvas, to_x(i - 1), to_y(losses[i - 1]), to_x(i), to_y(losses[i]), raw);
-  for (int64_t i = 1; i < n; ++i)
-    draw_line(canvas, to_x(i - 1), to_y(smooth[i - 1]), to_x(i), to_y(smooth[i]), blue);
-  draw_line(canvas, margin, height - margin, width - margin, height - margin, black);
-  draw_line(canvas, margin, margin, margin, height - margin, black);
-  return canvas;
-}
-
-void export_prior(const Flags& flags, diffpost::AdmUNet& ema, const TrainState& state) {
+void export_prior(const Flags& flags, diffpost::AdmUNet& ema,
+                  const diffpost::examples::TrainingState& state) {
   const auto weights =
       flags.out_dir / (flags.export_name + (flags.export_safetensors ? ".safetensors" : ".pt"));
   const auto config = flags.out_dir / (flags.export_name + ".yaml");
@@ -375,34 +254,24 @@ void write_sample_grid(const Flags& flags, const torch::Device& device) {
       model, sampler, {flags.samples, config.options.in_channels(), size, size}, generator,
       torch::TensorOptions().device(device), [&](const diffpost::StepInfo& info) { bar.update(info.step); });
   bar.finish();
-  samples = samples.to(torch::kCPU);
-  if (flags.grid_scale > 1)
-    samples = samples.repeat_interleave(flags.grid_scale, 2).repeat_interleave(flags.grid_scale, 3);
-  const auto columns = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(flags.samples))));
-  std::vector<std::vector<torch::Tensor>> rows;
-  for (int64_t start = 0; start < flags.samples; start += columns)
-    rows.push_back({samples.narrow(0, start, std::min(columns, flags.samples - start))});
-  diffpost::save_grid(rows, flags.sample_grid.string(), diffpost::GridOptions{}.overwrite(true));
+  diffpost::examples::save_sample_grid(samples, flags.grid_scale, flags.sample_grid);
   fmt::print(stderr, "{} samples ({} DDPM steps, seed {}) -> {}\n", flags.samples,
              sampler.schedule().num_steps(), flags.seed, flags.sample_grid.string());
 }
 
-void write_loss_curve(const Flags& flags, const TrainState& state) {
-  if (state.losses.size() < 2) return;
-  double y_min = 0, y_max = 0;
-  const int64_t window = std::max<int64_t>(10, static_cast<int64_t>(state.losses.size()) / 50);
-  auto canvas = render_loss_curve(state.losses, window, y_min, y_max);
-  diffpost::save_image(canvas * 2.0 - 1.0, (flags.out_dir / "loss_curve.png").string(), true);
-  fmt::print(stderr,
-             "loss curve: steps 0..{}, log y from {:.4g} to {:.4g}, moving average over {} steps -> {}\n",
-             state.losses.size() - 1, y_min, y_max, window, (flags.out_dir / "loss_curve.png").string());
+void write_loss_curve(const Flags& flags, const diffpost::examples::TrainingState& state) {
+  diffpost::examples::write_loss_curve(state.losses, flags.out_dir / "loss_curve.png");
+}
+
+/// The modules of the training state, as train_prior has always named them.
+diffpost::examples::NamedModules state_modules(diffpost::AdmUNet& model, diffpost::AdmUNet& ema) {
+  return {{"model", model.ptr().get()}, {"ema", ema.ptr().get()}};
 }
 
 int run(const Flags& flags) {
   // From here on SIGINT / SIGTERM end the run cleanly: the loop stops, the state is saved, the prior
   // exported.
-  std::signal(SIGINT, request_stop);
-  std::signal(SIGTERM, request_stop);
+  diffpost::examples::stop_on_signals();
   const auto device = diffpost::usable_device(flags.device, "--device");
   diffpost::install_caching_cpu_allocator();
   torch::set_num_threads(flags.threads);
@@ -449,9 +318,9 @@ int run(const Flags& flags) {
   fmt::print(stderr, "model: {} ({} parameters)\n", fmt::format("{}", options), parameters);
 
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(flags.lr));
-  TrainState state;
+  diffpost::examples::TrainingState state;
   if (fs::exists(state_path) && flags.time_batches == 0) {
-    load_state(state_path, model, ema, &optimizer, state, device);
+    diffpost::examples::load_training_state(state_path, state_modules(model, ema), &optimizer, state, device);
     fmt::print(stderr, "resumed from {} at step {} ({:.1f} min trained)\n", state_path.string(), state.step,
                state.trained_seconds / 60.0);
   }
@@ -486,7 +355,7 @@ int run(const Flags& flags) {
   int64_t steps_this_run = 0;
   const double seconds_before = state.trained_seconds;
   while (true) {
-    if (stop_requested.load()) break;
+    if (diffpost::examples::stop_requested.load()) break;
     if (flags.time_batches > 0 && steps_this_run >= flags.time_batches) break;
     if (flags.max_steps > 0 && state.step >= flags.max_steps) break;
     if (flags.max_minutes > 0 && minutes_used() >= flags.max_minutes) break;
@@ -529,7 +398,8 @@ int run(const Flags& flags) {
                            recent_loss / recent, recent_mse / recent, recent_vlb / recent));
     if (state.step % 100 == 0) recent_loss = recent_mse = recent_vlb = 0.0, recent = 0;
     if (flags.time_batches == 0 && state.step % flags.checkpoint_every == 0) {
-      save_state(state_path, model, ema, optimizer, state);
+      diffpost::examples::save_training_state(state_path, "train_prior", state_modules(model, ema), optimizer,
+                                              state);
       write_loss_curve(flags, state);
     }
   }
@@ -541,12 +411,14 @@ int run(const Flags& flags) {
         steps_this_run - 1);
     return 0;
   }
-  if (stop_requested.load() && steps_this_run == 0) {
+  if (diffpost::examples::stop_requested.load() && steps_this_run == 0) {
     fmt::print(stderr, "stop requested before the first step: nothing written\n");
     return 1;
   }
-  if (stop_requested.load()) fmt::print(stderr, "stop requested: saving the training state\n");
-  save_state(state_path, model, ema, optimizer, state);
+  if (diffpost::examples::stop_requested.load())
+    fmt::print(stderr, "stop requested: saving the training state\n");
+  diffpost::examples::save_training_state(state_path, "train_prior", state_modules(model, ema), optimizer,
+                                          state);
   write_loss_curve(flags, state);
   fmt::print(stderr, "stopped at step {} after {:.1f} min in this run ({:.1f} min in total)\n", state.step,
              minutes_used(), state.trained_seconds / 60.0);

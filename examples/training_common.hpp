@@ -1,24 +1,36 @@
-// Pieces shared by the training examples (train_prior, train_classifier): parsing the command line (CLI11),
-// the --device flag, reading a Fashion-MNIST split, counting parameters, wall-clock minutes, and the
-// error reporting of main(). Private to the examples; not part of the diffpost library.
+// Pieces shared by the training examples (train_prior, train_latent_prior, train_classifier): parsing the
+// command line (CLI11), the --device flag, reading a Fashion-MNIST split, counting parameters, wall-clock
+// minutes, stopping on SIGINT / SIGTERM, the resumable training state written atomically, the loss curve
+// image, sample grids, and the error reporting of main(). Private to the examples; not part of the diffpost
+// library.
 #pragma once
 
 #include <diffpost/io/datasets.hpp>
+#include <diffpost/io/detail/atomic_file.hpp>
+#include <diffpost/io/image.hpp>
 #include <diffpost/runtime/device.hpp>
 
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
 
 namespace diffpost::examples {
 
@@ -82,6 +94,180 @@ inline int64_t count_parameters(const torch::nn::Module& module) {
 /// Wall-clock minutes since `start` (steady clock), for the time limits and reports of a training run.
 inline double minutes_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+}
+
+/// Set by SIGINT / SIGTERM once `stop_on_signals()` has run: training loops poll it, save their state and
+/// export before exiting.
+inline std::atomic<bool> stop_requested{false};
+
+inline void request_stop(int) {
+  stop_requested.store(true);
+}
+
+/// From here on SIGINT / SIGTERM end a run cleanly (see stop_requested) instead of killing it.
+inline void stop_on_signals() {
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+}
+
+/// What makes a run resumable besides the modules and the optimizer: the step, the training time, every
+/// step's mean loss (for the curve), and named numbers a stage fixes once (e.g. a latent scale factor).
+struct TrainingState {
+  int64_t step = 0;
+  double trained_seconds = 0.0;
+  std::vector<float> losses;
+  std::map<std::string, double> values;
+};
+
+/// The modules a training state holds, by the name they have in the archive (e.g. {"model", &unet}).
+using NamedModules = std::vector<std::pair<std::string, torch::nn::Module*>>;
+
+/// Writes `modules`, `optimizer` and `state` to one torch archive at `path`, beside the target and renamed,
+/// so that an interruption never leaves a half-written state.
+inline void save_training_state(const std::filesystem::path& path, const char* program,
+                                const NamedModules& modules, torch::optim::Optimizer& optimizer,
+                                const TrainingState& state) {
+  torch::serialize::OutputArchive archive;
+  for (const auto& [name, module] : modules) {
+    torch::serialize::OutputArchive module_archive;
+    module->save(module_archive);
+    archive.write(name, module_archive);
+  }
+  torch::serialize::OutputArchive optimizer_archive;
+  optimizer.save(optimizer_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("step", torch::tensor(state.step));
+  archive.write("trained_seconds", torch::tensor(state.trained_seconds, torch::kFloat64));
+  archive.write("losses", torch::tensor(state.losses.empty() ? std::vector<float>{} : state.losses));
+  for (const auto& [name, value] : state.values)
+    archive.write("value." + name, torch::tensor(value, torch::kFloat64));
+  diffpost::detail::write_file_atomically(path, true, program, "",
+                                          [&](std::ostream& out) { archive.save_to(out); });
+}
+
+/// Reads a state written by save_training_state onto `device` (whatever device wrote it); the optimizer's
+/// state is skipped when `optimizer` is null (exporting).
+inline void load_training_state(const std::filesystem::path& path, const NamedModules& modules,
+                                torch::optim::Optimizer* optimizer, TrainingState& state,
+                                const torch::Device& device) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path.string(), device);
+  for (const auto& [name, module] : modules) {
+    torch::serialize::InputArchive module_archive;
+    archive.read(name, module_archive);
+    module->load(module_archive);
+  }
+  if (optimizer != nullptr) {
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    optimizer->load(optimizer_archive);
+  }
+  torch::Tensor step, seconds, losses;
+  archive.read("step", step);
+  archive.read("trained_seconds", seconds);
+  archive.read("losses", losses);
+  state.step = step.item<int64_t>();
+  state.trained_seconds = seconds.item<double>();
+  losses = losses.to(torch::kCPU).contiguous();
+  state.losses.assign(losses.data_ptr<float>(), losses.data_ptr<float>() + losses.numel());
+  state.values.clear();
+  const std::string value_prefix = "value.";
+  for (const auto& key : archive.keys()) {
+    if (key.rfind(value_prefix, 0) != 0) continue;
+    torch::Tensor value;
+    archive.read(key, value);
+    state.values[key.substr(value_prefix.size())] = value.item<double>();
+  }
+}
+
+/// Draws a line from (x0, y0) to (x1, y1) into a [3, H, W] canvas with colour `rgb` (values in [-1, 1]).
+inline void draw_line(torch::Tensor& canvas, double x0, double y0, double x1, double y1,
+                      const std::vector<float>& rgb) {
+  auto pixels = canvas.accessor<float, 3>();
+  const int64_t h = canvas.size(1), w = canvas.size(2);
+  const int steps = static_cast<int>(std::max(std::abs(x1 - x0), std::abs(y1 - y0))) + 1;
+  for (int k = 0; k <= steps; ++k) {
+    const double s = static_cast<double>(k) / steps;
+    const auto x = static_cast<int64_t>(std::lround(x0 + s * (x1 - x0)));
+    const auto y = static_cast<int64_t>(std::lround(y0 + s * (y1 - y0)));
+    if (x < 0 || y < 0 || x >= w || y >= h) continue;
+    for (int c = 0; c < 3; ++c) pixels[c][y][x] = rgb[c];
+  }
+}
+
+/// Renders the loss curve as an image: log10(loss) against the step, the per-step losses in light grey, a
+/// moving average over `window` steps in blue, horizontal grid lines at 1, 2, 5 x 10^k, vertical ones every
+/// 10% of the steps. No text: the axis ranges are printed by the program and belong in the caption.
+inline torch::Tensor render_loss_curve(const std::vector<float>& losses, int64_t window, double& y_min,
+                                       double& y_max) {
+  const int64_t width = 640, height = 360, margin = 20;
+  auto canvas = torch::ones({3, height, width});
+  const auto n = static_cast<int64_t>(losses.size());
+  std::vector<double> smooth(losses.size());
+  double running = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    running += losses[i];
+    if (i >= window) running -= losses[i - window];
+    smooth[i] = running / static_cast<double>(std::min(i + 1, window));
+  }
+  y_min = 1e30;
+  y_max = -1e30;
+  for (int64_t i = std::min<int64_t>(n - 1, 10); i < n; ++i) {  // skip the first steps' huge losses
+    y_min = std::min(y_min, static_cast<double>(losses[i]));
+    y_max = std::max(y_max, smooth[i] * 2.0);
+  }
+  y_min = std::max(y_min, 1e-4);
+  if (!(y_max > y_min)) y_max = y_min * 10;
+  const double ly0 = std::log10(y_min), ly1 = std::log10(y_max);
+  auto to_x = [&](double i) { return margin + (width - 2 * margin) * i / std::max<double>(n - 1, 1); };
+  auto to_y = [&](double v) {
+    const double lv = std::log10(std::max(v, 1e-12));
+    return height - margin - (height - 2 * margin) * (lv - ly0) / (ly1 - ly0);
+  };
+  const std::vector<float> grid{0.7f, 0.7f, 0.7f}, raw{0.5f, 0.5f, 0.5f}, blue{-1.0f, -0.4f, 0.6f},
+      black{-1.0f, -1.0f, -1.0f};
+  for (int e = static_cast<int>(std::floor(ly0)); e <= static_cast<int>(std::ceil(ly1)); ++e) {
+    for (double m : {1.0, 2.0, 5.0}) {
+      const double v = m * std::pow(10.0, e);
+      if (v < y_min || v > y_max) continue;
+      draw_line(canvas, margin, to_y(v), width - margin, to_y(v), grid);
+    }
+  }
+  for (int k = 0; k <= 10; ++k) {
+    const double x = to_x(k * (n - 1) / 10.0);
+    draw_line(canvas, x, margin, x, height - margin, grid);
+  }
+  for (int64_t i = 1; i < n; ++i)
+    draw_line(canvas, to_x(i - 1), to_y(losses[i - 1]), to_x(i), to_y(losses[i]), raw);
+  for (int64_t i = 1; i < n; ++i)
+    draw_line(canvas, to_x(i - 1), to_y(smooth[i - 1]), to_x(i), to_y(smooth[i]), blue);
+  draw_line(canvas, margin, height - margin, width - margin, height - margin, black);
+  draw_line(canvas, margin, margin, margin, height - margin, black);
+  return canvas;
+}
+
+/// Writes the loss curve of `losses` (render_loss_curve) to `path` and prints its axis ranges.
+inline void write_loss_curve(const std::vector<float>& losses, const std::filesystem::path& path) {
+  if (losses.size() < 2) return;
+  double y_min = 0, y_max = 0;
+  const int64_t window = std::max<int64_t>(10, static_cast<int64_t>(losses.size()) / 50);
+  auto canvas = render_loss_curve(losses, window, y_min, y_max);
+  diffpost::save_image(canvas * 2.0 - 1.0, path.string(), true);
+  fmt::print(stderr,
+             "loss curve: steps 0..{}, log y from {:.4g} to {:.4g}, moving average over {} steps -> {}\n",
+             losses.size() - 1, y_min, y_max, window, path.string());
+}
+
+/// Writes images [N, C, H, W] in [-1, 1] as a square-ish grid PNG, each enlarged `scale` times (nearest).
+inline void save_sample_grid(torch::Tensor images, int64_t scale, const std::filesystem::path& path) {
+  images = images.detach().to(torch::kCPU);
+  if (scale > 1) images = images.repeat_interleave(scale, 2).repeat_interleave(scale, 3);
+  const int64_t count = images.size(0);
+  const auto columns = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(count))));
+  std::vector<std::vector<torch::Tensor>> rows;
+  for (int64_t start = 0; start < count; start += columns)
+    rows.push_back({images.narrow(0, start, std::min(columns, count - start))});
+  diffpost::save_grid(rows, path.string(), diffpost::GridOptions{}.overwrite(true));
 }
 
 /// The body of main() of a training program: returns `run()`, or prints "PROGRAM: message" (without a

@@ -500,3 +500,26 @@ TEST_CASE("save_state_dict keeps views sharing one storage, like torch.save") {
   CHECK(back.at("transposed").is_alias_of(back.at("base")));
   CHECK(back.at("tail").is_alias_of(back.at("base")));
 }
+
+TEST_CASE("save_state_dict nests the state dict under SaveOptions::key, as a Lightning .ckpt holds it") {
+  const TempDir dir("checkpoint-test");
+  const auto state = diffpost::read_state_dict(kData / "tiny_state_dict.pt");
+  const auto path = dir.path() / "model.ckpt";
+  diffpost::save_state_dict(state, path, SaveOptions{}.key("state_dict"));
+  // Found under "state_dict" without being told, and when asked for by key; values and versions kept.
+  const auto found = diffpost::read_state_dict(path);
+  check_tiny_values(found);
+  CHECK(found.origin().find("(key 'state_dict')") != std::string::npos);
+  CHECK((found.module_versions() == state.module_versions()));
+  check_tiny_values(diffpost::read_state_dict(path, ReadOptions{}.key("state_dict")));
+  auto wrong_key = error_of([&] { diffpost::read_state_dict(path, ReadOptions{}.key("model")); });
+  CHECK(wrong_key.find("has no key 'model'") != std::string::npos);
+  // Prefix selection works through the nesting, as for CompVis checkpoints.
+  const auto conv = diffpost::read_state_dict(path, ReadOptions{}.prefix("conv."));
+  CHECK((conv.keys() == std::vector<std::string>{"weight", "bias"}));
+  CHECK(torch::equal(conv.at("weight"), state.at("conv.weight")));
+  // LibTorch's own zip reader sees the records torch.save writes.
+  caffe2::serialize::PyTorchStreamReader reader(path.string());
+  CHECK(reader.hasRecord("data.pkl"));
+  CHECK(reader.hasRecord("version"));
+}

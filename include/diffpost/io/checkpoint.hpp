@@ -708,9 +708,12 @@ LoadReport load_checkpoint(const torch::nn::ModuleHolder<Contained>& holder,
 }
 
 /// How checkpoints are written. `overwrite` (default false): replace an existing file at the target path;
-/// without it, writing over an existing file throws and leaves the file alone.
+/// without it, writing over an existing file throws and leaves the file alone. `key` (default empty): store
+/// the state dict as the one entry of a top-level dict under this key, as a PyTorch Lightning `.ckpt` holds
+/// it under "state_dict" (read back with ReadOptions{}.key(...) or, for the usual keys, automatically).
 struct SaveOptions {
   TORCH_ARG(bool, overwrite) = false;
+  TORCH_ARG(std::string, key) = "";
 };
 
 namespace detail {
@@ -723,7 +726,7 @@ struct SerializedStateDict {
   std::vector<torch::Tensor> storages;  // flat, contiguous, CPU
 };
 
-inline SerializedStateDict serialize_state_dict(const StateDict& state) {
+inline SerializedStateDict serialize_state_dict(const StateDict& state, const std::string& top_key = "") {
   SerializedStateDict out;
   PickleWriter writer;
   std::unordered_map<const void*, size_t> storage_index;
@@ -755,6 +758,11 @@ inline SerializedStateDict serialize_state_dict(const StateDict& state) {
     }
   };
 
+  if (!top_key.empty()) {  // {top_key: OrderedDict(...)}: the dict, then its one item
+    writer.empty_dict();
+    writer.put_anonymous();
+    writer.string(top_key);
+  }
   ordered_dict();
   const auto& entries = state.entries();
   batched_items(entries.size(), [&](size_t i) {
@@ -809,6 +817,7 @@ inline SerializedStateDict serialize_state_dict(const StateDict& state) {
     });
   });
   writer.build();
+  if (!top_key.empty()) writer.setitem();
   writer.stop();
   out.pickle = writer.bytes();
   return out;
@@ -824,7 +833,7 @@ inline SerializedStateDict serialize_state_dict(const StateDict& state) {
 /// only with `SaveOptions{}.overwrite(true)`.
 inline void save_state_dict(const StateDict& state, const std::filesystem::path& path,
                             const SaveOptions& options = {}) {
-  auto serialized = detail::serialize_state_dict(state);
+  auto serialized = detail::serialize_state_dict(state, options.key());
   detail::write_file_atomically(
       path, options.overwrite(), "save_checkpoint", "pass SaveOptions{}.overwrite(true) to replace it",
       [&](std::ostream& file) {
