@@ -1,10 +1,11 @@
 // The bundled latent prior (examples/prior/fashion_mnist_28_ldm.ckpt and .yaml, made by
 // examples/train_latent_prior, docs/model-card.md) read as a CompVis LDM checkpoint is: the YAML through
-// parse_ldm_model_config, the UNet and the autoencoder by prefix with strict loads, the schedule buffers
+// read_ldm_model_config, the UNet and the autoencoder by prefix with strict loads, the schedule buffers
 // and scale_factor from the file. Then what training bought, against thresholds measured on these files:
 // the autoencoder's reconstruction PSNR on eight Fashion-MNIST test images it never saw
 // (tests/data/latent_prior), and the latent UNet's noise prediction beating the trivial one.
 #include <diffpost/io/checkpoint.hpp>
+#include <diffpost/io/latent_diffusion.hpp>
 #include <diffpost/io/model_config.hpp>
 #include <diffpost/metrics/psnr.hpp>
 #include <diffpost/models/adm_unet.hpp>
@@ -27,29 +28,6 @@ const std::filesystem::path kBundledLdmCheckpoint =
 const std::filesystem::path kBundledLdmConfig =
     std::filesystem::path(DIFFPOST_SOURCE_DIR) / "examples/prior/fashion_mnist_28_ldm.yaml";
 
-// The autoencoder of the YAML's first_stage_config (ldm.models.autoencoder.AutoencoderKL and its ddconfig),
-// read here with yaml-cpp so that the file, not the trainer's defaults, decides the architecture.
-diffpost::LdmAutoencoderOptions bundled_ldm_first_stage_options(const YAML::Node& root) {
-  const auto first_stage = root["model"]["params"]["first_stage_config"];
-  REQUIRE(first_stage["target"].as<std::string>() == "ldm.models.autoencoder.AutoencoderKL");
-  const auto params = first_stage["params"];
-  const auto dd = params["ddconfig"];
-  REQUIRE(dd["double_z"].as<bool>());
-  return diffpost::LdmAutoencoderOptions{}
-      .kind(diffpost::LdmAutoencoderKind::kl)
-      .double_z(true)
-      .embed_dim(params["embed_dim"].as<int64_t>())
-      .z_channels(dd["z_channels"].as<int64_t>())
-      .resolution(dd["resolution"].as<int64_t>())
-      .in_channels(dd["in_channels"].as<int64_t>())
-      .out_ch(dd["out_ch"].as<int64_t>())
-      .ch(dd["ch"].as<int64_t>())
-      .ch_mult(dd["ch_mult"].as<std::vector<int64_t>>())
-      .num_res_blocks(dd["num_res_blocks"].as<int64_t>())
-      .attn_resolutions(dd["attn_resolutions"].as<std::vector<int64_t>>())
-      .dropout(dd["dropout"].as<double>());
-}
-
 }  // namespace
 
 TEST_CASE("the bundled latent prior loads as a CompVis LDM and its autoencoder and UNet do their jobs") {
@@ -70,7 +48,9 @@ TEST_CASE("the bundled latent prior loads as a CompVis LDM and its autoencoder a
   diffpost::load_state_dict(
       unet, diffpost::read_state_dict(kBundledLdmCheckpoint,
                                       diffpost::ReadOptions{}.prefix("model.diffusion_model.")));
-  diffpost::LdmAutoencoder autoencoder(bundled_ldm_first_stage_options(yaml));
+  REQUIRE(config.first_stage.has_value());
+  CHECK(config.first_stage->target == "ldm.models.autoencoder.AutoencoderKL");
+  diffpost::LdmAutoencoder autoencoder(config.first_stage->options);
   diffpost::load_state_dict(
       autoencoder,
       diffpost::read_state_dict(kBundledLdmCheckpoint, diffpost::ReadOptions{}.prefix("first_stage_model.")));
@@ -139,16 +119,11 @@ TEST_CASE("the bundled latent prior computes what CompVis ldm's own modules comp
   torch::NoGradGuard no_grad;
   const auto reference = diffpost::read_state_dict(std::filesystem::path(DIFFPOST_TEST_DATA_DIR) /
                                                    "latent_prior/ldm_reference_io.pt");
-  const auto config = diffpost::read_ldm_model_config(kBundledLdmConfig);
-  diffpost::AdmUNet unet(config.unet);
-  diffpost::load_state_dict(
-      unet, diffpost::read_state_dict(kBundledLdmCheckpoint,
-                                      diffpost::ReadOptions{}.prefix("model.diffusion_model.")));
-  diffpost::LdmAutoencoder autoencoder(
-      bundled_ldm_first_stage_options(YAML::LoadFile(kBundledLdmConfig.string())));
-  diffpost::load_state_dict(
-      autoencoder,
-      diffpost::read_state_dict(kBundledLdmCheckpoint, diffpost::ReadOptions{}.prefix("first_stage_model.")));
+  // Through the loader users call (load_latent_diffusion reads the YAML's first stage and the file's
+  // schedule and scale factor).
+  const auto ldm = diffpost::load_latent_diffusion(kBundledLdmCheckpoint, kBundledLdmConfig);
+  auto unet = ldm.unet();
+  auto autoencoder = ldm.autoencoder();
   unet->eval();
   autoencoder->eval();
   const auto relative_error = [](const torch::Tensor& ours, const torch::Tensor& theirs) {
