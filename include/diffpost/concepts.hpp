@@ -1,4 +1,4 @@
-// The four roles a diffusion posterior sampler is assembled from, as C++20 concepts.
+// The roles a diffusion posterior sampler is assembled from, as C++20 concepts.
 //
 //   ForwardOperator  y = A(x)            the measurement physics (LinearOperator refines it)
 //   NoiseModel       y ~ p(y | A(x))     how the measurement was corrupted, and the data-fidelity term
