@@ -251,7 +251,7 @@ inline LatentDiffusion load_latent_diffusion(const std::filesystem::path& checkp
     TORCH_CHECK(std::isfinite(scale_factor) && scale_factor > 0, where, ": the file's 'scale_factor' is ",
                 scale_factor, "; it must be a positive number");
   } else if (stored_scale != nullptr) {
-    const double value = stored_scale->item<double>();
+    const auto value = stored_scale->item<double>();
     TORCH_CHECK(
         std::abs(value - scale_factor) <= 1e-6 * std::abs(scale_factor), where,
         ": the file stores scale_factor ", value,
