@@ -149,7 +149,8 @@ void declare_sample(CLI::App& app, SampleOptions& o) {
 int run_sample(int argc, char** argv) {
   const auto parsed = parse_command<SampleOptions>(
       "diffpost sample",
-      "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per row).",
+      "Draws unconditional samples from the prior and writes sample_<k>.png and grid.png (8 per row). A\n"
+      "latent diffusion model samples latents and decodes them.",
       declare_sample, argc, argv);
   if (!parsed) return 0;
   const auto& options = parsed->options;
@@ -160,11 +161,12 @@ int run_sample(int argc, char** argv) {
   const bool force = options.output.force;
   const auto out = output_folder(options.output, app.get_name());
   set_threads(options.model);
-  const auto sampler = make_sampler(options.model, options.sampling);
+  const auto files = resolve_prior(options.model);
+  const auto sampler = make_sampler(options.model, options.sampling, files);
   const auto steps = std::visit([](const auto& s) { return s.schedule().num_steps(); }, sampler);
   const auto runtime = resolve_runtime(options.model.device, options.model.precision);
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config), runtime);
-  const auto shape = prior.image_shape();
+  auto prior = load_prior(files, runtime);
+  const auto shape = prior.network_shape();
   std::vector<fs::path> planned{out / "grid.png"};
   for (int64_t k = 0; k < total; ++k) planned.push_back(out / fmt::format("sample_{:04}.png", k));
   prepare_output_folder(out);
@@ -185,6 +187,10 @@ int run_sample(int argc, char** argv) {
                                       callback);
         },
         sampler);
+    if (prior.first_stage) {
+      torch::NoGradGuard no_grad;
+      batch = prior.first_stage->decode(batch);
+    }
     batch = batch.to(torch::kCPU).clamp(-1.0, 1.0);
     for (int64_t i = 0; i < n; ++i) {
       save_image(batch.narrow(0, i, 1), (out / fmt::format("sample_{:04}.png", first + i)).string(), force);
@@ -251,9 +257,15 @@ int run_denoise(int argc, char** argv) {
   const bool force = options.output.force;
   const auto out = output_folder(options.output, app.get_name());
   set_threads(options.model);
-  const auto schedule = base_schedule(options.model);
+  const auto files = resolve_prior(options.model);
+  if (files.latent)
+    throw UsageError(fmt::format(
+        "denoise takes one network step on the image, but '{}' is a latent diffusion model, whose network "
+        "denoises latents; use `diffpost restore --task denoise --method latent-daps` (or psld, resample)",
+        files.checkpoint.string()));
+  const auto schedule = base_schedule(options.model, files);
   const auto runtime = resolve_runtime(options.model.device, options.model.precision);
-  auto prior = load_prior(resolve_prior(options.model.model, options.model.config), runtime);
+  auto prior = load_prior(files, runtime);
   const auto shape = prior.image_shape();
   const auto inputs =
       gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]);
@@ -386,14 +398,22 @@ int run_init(int argc, char** argv) {
 struct DescribeOptions {
   std::string model;
   std::string config;
+  std::string autoencoder;
+  std::string autoencoder_config;
   bool verbose = false;
 };
 
 void declare_describe(CLI::App& app, DescribeOptions& o) {
   app.add_option("model", o.model,
-                 "ADM UNet checkpoint, or a diffusers folder; default: the bundled Fashion-MNIST prior")
+                 "ADM UNet checkpoint, a diffusers folder or a latent diffusion checkpoint; default: the "
+                 "bundled Fashion-MNIST prior")
       ->type_name("PATH");
-  app.add_option("--config", o.config, "the ADM checkpoint's configuration YAML (default: its .yaml twin)")
+  app.add_option("--config", o.config,
+                 "the checkpoint's configuration YAML, ADM or CompVis LDM (default: its .yaml twin)")
+      ->type_name("FILE");
+  app.add_option("--autoencoder", o.autoencoder, "a latent diffusion model's autoencoder checkpoint")
+      ->type_name("FILE");
+  app.add_option("--autoencoder-config", o.autoencoder_config, "the --autoencoder checkpoint's config")
       ->type_name("FILE");
   app.add_flag("--verbose", o.verbose, "print full error messages");
 }
@@ -410,11 +430,33 @@ int run_describe(int argc, char** argv) {
       "diffpost describe",
       "Loads a model as restore, eval, sample and denoise would (--model PATH) and prints its\n"
       "configuration: the image shape it works on, the network's options, its parameter count and, for\n"
-      "a diffusers folder, the scheduler read from the folder.",
+      "a diffusers folder, the scheduler read from the folder; for a latent diffusion model, the UNet,\n"
+      "the autoencoder, the latent shape and the schedule.",
       declare_describe, argc, argv);
   if (!parsed) return 0;
   const auto& options = parsed->options;
-  const auto files = resolve_prior(options.model, options.config);
+  const auto files =
+      resolve_prior(options.model, options.config, options.autoencoder, options.autoencoder_config);
+  if (files.latent) {
+    const auto shape = prior_image_shape(files);
+    try {
+      const auto ldm = load_latent_diffusion(files.checkpoint, latent_model_config(files),
+                                             LatentDiffusionOptions{}
+                                                 .autoencoder(files.autoencoder)
+                                                 .autoencoder_config(files.autoencoder_config));
+      const auto latent = ldm.first_stage().latent_shape({1, shape[0], shape[1], shape[2]});
+      auto unet = ldm.unet();
+      auto autoencoder = ldm.autoencoder();
+      fmt::print(
+          "{}\n  images {}x{}x{}, latents {}x{}x{} (channels x height x width)\n  {} UNet parameters, {} "
+          "autoencoder parameters\n",
+          ldm.describe(), shape[0], shape[1], shape[2], latent[1], latent[2], latent[3],
+          parameter_count(*unet), parameter_count(*autoencoder));
+    } catch (const c10::Error& e) {
+      throw UsageError(first_line_of(e));
+    }
+    return 0;
+  }
   auto prior = load_prior(files);
   const auto shape = prior.image_shape();
   if (files.diffusers) {

@@ -139,6 +139,8 @@ inline void add_sampling_options(CLI::App& app, SamplingOptions& o) {
 struct ModelOptions {
   std::string model;
   std::string config;
+  std::string autoencoder;         ///< a latent diffusion model's autoencoder checkpoint, when not in --model
+  std::string autoencoder_config;  ///< its config (default: the model config's first_stage_config)
   std::string beta_schedule = "linear";
   bool beta_schedule_given =
       false;  // a diffusers folder's scheduler config decides; --beta-schedule is refused
@@ -149,13 +151,26 @@ struct ModelOptions {
 
 inline void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--model", o.model,
-                 "ADM UNet checkpoint (torch.save state dict or safetensors), or a diffusers folder "
-                 "(UNet2DModel, with its scheduler); default: the bundled Fashion-MNIST prior")
+                 "ADM UNet checkpoint (torch.save state dict or safetensors), a diffusers folder "
+                 "(UNet2DModel, with its scheduler) or a CompVis latent diffusion checkpoint (model.ckpt, "
+                 "with its LDM config); default: the bundled Fashion-MNIST prior")
       ->type_name("PATH")
       ->group("Model");
   app.add_option(
          "--config", o.config,
-         "model configuration YAML (reference model_config.yaml keys); default: the --model file with .yaml")
+         "model configuration YAML (reference model_config.yaml keys, or a CompVis LDM config such as "
+         "ffhq-ldm-vq-4.yaml); default: the --model file with .yaml")
+      ->type_name("FILE")
+      ->group("Model");
+  app.add_option(
+         "--autoencoder", o.autoencoder,
+         "latent diffusion models: the autoencoder's checkpoint (e.g. vq-f4's model.ckpt) when --model "
+         "holds only the UNet, or to replace the one it holds")
+      ->type_name("FILE")
+      ->group("Model");
+  app.add_option("--autoencoder-config", o.autoencoder_config,
+                 "the --autoencoder checkpoint's config (its config.yaml); default: the model config's "
+                 "first_stage_config")
       ->type_name("FILE")
       ->group("Model");
   add_value_option(app, "--beta-schedule", o.beta_schedule,
@@ -181,6 +196,11 @@ inline void add_model_options(CLI::App& app, ModelOptions& o) {
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
 }
 
+/// resolve_prior for the --model, --config, --autoencoder and --autoencoder-config of `options`.
+inline PriorFiles resolve_prior(const ModelOptions& options) {
+  return resolve_prior(options.model, options.config, options.autoencoder, options.autoencoder_config);
+}
+
 /// Applies --threads; call it before any LibTorch work.
 inline void set_threads(const ModelOptions& options) {
   torch::set_num_threads(static_cast<int>(options.threads));
@@ -189,12 +209,22 @@ inline void set_threads(const ModelOptions& options) {
 /// The scheduler of --model when it is a diffusers folder (prior_scheduler), else std::nullopt.
 inline std::optional<DiffusersScheduler> model_scheduler(const ModelOptions& options) {
   if (options.model.empty() || !is_diffusers_folder(options.model)) return std::nullopt;
-  return prior_scheduler(PriorFiles{options.model, {}, true});
+  return prior_scheduler(PriorFiles::of_diffusers_folder(options.model));
 }
 
-/// The model's training schedule: a diffusers folder's scheduler (its betas as diffusers computes them),
-/// else --beta-schedule over 1000 steps.
-inline DiffusionSchedule base_schedule(const ModelOptions& options) {
+/// The training schedule of the model of `files` (resolve_prior of `options`): a diffusers folder's
+/// scheduler (its betas as diffusers computes them), a latent diffusion model's config (timesteps,
+/// beta_schedule, linear_start, linear_end; loading checks the checkpoint's betas against it), else
+/// --beta-schedule over 1000 steps.
+inline DiffusionSchedule base_schedule(const ModelOptions& options, const PriorFiles& files) {
+  if (files.latent) {
+    if (options.beta_schedule_given)
+      throw UsageError(
+          fmt::format("--beta-schedule is for ADM checkpoints; the latent diffusion model '{}' takes its "
+                      "schedule from its config '{}': drop --beta-schedule",
+                      files.checkpoint.string(), files.config.string()));
+    return latent_model_config(files).schedule();
+  }
   if (const auto scheduler = model_scheduler(options)) {
     if (options.beta_schedule_given)
       throw UsageError(
@@ -209,17 +239,19 @@ inline DiffusionSchedule base_schedule(const ModelOptions& options) {
 
 /// The sampler of --steps (diffpost's respacing of the training schedule), --sampler and --eta; a diffusers
 /// folder's scheduler sets its variance and clipping (DiffusersScheduler::ddpm_options, ddim_options).
-inline AnySampler make_sampler(const ModelOptions& model, const SamplingOptions& sampling) {
+inline AnySampler make_sampler(const ModelOptions& model, const SamplingOptions& sampling,
+                               const PriorFiles& files) {
   const auto scheduler = model_scheduler(model);
-  const auto schedule = base_schedule(model).respaced(sampling.steps);
+  const auto schedule = base_schedule(model, files).respaced(sampling.steps);
   if (sampling.sampler == "ddpm")
     return DDPMSampler(schedule, scheduler ? scheduler->ddpm_options() : DDPMOptions{});
   return DDIMSampler(schedule, (scheduler ? scheduler->ddim_options() : DDIMOptions{}).eta(sampling.eta));
 }
 
 /// The schedules of a restore or eval run.
-inline RunSchedules run_schedules(const ModelOptions& model, const SamplingOptions& sampling) {
-  return {base_schedule(model), make_sampler(model, sampling)};
+inline RunSchedules run_schedules(const ModelOptions& model, const SamplingOptions& sampling,
+                                  const PriorFiles& files) {
+  return {base_schedule(model, files), make_sampler(model, sampling, files)};
 }
 
 /// The output folder, whether files in it may be replaced, and the part of the run this process does.

@@ -338,7 +338,9 @@ EvalPlan plan_eval(const EvalOptions& options, const CLI::App& app, std::string 
   check_unique(options.methods, "--methods");
   const auto sweep = parse_sweep(app, options.sweep);
   plan.swept = sweep ? sweep->flag : std::string{};
-  plan.prior_files = resolve_prior(options.model.model, options.model.config);
+  plan.prior_files = resolve_prior(options.model);
+  for (const auto& method : options.methods)
+    check_method_space(method, plan.prior_files.latent, plan.prior_files.checkpoint.string());
   plan.shape = prior_image_shape(plan.prior_files);
   plan.inputs = gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(plan.shape[0]),
                               plan.shape[1]);
@@ -346,7 +348,7 @@ EvalPlan plan_eval(const EvalOptions& options, const CLI::App& app, std::string 
     std::vector<TaskPlan> task_plans;
     for (const auto& task : plan.tasks)
       task_plans.emplace_back(task, point.options.task.parameters, plan.shape, options.sampling.seed);
-    auto schedules = run_schedules(point.options.model, point.options.sampling);
+    auto schedules = run_schedules(point.options.model, point.options.sampling, plan.prior_files);
     plan.points.push_back(
         {point.value, std::move(point.options), std::move(schedules), std::move(task_plans)});
   }
@@ -383,7 +385,7 @@ void evaluate_batch(const EvalPlan& plan, const EvalPlan::Point& point, size_t t
   std::vector<PreparedMethod<PriorNetwork>> prepared;
   int64_t batch_steps = 0;
   for (const auto& method : plan.options.methods) {
-    prepared.push_back(prepare_method<PriorNetwork>(method, options.method_settings, run, 1, op, noise));
+    prepared.push_back(prepare_for_prior(prior, method, options.method_settings, run, 1, op, noise));
     batch_steps += prepared.back().num_steps;
   }
   progress.start(batch_steps);

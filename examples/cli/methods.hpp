@@ -456,13 +456,154 @@ struct DAPSEntry : RunsEveryTask {
   }
 };
 
+// ---------------------------------------------------------------------------------------------------------------
+// The latent methods: they run on the latents of a latent diffusion model (--model an LDM checkpoint), the
+// measurement seen through its decoder. Their `Method<Op, Noise>` is the library class on
+// ThroughDecoder<Op, FirstStage>, and `make(settings, run, likelihood, op)` takes that operator.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The base of the entries whose methods run on latents.
+struct RunsOnLatents {
+  static constexpr bool latent = true;
+};
+
+struct LatentDAPSSettings {
+  int64_t ode_steps = DAPSOptions::latent().ode_steps();
+  int64_t chain_steps = DAPSOptions::latent().langevin_steps();
+  double step_size = DAPSOptions::latent().step_size();
+  double tau = DAPSOptions::latent().tau();
+
+  static void add_options(CLI::App& app, LatentDAPSSettings& s) {
+    add_value_option(app, "--latent-daps-ode-steps", s.ode_steps,
+                     "latent-daps: probability-flow ODE steps per annealing level (network evaluations)", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+    add_value_option(app, "--latent-daps-chain-steps", s.chain_steps,
+                     "latent-daps: HMC steps per annealing level (a decoder pass and its backward each)", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{0}, int64_t{100000}));
+    add_value_option(app, "--latent-daps-step-size", s.step_size,
+                     "latent-daps: HMC step size at the first level (decays to 2.3% by the last)", "X",
+                     "Method options")
+        ->check(finite_in(1e-12, 1.0));
+    add_value_option(app, "--latent-daps-tau", s.tau,
+                     "latent-daps: measurement weight tau of the chain's target", "X", "Method options")
+        ->check(finite_in(1e-9, 1e3));
+  }
+};
+
+struct PSLDSettings {
+  double omega = PSLDOptions{}.omega();
+  double gamma = PSLDOptions{}.gamma();
+
+  static void add_options(CLI::App& app, PSLDSettings& s) {
+    add_value_option(app, "--psld-omega", s.omega, "psld: step size on the measurement norm", "X",
+                     "Method options")
+        ->check(finite_in(0.0, 1e6));
+    add_value_option(app, "--psld-gamma", s.gamma,
+                     "psld: step size on the gluing norm (0: latent DPS on DDIM, no encoder)", "X",
+                     "Method options")
+        ->check(finite_in(0.0, 1e6));
+  }
+};
+
+struct ReSampleSettings {
+  int64_t pixel_iterations = ReSampleOptions{}.pixel_iterations();
+  int64_t latent_iterations = ReSampleOptions{}.latent_iterations();
+
+  static void add_options(CLI::App& app, ReSampleSettings& s) {
+    add_value_option(app, "--resample-pixel-iterations", s.pixel_iterations,
+                     "resample: most AdamW iterations of a pixel-space data-consistency fit (middle third)",
+                     "N", "Method options")
+        ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
+    add_value_option(app, "--resample-latent-iterations", s.latent_iterations,
+                     "resample: most AdamW iterations of a latent data-consistency fit (last third)", "N",
+                     "Method options")
+        ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
+  }
+};
+
+struct LatentDAPSEntry : RunsEveryTask, RunsOnLatents {
+  static constexpr const char* name = "latent-daps";
+  static constexpr const char* title = "LatentDAPS";
+  static constexpr const char* help =
+      "latent diffusion models: DAPS on the latents, HMC on z0 through the decoder (--latent-daps-*; any "
+      "task)";
+  using Settings = LatentDAPSSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = LatentDAPS<Noise, Op, FirstStage>;
+  /// The official preset (DAPSOptions::latent()); the step budget is the network evaluations: annealing
+  /// levels x ODE steps.
+  template <class Op, class Noise>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood,
+                   const ThroughDecoder<Op, FirstStage>& op) {
+    return Method<Op, Noise>(likelihood, op, run.schedules.base,
+                             DAPSOptions::latent()
+                                 .annealing_steps(std::max<int64_t>(1, run.schedules.steps / s.ode_steps))
+                                 .ode_steps(s.ode_steps)
+                                 .langevin_steps(s.chain_steps)
+                                 .step_size(s.step_size)
+                                 .tau(s.tau));
+  }
+};
+
+struct PSLDEntry : RunsOnLatents {
+  static constexpr const char* name = "psld";
+  static constexpr const char* title = "PSLD";
+  static constexpr const char* help =
+      "latent diffusion models: DDIM, then a gradient step on the measurement and gluing norms through "
+      "decoder and encoder (--psld-omega, --psld-gamma; masks, sr, colorize, denoise)";
+  using Settings = PSLDSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = PSLD<Noise, Op, FirstStage>;
+  template <class Op, class Noise>
+  static constexpr std::string_view unmet() {
+    return PseudoInvertibleOperator<Op> ? "" : "it needs the operator's pseudo-inverse";
+  }
+  /// --steps DDIM steps on ldm's uniform discretisation.
+  template <class Op, class Noise>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood,
+                   const ThroughDecoder<Op, FirstStage>& op) {
+    return Method<Op, Noise>(likelihood, op, run.schedules.base,
+                             PSLDOptions{}.ddim_steps(run.schedules.steps).omega(s.omega).gamma(s.gamma));
+  }
+};
+
+struct ReSampleEntry : RunsEveryTask, RunsOnLatents {
+  static constexpr const char* name = "resample";
+  static constexpr const char* title = "ReSample";
+  static constexpr const char* help =
+      "latent diffusion models: DDIM with hard data consistency (AdamW fits through the decoder) and "
+      "stochastic resampling (--resample-*; any task)";
+  using Settings = ReSampleSettings;
+  template <class Op, class Noise, class S = DDPMSampler>
+  using Method = ReSample<Noise, Op, FirstStage>;
+  /// --steps DDIM steps on ldm's uniform discretisation.
+  template <class Op, class Noise>
+  static auto make(const Settings& s, const MethodRun& run, const Noise& likelihood,
+                   const ThroughDecoder<Op, FirstStage>& op) {
+    return Method<Op, Noise>(likelihood, op, run.schedules.base,
+                             ReSampleOptions{}
+                                 .steps(run.schedules.steps)
+                                 .pixel_iterations(s.pixel_iterations)
+                                 .latent_iterations(s.latent_iterations));
+  }
+};
+
 /// Every method, in the order of the help text.
-using Methods = TypeList<DPSEntry, MCGEntry, ScoreSDEEntry, ScoreALDEntry, SDEditEntry, DiffPIREntry,
-                         DDNMEntry, PiGDMEntry, DDRMEntry, DAPSEntry>;
+using Methods =
+    TypeList<DPSEntry, MCGEntry, ScoreSDEEntry, ScoreALDEntry, SDEditEntry, DiffPIREntry, DDNMEntry,
+             PiGDMEntry, DDRMEntry, DAPSEntry, LatentDAPSEntry, PSLDEntry, ReSampleEntry>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // What the registry gives.
 // ---------------------------------------------------------------------------------------------------------------
+
+/// Whether `Entry`'s method runs on a latent diffusion model's latents (RunsOnLatents).
+template <class Entry>
+concept LatentEntry = requires {
+  requires Entry::latent;
+};
 
 /// Whether the library accepts `Entry`'s method for operator `Op` and noise model `Noise`.
 template <class Entry, class Op, class Noise>
@@ -588,6 +729,42 @@ std::string missing_capability(const std::string& method, const Plan& plan, cons
   return reason;
 }
 
+/// Whether method `name` runs on a latent diffusion model's latents.
+template <class Registry = Methods>
+bool runs_on_latents(const std::string& name) {
+  bool latent = false;
+  if (!with_entry(Registry{}, name, [&]<class Entry>() { latent = LatentEntry<Entry>; }))
+    throw unknown_method<Registry>(name);
+  return latent;
+}
+
+/// The names of the methods that run in pixel space (`latent` false) or on latents (true).
+template <class Registry = Methods>
+std::vector<std::string> method_names_in(bool latent) {
+  std::vector<std::string> names;
+  for_each_entry(Registry{}, [&]<class Entry>() {
+    if (LatentEntry<Entry> == latent) names.emplace_back(Entry::name);
+  });
+  return names;
+}
+
+/// Refuses a method whose space is not the prior's: a latent method with a pixel-space model, or a
+/// pixel-space method with a latent diffusion model (`model` names it).
+template <class Registry = Methods>
+void check_method_space(const std::string& method, bool latent_prior, const std::string& model) {
+  if (runs_on_latents<Registry>(method) == latent_prior) return;
+  if (latent_prior)
+    throw UsageError(fmt::format(
+        "method {} works in pixel space, but the model '{}' is a latent diffusion model; choose a latent "
+        "method: {}",
+        method, model, fmt::join(method_names_in<Registry>(true), ", ")));
+  throw UsageError(
+      fmt::format("method {} runs on the latents of a latent diffusion model, but the model '{}' works in "
+                  "pixel space; pass --model with an LDM checkpoint and its config, or choose a pixel-space "
+                  "method: {}",
+                  method, model, fmt::join(method_names_in<Registry>(false), ", ")));
+}
+
 /// The error for a method that cannot run a task.
 inline UsageError cannot_run(const std::string& method, const std::string& task, std::string_view reason) {
   return UsageError(
@@ -605,7 +782,10 @@ void with_method(const std::string& name, const MethodSettingsOf<Registry>& sett
         using Op = std::decay_t<decltype(o)>;
         using Noise = std::decay_t<decltype(likelihood)>;
         const bool found = with_entry(Registry{}, name, [&]<class Entry>() {
-          if constexpr (EntryRuns<Entry, Op, Noise>) {
+          if constexpr (LatentEntry<Entry>) {
+            throw UsageError(fmt::format("method {} runs on latents; it needs a latent diffusion model",
+                                         name));  // check_method_space refuses this before the run
+          } else if constexpr (EntryRuns<Entry, Op, Noise>) {
             use(PosteriorSampler(
                 Entry::make(std::get<typename Entry::Settings>(settings), run, likelihood, o, sampler),
                 num_samples));

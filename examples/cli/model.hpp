@@ -1,12 +1,16 @@
 // Finding and loading the prior for the diffpost tool: an ADM UNet checkpoint plus its YAML configuration
-// (by default the bundled Fashion-MNIST prior), or a diffusers folder (UNet2DModel and its scheduler).
+// (by default the bundled Fashion-MNIST prior), a diffusers folder (UNet2DModel and its scheduler), or a
+// CompVis latent diffusion model (a Lightning checkpoint with its config, the autoencoder in the checkpoint
+// or in its own file).
 #pragma once
 
 #include <diffpost/concepts.hpp>
 #include <diffpost/io/adm_checkpoint.hpp>
 #include <diffpost/io/checkpoint.hpp>
 #include <diffpost/io/diffusers.hpp>
+#include <diffpost/io/latent_diffusion.hpp>
 #include <diffpost/io/model_config.hpp>
+#include <diffpost/models/latent.hpp>
 #include <diffpost/runtime/device.hpp>
 
 #include <cstdlib>
@@ -14,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -58,11 +63,30 @@ inline std::vector<fs::path> prior_search_directories() {
 }
 
 /// A checkpoint and the configuration it is loaded with, or a diffusers folder (then `checkpoint` is the
-/// folder and `config` is empty).
+/// folder and `config` is empty). `latent`: the config is a CompVis latent-diffusion config; the autoencoder
+/// then comes from `autoencoder` (and `autoencoder_config`) when given, else from the checkpoint.
 struct PriorFiles {
   fs::path checkpoint;
   fs::path config;
   bool diffusers = false;
+  bool latent = false;
+  fs::path autoencoder;
+  fs::path autoencoder_config;
+
+  /// A checkpoint file and its config.
+  static PriorFiles of_checkpoint(fs::path checkpoint, fs::path config) {
+    PriorFiles files;
+    files.checkpoint = std::move(checkpoint);
+    files.config = std::move(config);
+    return files;
+  }
+  /// A diffusers folder.
+  static PriorFiles of_diffusers_folder(fs::path folder) {
+    PriorFiles files;
+    files.checkpoint = std::move(folder);
+    files.diffusers = true;
+    return files;
+  }
 
   /// The checkpoint's file name or the folder's name (also when given with a trailing slash).
   [[nodiscard]] std::string name() const {
@@ -70,9 +94,13 @@ struct PriorFiles {
     return (path.has_filename() ? path.filename() : path.parent_path().filename()).string();
   }
 
-  /// "CHECKPOINT (CONFIG)" or "FOLDER (diffusers)", for the first line of a run.
+  /// "CHECKPOINT (CONFIG)", "FOLDER (diffusers)" or "CHECKPOINT (CONFIG, latent diffusion[, autoencoder
+  /// FILE])", for the first line of a run.
   [[nodiscard]] std::string description() const {
-    return fmt::format("{} ({})", checkpoint.string(), diffusers ? "diffusers" : config.string());
+    if (diffusers) return fmt::format("{} (diffusers)", checkpoint.string());
+    if (!latent) return fmt::format("{} ({})", checkpoint.string(), config.string());
+    return fmt::format("{} ({}, latent diffusion{})", checkpoint.string(), config.string(),
+                       autoencoder.empty() ? "" : ", autoencoder " + autoencoder.string());
   }
 };
 
@@ -86,7 +114,7 @@ inline std::string first_line_of(const c10::Error& e) {
 /// own configuration; both given: used as given; only --config: its `model_path` (relative to the config's
 /// folder); only --model: the .yaml file of the same name next to it; neither: the bundled prior in the
 /// first of prior_search_directories() that holds both files.
-inline PriorFiles resolve_prior(const std::string& model_flag, const std::string& config_flag) {
+inline PriorFiles resolve_model_files(const std::string& model_flag, const std::string& config_flag) {
   std::error_code error;
   if (!model_flag.empty() && is_diffusers_folder(model_flag)) {
     if (!config_flag.empty())
@@ -94,7 +122,7 @@ inline PriorFiles resolve_prior(const std::string& model_flag, const std::string
           fmt::format("--model '{}' is a diffusers folder, which holds its own config.json; drop "
                       "--config (it is for ADM checkpoints)",
                       model_flag));
-    return {model_flag, {}, true};
+    return PriorFiles::of_diffusers_folder(model_flag);
   }
   if (!model_flag.empty() && fs::is_directory(model_flag, error))
     throw UsageError(fmt::format(
@@ -102,7 +130,7 @@ inline PriorFiles resolve_prior(const std::string& model_flag, const std::string
         "config.json with diffusion_pytorch_model.safetensors or .bin); pass a checkpoint file or a "
         "diffusers folder",
         model_flag));
-  if (!model_flag.empty() && !config_flag.empty()) return {model_flag, config_flag};
+  if (!model_flag.empty() && !config_flag.empty()) return PriorFiles::of_checkpoint(model_flag, config_flag);
   if (!config_flag.empty()) {
     const auto config = read_adm_model_config(config_flag);
     if (config.model_path.empty())
@@ -110,27 +138,56 @@ inline PriorFiles resolve_prior(const std::string& model_flag, const std::string
           fmt::format("config '{}' has no model_path; pass the checkpoint with --model", config_flag));
     fs::path checkpoint(config.model_path);
     if (checkpoint.is_relative()) checkpoint = fs::path(config_flag).parent_path() / checkpoint;
-    return {checkpoint, config_flag};
+    return PriorFiles::of_checkpoint(checkpoint, config_flag);
   }
   if (!model_flag.empty()) {
     auto config = fs::path(model_flag).replace_extension(".yaml");
     if (!fs::is_regular_file(config, error))
       throw UsageError(fmt::format("no config given for model '{}' and '{}' does not exist; pass --config",
                                    model_flag, config.string()));
-    return {model_flag, config};
+    return PriorFiles::of_checkpoint(model_flag, config);
   }
   std::string searched;
   for (const auto& directory : prior_search_directories()) {
     const auto checkpoint = directory / kBundledCheckpoint;
     const auto config = directory / kBundledConfig;
     if (fs::is_regular_file(checkpoint, error) && fs::is_regular_file(config, error))
-      return {checkpoint, config};
+      return PriorFiles::of_checkpoint(checkpoint, config);
     searched += (searched.empty() ? "" : ", ") + directory.string();
   }
   throw UsageError(
       fmt::format("the bundled prior ({} and {}) was not found in {}; pass --model and --config, or set "
                   "DIFFPOST_PRIOR_DIR",
                   kBundledCheckpoint, kBundledConfig, searched));
+}
+
+/// resolve_model_files, then whether the config is a latent-diffusion config (is_latent_diffusion_config),
+/// and --autoencoder / --autoencoder-config, which only a latent diffusion model takes.
+inline PriorFiles resolve_prior(const std::string& model_flag, const std::string& config_flag,
+                                const std::string& autoencoder_flag = {},
+                                const std::string& autoencoder_config_flag = {}) {
+  auto files = resolve_model_files(model_flag, config_flag);
+  files.latent = !files.diffusers && is_latent_diffusion_config(files.config);
+  if (autoencoder_flag.empty() && autoencoder_config_flag.empty()) return files;
+  if (!files.latent)
+    throw UsageError(fmt::format(
+        "--autoencoder is for latent diffusion models (a CompVis LDM checkpoint with its config, e.g. "
+        "ffhq-ldm-vq-4.yaml); the model '{}' is {}: drop --autoencoder and --autoencoder-config",
+        files.checkpoint.string(), files.diffusers ? "a diffusers folder" : "an ADM UNet"));
+  if (autoencoder_flag.empty())
+    throw UsageError(
+        "--autoencoder-config describes the checkpoint given with --autoencoder; pass --autoencoder too "
+        "(without it the autoencoder is the model checkpoint's first_stage_model, described by the model "
+        "config)");
+  std::error_code error;
+  if (!fs::is_regular_file(autoencoder_flag, error))
+    throw UsageError(fmt::format("cannot read autoencoder checkpoint '{}': no such file", autoencoder_flag));
+  if (!autoencoder_config_flag.empty() && !fs::is_regular_file(autoencoder_config_flag, error))
+    throw UsageError(
+        fmt::format("cannot read autoencoder config '{}': no such file", autoencoder_config_flag));
+  files.autoencoder = autoencoder_flag;
+  files.autoencoder_config = autoencoder_config_flag;
+  return files;
 }
 
 /// The prior's network as one ScoreModel: an ADM UNet or a diffusers UNet2DModel (which gives eps whatever
@@ -167,14 +224,22 @@ class PriorNetwork {
 static_assert(ScoreModel<PriorNetwork>, "the tool's prior must be a ScoreModel for every method");
 
 /// A loaded prior: the network in eval mode with frozen parameters, the images it works on, and where it
-/// came from.
+/// came from; for a latent diffusion model also its first stage, whose latents the network works on.
 struct Prior {
   PriorNetwork model;
   Shape shape;
   PriorFiles files;
+  std::optional<FirstStage> first_stage;
 
-  /// [C, H, W] of the images the model works on.
+  /// [C, H, W] of the images the model works on (for a latent model, the decoded images).
   [[nodiscard]] Shape image_shape() const { return shape; }
+  [[nodiscard]] bool latent() const { return first_stage.has_value(); }
+  /// [C, H, W] of what the network takes: the images, or a latent model's latents.
+  [[nodiscard]] Shape network_shape() const {
+    if (!first_stage) return shape;
+    const auto batch = first_stage->latent_shape({1, shape[0], shape[1], shape[2]});
+    return {batch[1], batch[2], batch[3]};
+  }
 };
 
 /// [C, H, W] of the images a diffusers UNet2DModel of `options` works on: `in_channels` and a square
@@ -194,9 +259,34 @@ inline Shape diffusers_image_shape(const DiffusersUNetOptions& options, const fs
   return {options.in_channels(), size.front(), size.front()};
 }
 
-/// [C, H, W] of the images the model of `files` works on, read from its configuration alone.
+/// The configuration of the latent diffusion model of `files`, with --autoencoder-config's first stage when
+/// given; a config without an autoencoder and none given is a UsageError naming the fix.
+inline LdmModelConfig latent_model_config(const PriorFiles& files) {
+  try {
+    auto config = read_ldm_model_config(files.config);
+    if (!files.autoencoder_config.empty())
+      config.first_stage = read_ldm_first_stage_config(files.autoencoder_config);
+    if (!config.first_stage)
+      throw UsageError(fmt::format(
+          "config '{}' has no model.params.first_stage_config (the autoencoder); pass the autoencoder's "
+          "checkpoint and config with --autoencoder and --autoencoder-config, or use the LDM's full config",
+          files.config.string()));
+    return config;
+  } catch (const c10::Error& e) {
+    throw UsageError(first_line_of(e));
+  }
+}
+
+/// [C, H, W] of the images the model of `files` works on, read from its configuration alone; for a latent
+/// model, the decoded images (the UNet's latent size times the autoencoder's downsampling factor).
 inline Shape prior_image_shape(const PriorFiles& files) {
   std::error_code error;
+  if (files.latent) {
+    const auto config = latent_model_config(files);
+    const auto& autoencoder = config.first_stage->options;
+    const auto size = config.unet.image_size() * autoencoder.downsampling_factor();
+    return {autoencoder.out_ch(), size, size};
+  }
   if (files.diffusers) {
     try {
       const auto folder = locate_diffusers_folder(files.checkpoint);
@@ -266,7 +356,10 @@ inline Prior load_adm_prior(const PriorFiles& files) {
     throw UsageError(fmt::format("checkpoint '{}' does not match config '{}': {}", files.checkpoint.string(),
                                  files.config.string(), first_line_of(e)));
   }
-  return {PriorNetwork(network), {options.in_channels(), options.image_size(), options.image_size()}, files};
+  return {.model = PriorNetwork(network),
+          .shape = {options.in_channels(), options.image_size(), options.image_size()},
+          .files = files,
+          .first_stage = std::nullopt};
 }
 
 /// The UNet2DModel of a diffusers folder (load_diffusers_pipeline: config.json, weights loaded strictly,
@@ -275,28 +368,55 @@ inline Prior load_diffusers_prior(const PriorFiles& files) {
   try {
     auto pipeline = load_diffusers_pipeline(files.checkpoint);
     const auto shape = diffusers_image_shape(pipeline.unet->options(), files.checkpoint);
-    return {PriorNetwork(pipeline.unet), shape, files};
+    return {
+        .model = PriorNetwork(pipeline.unet), .shape = shape, .files = files, .first_stage = std::nullopt};
   } catch (const c10::Error& e) {
     throw UsageError(first_line_of(e));
   }
 }
 
-/// Builds the network of `files` (an ADM checkpoint and config, or a diffusers folder) and loads its weights,
-/// in eval mode on `runtime`'s device and precision with frozen parameters.
+/// The latent UNet and first stage of a CompVis LDM (load_latent_diffusion: every tensor strict, the
+/// schedule checked against the config); errors name the files and the problem.
+inline Prior load_latent_prior(const PriorFiles& files) {
+  auto config = latent_model_config(files);
+  try {
+    auto ldm = load_latent_diffusion(
+        files.checkpoint, config,
+        LatentDiffusionOptions{}.autoencoder(files.autoencoder).autoencoder_config(files.autoencoder_config));
+    return {.model = PriorNetwork(ldm.unet()),
+            .shape = prior_image_shape(files),
+            .files = files,
+            .first_stage = ldm.first_stage()};
+  } catch (const c10::Error& e) {
+    throw UsageError(first_line_of(e));
+  }
+}
+
+/// Builds the network of `files` (an ADM checkpoint and config, a diffusers folder, or a latent diffusion
+/// model) and loads its weights, in eval mode on `runtime`'s device and precision with frozen parameters.
 inline Prior load_prior(const PriorFiles& files, const Runtime& runtime = {}) {
-  auto prior = files.diffusers ? load_diffusers_prior(files) : load_adm_prior(files);
+  auto prior = files.diffusers ? load_diffusers_prior(files)
+               : files.latent  ? load_latent_prior(files)
+                               : load_adm_prior(files);
   auto& module = prior.model.module();
   module.eval();
   module.to(runtime.device);
   prior.model.set_compute_dtype(compute_dtype(runtime.precision));
   // DPS needs the gradient with respect to the image only; frozen weights skip the weight gradients.
   for (auto& parameter : module.parameters()) parameter.requires_grad_(false);
+  if (prior.first_stage) {
+    auto autoencoder = prior.first_stage->autoencoder();  // a handle sharing the module
+    autoencoder->eval();
+    autoencoder->to(runtime.device);
+    autoencoder->set_compute_dtype(compute_dtype(runtime.precision));
+    for (auto& parameter : autoencoder->parameters()) parameter.requires_grad_(false);
+  }
   return prior;
 }
 
 /// The noise schedule and sampler settings of the model of `files`: a diffusers folder's scheduler (its
 /// `scheduler_config.json`, DDPMScheduler's defaults without one); std::nullopt for an ADM checkpoint,
-/// whose schedule is --beta-schedule.
+/// whose schedule is --beta-schedule, and for a latent model, whose schedule is its config's.
 inline std::optional<DiffusersScheduler> prior_scheduler(const PriorFiles& files) {
   if (!files.diffusers) return std::nullopt;
   try {

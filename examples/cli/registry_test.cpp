@@ -130,7 +130,7 @@ TEST_CASE("a method added as one entry is in the help, has its flags, and runs t
       with_method<TestMethods>("nope", settings, run.method_run, 1, op, AnyNoise(GaussianLikelihood(0.05)),
                                [](const auto&) {}),
       "unknown method 'nope'; methods: dps, mcg, score-sde, score-ald, sdedit, diffpir, ddnm, "
-      "pigdm, ddrm, daps, unguided",
+      "pigdm, ddrm, daps, latent-daps, psld, resample, unguided",
       UsageError);
 }
 
@@ -167,4 +167,29 @@ TEST_CASE(
       "method ddrm cannot run task sign-flip: it needs the operator's singular value "
       "decomposition (drop the task or the method)",
       UsageError);
+}
+
+TEST_CASE("the latent methods run only with a latent diffusion model, the pixel methods only without one") {
+  CHECK(method_names_in(true) == std::vector<std::string>{"latent-daps", "psld", "resample"});
+  CHECK(method_names_in(false).size() == method_names().size() - 3);
+  CHECK(runs_on_latents("psld"));
+  CHECK_FALSE(runs_on_latents("daps"));
+  CHECK_NOTHROW(check_method_space("resample", true, "ldm.ckpt"));
+  CHECK_NOTHROW(check_method_space("dps", false, "adm.pt"));
+  CHECK_THROWS_WITH_AS(
+      check_method_space("dps", true, "ldm.ckpt"),
+      "method dps works in pixel space, but the model 'ldm.ckpt' is a latent diffusion model; "
+      "choose a latent method: latent-daps, psld, resample",
+      UsageError);
+  CHECK_THROWS_WITH_AS(
+      check_method_space("latent-daps", false, "adm.pt"),
+      doctest::Contains("method latent-daps runs on the latents of a latent diffusion model, but "
+                        "the model 'adm.pt' works in pixel space"),
+      UsageError);
+  // PSLD glues with the pseudo-inverse, which a blur lacks; the registry says so before a run.
+  const TaskPlan deblur("gaussian-deblur", TaskParameters{}, {1, 28, 28}, 0);
+  const AnyNoise noise(GaussianLikelihood(0.05));
+  CHECK(missing_capability("psld", deblur, noise) == "it needs the operator's pseudo-inverse");
+  CHECK(missing_capability("resample", deblur, noise).empty());
+  CHECK(missing_capability("latent-daps", deblur, noise).empty());
 }

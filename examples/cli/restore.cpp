@@ -105,7 +105,7 @@ struct RestorePlan {
 /// task's parameters against the model's image shape.
 RestorePlan plan_restore(const RestoreOptions& options, const std::string& command_name,
                          std::string command) {
-  const auto prior_files = resolve_prior(options.model.model, options.model.config);
+  const auto prior_files = resolve_prior(options.model);
   const auto shape = prior_image_shape(prior_files);
   RestorePlan plan{
       options,
@@ -114,7 +114,7 @@ RestorePlan plan_restore(const RestoreOptions& options, const std::string& comma
       gather_inputs(options.input.paths, options.input.test_set, static_cast<int>(shape[0]), shape[1]),
       shape,
       prior_files,
-      run_schedules(options.model, options.sampling),
+      run_schedules(options.model, options.sampling, prior_files),
       0,
       std::move(command)};
   for (const auto& task : plan.tasks)
@@ -158,7 +158,7 @@ void restore_batch(const RestorePlan& plan, size_t t, int64_t batch, Prior& prio
   const auto y_on_device = y.to(device);
   const MethodRun run{task, plan.task_plans[t].default_scale(), plan.schedules, options.noise.sigma};
   const auto method =
-      prepare_method<PriorNetwork>(options.method, options.methods, run, num_samples, repeated, noise);
+      prepare_for_prior(prior, options.method, options.methods, run, num_samples, repeated, noise);
   progress.start(method.num_steps);
   const int64_t done_before = progress.done * progress.steps;
   auto& bar = *progress.bar;
@@ -460,6 +460,7 @@ int run_restore(int argc, char** argv) {
   const auto out = output_folder(options.output, app.get_name());
   const auto shard = options.output.shard.empty() ? Shard{} : parse_shard(options.output.shard);
   set_threads(options.model);
+  check_method_space(options.method, plan.prior_files.latent, plan.prior_files.checkpoint.string());
   for (const auto& task_plan : plan.task_plans) {
     const auto reason = missing_capability(options.method, task_plan, noise);
     if (!reason.empty()) throw cannot_run(options.method, task_plan.task(), reason);

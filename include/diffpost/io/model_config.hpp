@@ -663,6 +663,20 @@ inline LdmModelConfig read_ldm_model_config(const std::filesystem::path& path) {
                                 "'" + path.string() + "'");
 }
 
+/// Whether the config file at `path` has the layout of a CompVis latent-diffusion config (`model: {params:
+/// {unet_config: ...}}`, e.g. `ffhq-ldm-vq-4.yaml`), so that its checkpoint is read by load_latent_diffusion
+/// rather than as an ADM UNet. False when the file cannot be read or parsed; the readers then say why.
+inline bool is_latent_diffusion_config(const std::filesystem::path& path) {
+  try {
+    return detail::is_ldm_config(
+        detail::load_yaml(detail::read_config_text(path, "is_latent_diffusion_config"), path.string()));
+  } catch (const c10::Error&) {
+    return false;
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+
 /// Parses a CompVis first-stage autoencoder config: the standalone layout of
 /// `models/first_stage_models/vq-f4/config.yaml` (`model: {target: ldm.models.autoencoder.VQModel, params:
 /// {embed_dim, n_embed, ddconfig, lossconfig, ...}}`), or a latent-diffusion config, whose
