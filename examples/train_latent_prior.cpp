@@ -71,17 +71,9 @@ struct Flags {
   double grad_clip = 1.0;
   double ema_decay = 0.999;
   double kl_weight = 1e-6;
-  int64_t max_steps = 0;
-  double max_minutes = 0.0;
-  int threads = 2;
-  std::string device = "cpu";
-  int64_t checkpoint_every = 250;
-  int64_t seed = 0;
-  fs::path sample_grid;
-  int64_t samples = 64;
-  std::string sample_steps = "ddim100";
+  // --max-steps, --seed, --sample-grid, ... (training_common.hpp), with DDIM's respacing.
+  ex::TrainingRunFlags run{.sample_steps = "ddim100"};
   double eta = 0.0;
-  int64_t grid_scale = 2;
   int64_t eval_images = 100;
   int64_t latent_images = 0;
   std::string export_dtype = "float32";
@@ -112,17 +104,13 @@ Flags parse_flags(int argc, char** argv) {
   app.add_option("--export", f.export_name, "export DIR/NAME.ckpt and DIR/NAME.yaml")
       ->type_name("NAME")
       ->capture_default_str();
-  app.add_option("--sample-grid", f.sample_grid,
-                 "export: reload the exported files and write a grid of decoded unconditional samples")
-      ->type_name("PNG");
-  app.add_option("--samples", f.samples, "samples in the grid")->check(positive)->capture_default_str();
-  app.add_option("--sample-steps", f.sample_steps, "respacing of the DDIM samples (ddimN or N)")
-      ->capture_default_str();
+  ex::add_training_run_flags(
+      app, f.run,
+      {.max_steps = "stop after N steps of the stage in total (0 = no limit)",
+       .sample_grid = "export: reload the exported files and write a grid of decoded unconditional samples",
+       .sample_steps = "respacing of the DDIM samples (ddimN or N)"});
   app.add_option("--eta", f.eta, "DDIM eta of the samples (0: deterministic DDIM, 1: DDPM-like noise)")
       ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--grid-scale", f.grid_scale, "enlarge each grid cell N times")
-      ->check(positive)
       ->capture_default_str();
   app.add_option("--eval-images", f.eval_images,
                  "export: reconstruction PSNR over the first N Fashion-MNIST test images")
@@ -136,15 +124,6 @@ Flags parse_flags(int argc, char** argv) {
                  "dtype of the exported tensors (float16 halves the file; loads convert to the model's)")
       ->check(CLI::IsMember({"float32", "float16"}))
       ->capture_default_str();
-  app.add_option("--max-steps", f.max_steps, "stop after N steps of the stage in total (0 = no limit)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--max-minutes", f.max_minutes, "stop after M minutes of this invocation (0 = no limit)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  app.add_option("--checkpoint-every", f.checkpoint_every, "save the training state every N steps")
-      ->check(positive)
-      ->capture_default_str();
   app.add_option("--batch-size", f.batch_size)->check(positive)->capture_default_str();
   app.add_option("--lr", f.lr, "Adam learning rate (default: 1e-3 for the autoencoder, 2e-4 for the UNet)")
       ->check(ex::positive_number());
@@ -157,9 +136,6 @@ Flags parse_flags(int argc, char** argv) {
   app.add_option("--kl-weight", f.kl_weight, "weight of the autoencoder's KL term (ldm: 1e-6)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app.add_option("--seed", f.seed)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--threads", f.threads, "intra-op threads")->check(positive)->capture_default_str();
-  ex::add_device_option(app, f.device);
   const char* autoencoder = "Autoencoder (ldm ddconfig; fixed when stage 1 has started)";
   app.add_option("--ae-ch", f.ae_ch)->check(positive)->capture_default_str()->group(autoencoder);
   app.add_option("--ae-ch-mult", f.ae_ch_mult)->delimiter(',')->capture_default_str()->group(autoencoder);
@@ -246,21 +222,22 @@ void train_loop(const Flags& flags, const torch::Tensor& data, const std::string
                 torch::optim::Adam& optimizer, const std::vector<torch::Tensor>& parameters,
                 ex::TrainingState& state, const std::function<torch::Tensor(const torch::Tensor&)>& step,
                 const std::function<void()>& after_step, const std::function<void()>& save) {
-  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed) * 1000003ULL +
+  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed) * 1000003ULL +
                                             static_cast<uint64_t>(state.step));
   const int64_t n = data.size(0);
   auto order = torch::randperm(n, generator, torch::kLong).to(data.device());
   int64_t cursor = 0;
   const auto start = std::chrono::steady_clock::now();
   const double seconds_before = state.trained_seconds;
-  const int64_t planned = flags.max_steps > 0 ? std::max<int64_t>(flags.max_steps - state.step, 0) : 0;
+  const int64_t planned =
+      flags.run.max_steps > 0 ? std::max<int64_t>(flags.run.max_steps - state.step, 0) : 0;
   diffpost::ProgressBar bar(planned, label);
   bar.log_interval(30.0);
   double recent = 0.0;
   int64_t recent_count = 0, steps_this_run = 0;
   while (!ex::stop_requested.load()) {
-    if (flags.max_steps > 0 && state.step >= flags.max_steps) break;
-    if (flags.max_minutes > 0 && ex::minutes_since(start) >= flags.max_minutes) break;
+    if (flags.run.max_steps > 0 && state.step >= flags.run.max_steps) break;
+    if (flags.run.max_minutes > 0 && ex::minutes_since(start) >= flags.run.max_minutes) break;
     if (cursor + flags.batch_size > n) {
       order = torch::randperm(n, generator, torch::kLong).to(data.device());
       cursor = 0;
@@ -283,7 +260,7 @@ void train_loop(const Flags& flags, const torch::Tensor& data, const std::string
     bar.update(planned > 0 ? steps_this_run : state.step,
                fmt::format("step {} loss {:.5f}", state.step, recent / static_cast<double>(recent_count)));
     if (state.step % 100 == 0) recent = 0.0, recent_count = 0;
-    if (state.step % flags.checkpoint_every == 0) save();
+    if (state.step % flags.run.checkpoint_every == 0) save();
   }
   bar.finish();
   if (steps_this_run > 0) save();
@@ -320,7 +297,7 @@ int train_autoencoder(const Flags& flags, const torch::Device& device) {
     fmt::print(stderr, "resumed stage 1 at step {}\n", state.step);
   }
   const auto images = fashion_mnist("train").to(device);
-  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed) + 17ULL * state.step + 1);
+  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed) + 17ULL * state.step + 1);
   const double pixels = 28.0 * 28.0;
   autoencoder->train();
   train_loop(
@@ -406,7 +383,7 @@ int train_unet(const Flags& flags, const torch::Device& device) {
              latents.size(0), fmt::format("{}", latents.sizes().vec()), ex::minutes_since(start) * 60.0,
              scale_factor, latents.std().item<double>());
   const auto schedule = latent_schedule();
-  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed) * 7919ULL + state.step + 3);
+  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed) * 7919ULL + state.step + 3);
   model->train();
   train_loop(
       flags, scaled, "latent unet", optimizer, model->parameters(), state,
@@ -592,30 +569,30 @@ int export_prior(const Flags& flags, const torch::Device& device) {
   fmt::print("reconstruction PSNR over the first {} test images: mean {:.2f} dB (min {:.2f}, max {:.2f})\n",
              flags.eval_images, psnr.mean().item<double>(), psnr.min().item<double>(),
              psnr.max().item<double>());
-  if (!flags.sample_grid.empty()) {
+  if (!flags.run.sample_grid.empty()) {
     unet->to(device);
     first_stage->to(device);
-    const diffpost::DDIMSampler sampler(schedule.respaced(flags.sample_steps),
+    const diffpost::DDIMSampler sampler(schedule.respaced(flags.run.sample_steps),
                                         diffpost::DDIMOptions{}.eta(flags.eta).clip_denoised(false));
-    auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed));
+    auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed));
     const int64_t size = config.unet.image_size();
-    auto z = diffpost::sample_unconditional(unet, sampler, {flags.samples, flags.embed_dim, size, size},
+    auto z = diffpost::sample_unconditional(unet, sampler, {flags.run.samples, flags.embed_dim, size, size},
                                             generator, torch::TensorOptions().device(device));
     auto images = first_stage->decode(z / config.scale_factor).clamp(-1.0, 1.0);
-    ex::save_sample_grid(images, flags.grid_scale, flags.sample_grid);
+    ex::save_sample_grid(images, flags.run.grid_scale, flags.run.sample_grid);
     fmt::print(stderr, "{} samples ({} DDIM steps, eta {}, seed {}; latent std {:.3f}) -> {}\n",
-               flags.samples, sampler.schedule().num_steps(), flags.eta, flags.seed, z.std().item<double>(),
-               flags.sample_grid.string());
+               flags.run.samples, sampler.schedule().num_steps(), flags.eta, flags.run.seed,
+               z.std().item<double>(), flags.run.sample_grid.string());
   }
   return 0;
 }
 
 int run(const Flags& flags) {
   ex::stop_on_signals();
-  const auto device = diffpost::usable_device(flags.device, "--device");
+  const auto device = diffpost::usable_device(flags.run.device, "--device");
   diffpost::install_caching_cpu_allocator();
-  torch::set_num_threads(flags.threads);
-  torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
+  torch::set_num_threads(flags.run.threads);
+  torch::manual_seed(static_cast<uint64_t>(flags.run.seed));  // parameter initialisation
   fs::create_directories(flags.out_dir);
   if (flags.stage == "autoencoder") return train_autoencoder(flags, device);
   if (flags.stage == "unet") return train_unet(flags, device);

@@ -63,19 +63,11 @@ struct Flags {
   double lr = 2e-4;
   double grad_clip = 1.0;
   double ema_decay = 0.999;
-  int64_t max_steps = 0;
-  double max_minutes = 0.0;
-  int threads = 2;
-  std::string device = "cpu";
-  int64_t checkpoint_every = 250;
-  int64_t seed = 0;
   bool flip = true;
   bool fixed_variance = false;
   int64_t time_batches = 0;
-  fs::path sample_grid;
-  int64_t samples = 64;
-  std::string sample_steps = "250";
-  int64_t grid_scale = 2;
+  // --max-steps, --seed, --sample-grid, ... (training_common.hpp), with train_prior's respacing.
+  diffpost::examples::TrainingRunFlags run{.sample_steps = "250"};
   // Architecture (the reference create_model arguments).
   int64_t num_channels = 32;
   int64_t num_res_blocks = 1;
@@ -111,38 +103,15 @@ Flags parse_flags(int argc, char** argv) {
          "--export-safetensors", f.export_safetensors,
          "export the weights as DIR/NAME.safetensors (safetensors' format, no pickle) instead of DIR/NAME.pt")
       ->group("Output");
-  app.add_option(
-         "--sample-grid", f.sample_grid,
-         "after exporting, reload the exported files and write a grid of unconditional samples (DDPM, "
-         "learned variance) to this PNG")
-      ->type_name("PNG")
-      ->group("Output");
-  app.add_option("--samples", f.samples, "samples in the grid")
-      ->check(positive)
-      ->capture_default_str()
-      ->group("Output");
-  app.add_option("--sample-steps", f.sample_steps,
-                 "respacing of the samples, as timestep_respacing (100, ddim50)")
-      ->type_name("SPEC")
-      ->capture_default_str()
-      ->group("Output");
-  app.add_option("--grid-scale", f.grid_scale,
-                 "enlarge each grid cell N times (nearest neighbour) for viewing")
-      ->check(positive)
-      ->capture_default_str()
-      ->group("Output");
-  app.add_option("--max-steps", f.max_steps, "stop after N optimizer steps in total (0 = no limit)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str()
-      ->group("Schedule of the run");
-  app.add_option("--max-minutes", f.max_minutes, "stop after M minutes of this invocation (0 = no limit)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str()
-      ->group("Schedule of the run");
-  app.add_option("--checkpoint-every", f.checkpoint_every, "save the training state every N steps")
-      ->check(positive)
-      ->capture_default_str()
-      ->group("Schedule of the run");
+  diffpost::examples::add_training_run_flags(
+      app, f.run,
+      {.max_steps = "stop after N optimizer steps in total (0 = no limit)",
+       .sample_grid = "after exporting, reload the exported files and write a grid of unconditional samples "
+                      "(DDPM, learned variance) to this PNG",
+       .sample_steps = "respacing of the samples, as timestep_respacing (100, ddim50)",
+       .output_group = "Output",
+       .schedule_group = "Schedule of the run",
+       .run_group = "Optimisation"});
   app.add_option("--time-batches", f.time_batches,
                  "time N training steps, print seconds per step and exit (no state written)")
       ->check(CLI::NonNegativeNumber)
@@ -164,21 +133,12 @@ Flags parse_flags(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str()
       ->group("Optimisation");
-  app.add_option("--seed", f.seed, "random seed")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str()
-      ->group("Optimisation");
   app.add_flag_callback(
          "--no-flip", [&f] { f.flip = false; }, "no random horizontal flips")
       ->group("Optimisation");
   app.add_flag("--fixed-variance", f.fixed_variance,
                "L_simple with a fixed-variance (eps-only) model instead of the hybrid loss")
       ->group("Optimisation");
-  app.add_option("--threads", f.threads, "intra-op threads")
-      ->check(positive)
-      ->capture_default_str()
-      ->group("Optimisation");
-  diffpost::examples::add_device_option(app, f.device)->group("Optimisation");
   const char* architecture =
       "Architecture (guided-diffusion create_model arguments; always learn_sigma unless "
       "--fixed-variance, use_scale_shift_norm, resblock_updown)";
@@ -238,7 +198,7 @@ void export_prior(const Flags& flags, diffpost::AdmUNet& ema,
 }
 
 /// Reloads the exported prior exactly as a user would (config file, then a strict checkpoint load) and
-/// writes a square-ish grid of `flags.samples` unconditional DDPM samples on the respaced schedule.
+/// writes a square-ish grid of `flags.run.samples` unconditional DDPM samples on the respaced schedule.
 void write_sample_grid(const Flags& flags, const torch::Device& device) {
   const auto config_path = flags.out_dir / (flags.export_name + ".yaml");
   const auto config = diffpost::read_adm_model_config(config_path);
@@ -246,17 +206,17 @@ void write_sample_grid(const Flags& flags, const torch::Device& device) {
   diffpost::load_checkpoint(model, flags.out_dir / config.model_path);
   model->eval();
   model->to(device);
-  const diffpost::DDPMSampler sampler(diffpost::DiffusionSchedule::linear().respaced(flags.sample_steps));
-  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed));
+  const diffpost::DDPMSampler sampler(diffpost::DiffusionSchedule::linear().respaced(flags.run.sample_steps));
+  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed));
   const int64_t size = config.options.image_size();
   diffpost::ProgressBar bar(sampler.schedule().num_steps(), "sample");
   auto samples = diffpost::sample_unconditional(
-      model, sampler, {flags.samples, config.options.in_channels(), size, size}, generator,
+      model, sampler, {flags.run.samples, config.options.in_channels(), size, size}, generator,
       torch::TensorOptions().device(device), [&](const diffpost::StepInfo& info) { bar.update(info.step); });
   bar.finish();
-  diffpost::examples::save_sample_grid(samples, flags.grid_scale, flags.sample_grid);
-  fmt::print(stderr, "{} samples ({} DDPM steps, seed {}) -> {}\n", flags.samples,
-             sampler.schedule().num_steps(), flags.seed, flags.sample_grid.string());
+  diffpost::examples::save_sample_grid(samples, flags.run.grid_scale, flags.run.sample_grid);
+  fmt::print(stderr, "{} samples ({} DDPM steps, seed {}) -> {}\n", flags.run.samples,
+             sampler.schedule().num_steps(), flags.run.seed, flags.run.sample_grid.string());
 }
 
 void write_loss_curve(const Flags& flags, const diffpost::examples::TrainingState& state) {
@@ -272,10 +232,10 @@ int run(const Flags& flags) {
   // From here on SIGINT / SIGTERM end the run cleanly: the loop stops, the state is saved, the prior
   // exported.
   diffpost::examples::stop_on_signals();
-  const auto device = diffpost::usable_device(flags.device, "--device");
+  const auto device = diffpost::usable_device(flags.run.device, "--device");
   diffpost::install_caching_cpu_allocator();
-  torch::set_num_threads(flags.threads);
-  torch::manual_seed(static_cast<uint64_t>(flags.seed));  // parameter initialisation
+  torch::set_num_threads(flags.run.threads);
+  torch::manual_seed(static_cast<uint64_t>(flags.run.seed));  // parameter initialisation
   fs::create_directories(flags.out_dir);
   const auto state_path = flags.out_dir / "state.pt";
 
@@ -329,13 +289,13 @@ int run(const Flags& flags) {
                 state_path.string());
     export_prior(flags, ema, state);
     write_loss_curve(flags, state);
-    if (!flags.sample_grid.empty()) write_sample_grid(flags, device);
+    if (!flags.run.sample_grid.empty()) write_sample_grid(flags, device);
     return 0;
   }
 
   const auto schedule = diffpost::DiffusionSchedule::linear();
   // Each run draws from its own stream: resuming continues with a seed derived from the step.
-  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.seed) * 1000003ULL +
+  auto generator = diffpost::make_generator(static_cast<uint64_t>(flags.run.seed) * 1000003ULL +
                                             static_cast<uint64_t>(state.step));
   const int64_t n = images.size(0);
   auto order = torch::randperm(n, generator, torch::kLong).to(device);
@@ -343,9 +303,9 @@ int run(const Flags& flags) {
 
   const auto start = std::chrono::steady_clock::now();
   auto minutes_used = [&] { return diffpost::examples::minutes_since(start); };
-  const int64_t planned = flags.time_batches > 0 ? flags.time_batches
-                          : flags.max_steps > 0  ? std::max<int64_t>(flags.max_steps - state.step, 0)
-                                                 : 0;
+  const int64_t planned = flags.time_batches > 0    ? flags.time_batches
+                          : flags.run.max_steps > 0 ? std::max<int64_t>(flags.run.max_steps - state.step, 0)
+                                                    : 0;
   diffpost::ProgressBar bar(planned, "train");
   bar.log_interval(30.0);
   model->train();
@@ -357,8 +317,8 @@ int run(const Flags& flags) {
   while (true) {
     if (diffpost::examples::stop_requested.load()) break;
     if (flags.time_batches > 0 && steps_this_run >= flags.time_batches) break;
-    if (flags.max_steps > 0 && state.step >= flags.max_steps) break;
-    if (flags.max_minutes > 0 && minutes_used() >= flags.max_minutes) break;
+    if (flags.run.max_steps > 0 && state.step >= flags.run.max_steps) break;
+    if (flags.run.max_minutes > 0 && minutes_used() >= flags.run.max_minutes) break;
     const auto step_start = std::chrono::steady_clock::now();
     if (cursor + flags.batch_size > n) {
       order = torch::randperm(n, generator, torch::kLong).to(device);
@@ -393,11 +353,11 @@ int run(const Flags& flags) {
     recent_vlb += terms.vlb.mean().item<double>();
     ++recent;
     state.trained_seconds = seconds_before + minutes_used() * 60.0;
-    bar.update(flags.max_steps > 0 || flags.time_batches > 0 ? steps_this_run : state.step,
+    bar.update(flags.run.max_steps > 0 || flags.time_batches > 0 ? steps_this_run : state.step,
                fmt::format("step {} loss {:.4f} (mse {:.4f}, vlb {:.3f} bits)", state.step,
                            recent_loss / recent, recent_mse / recent, recent_vlb / recent));
     if (state.step % 100 == 0) recent_loss = recent_mse = recent_vlb = 0.0, recent = 0;
-    if (flags.time_batches == 0 && state.step % flags.checkpoint_every == 0) {
+    if (flags.time_batches == 0 && state.step % flags.run.checkpoint_every == 0) {
       diffpost::examples::save_training_state(state_path, "train_prior", state_modules(model, ema), optimizer,
                                               state);
       write_loss_curve(flags, state);
@@ -407,8 +367,8 @@ int run(const Flags& flags) {
   if (flags.time_batches > 0) {
     fmt::print(
         "{} parameters, {:.3f} s per step of {} images with {} threads (mean of {} steps after the first)\n",
-        parameters, timed_seconds / std::max<int64_t>(steps_this_run - 1, 1), flags.batch_size, flags.threads,
-        steps_this_run - 1);
+        parameters, timed_seconds / std::max<int64_t>(steps_this_run - 1, 1), flags.batch_size,
+        flags.run.threads, steps_this_run - 1);
     return 0;
   }
   if (diffpost::examples::stop_requested.load() && steps_this_run == 0) {
@@ -423,7 +383,7 @@ int run(const Flags& flags) {
   fmt::print(stderr, "stopped at step {} after {:.1f} min in this run ({:.1f} min in total)\n", state.step,
              minutes_used(), state.trained_seconds / 60.0);
   export_prior(flags, ema, state);
-  if (!flags.sample_grid.empty()) write_sample_grid(flags, device);
+  if (!flags.run.sample_grid.empty()) write_sample_grid(flags, device);
   return 0;
 }
 

@@ -1,8 +1,8 @@
 // Pieces shared by the training examples (train_prior, train_latent_prior, train_classifier): parsing the
-// command line (CLI11), the --device flag, reading a Fashion-MNIST split, counting parameters, wall-clock
-// minutes, stopping on SIGINT / SIGTERM, the resumable training state written atomically, the loss curve
-// image, sample grids, and the error reporting of main(). Private to the examples; not part of the diffpost
-// library.
+// command line (CLI11), the --device flag, the run flags of the diffusion trainers (TrainingRunFlags),
+// reading a Fashion-MNIST split, counting parameters, wall-clock minutes, stopping on SIGINT / SIGTERM, the
+// resumable training state written atomically, the loss curve image, sample grids, and the error reporting of
+// main(). Private to the examples; not part of the diffpost library.
 #pragma once
 
 #include <diffpost/io/datasets.hpp>
@@ -62,6 +62,77 @@ inline CLI::Option* add_device_option(CLI::App& app, std::string& device) {
                   "where to train: cpu, cuda or cuda:N (the data is moved there once; random draws come "
                   "from the seeded CPU generator, so a seed gives the same draws on every device)")
       ->capture_default_str();
+}
+
+/// The flags both diffusion training programs (train_prior, train_latent_prior) share: when a run stops
+/// and saves, its seed, threads and device, and the sample grid it may write. One declaration
+/// (add_training_run_flags) keeps their names, defaults and checks the same in both programs; what a
+/// program chooses itself (sample_steps' default, the help that depends on its model) it passes in.
+struct TrainingRunFlags {
+  int64_t max_steps = 0;     ///< stop after this many steps in total (0 = no limit)
+  double max_minutes = 0.0;  ///< stop after this many minutes of this invocation (0 = no limit)
+  int64_t checkpoint_every = 250;
+  int64_t seed = 0;
+  int threads = 2;
+  std::string device = "cpu";
+  std::filesystem::path sample_grid{};  ///< empty: no grid
+  int64_t samples = 64;
+  std::string sample_steps;  ///< respacing of the samples; each program sets its own default
+  int64_t grid_scale = 2;
+};
+
+/// The help of the TrainingRunFlags that differs between the programs, and the help groups they are listed
+/// in ("Options" is CLI11's default group).
+struct TrainingRunHelp {
+  std::string max_steps;                   ///< --max-steps: what a step is
+  std::string sample_grid;                 ///< --sample-grid: what the grid shows and when it is written
+  std::string sample_steps;                ///< --sample-steps: the respacing syntax the sampler accepts
+  std::string output_group = "Options";    ///< --sample-grid, --samples, --sample-steps, --grid-scale
+  std::string schedule_group = "Options";  ///< --max-steps, --max-minutes, --checkpoint-every
+  std::string run_group = "Options";       ///< --seed, --threads, --device
+};
+
+/// Declares the TrainingRunFlags on `app`, bound to `flags`, whose current values are the defaults that
+/// --help shows. They are declared in one block, so --help lists them together within their groups.
+inline void add_training_run_flags(CLI::App& app, TrainingRunFlags& flags, const TrainingRunHelp& help) {
+  const auto positive = CLI::PositiveNumber;
+  app.add_option("--sample-grid", flags.sample_grid, help.sample_grid)
+      ->type_name("PNG")
+      ->group(help.output_group);
+  app.add_option("--samples", flags.samples, "samples in the grid")
+      ->check(positive)
+      ->capture_default_str()
+      ->group(help.output_group);
+  app.add_option("--sample-steps", flags.sample_steps, help.sample_steps)
+      ->type_name("SPEC")
+      ->capture_default_str()
+      ->group(help.output_group);
+  app.add_option("--grid-scale", flags.grid_scale,
+                 "enlarge each grid cell N times (nearest neighbour) for viewing")
+      ->check(positive)
+      ->capture_default_str()
+      ->group(help.output_group);
+  app.add_option("--max-steps", flags.max_steps, help.max_steps)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(help.schedule_group);
+  app.add_option("--max-minutes", flags.max_minutes, "stop after M minutes of this invocation (0 = no limit)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(help.schedule_group);
+  app.add_option("--checkpoint-every", flags.checkpoint_every, "save the training state every N steps")
+      ->check(positive)
+      ->capture_default_str()
+      ->group(help.schedule_group);
+  app.add_option("--seed", flags.seed, "random seed")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(help.run_group);
+  app.add_option("--threads", flags.threads, "intra-op threads")
+      ->check(positive)
+      ->capture_default_str()
+      ->group(help.run_group);
+  add_device_option(app, flags.device)->group(help.run_group);
 }
 
 /// One split of Fashion-MNIST: images [N, 1, 28, 28] in [-1, 1] and their int64 labels [N].
