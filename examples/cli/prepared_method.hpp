@@ -53,17 +53,18 @@ PreparedMethod<Model> prepare_method(const std::string& name, const MethodSettin
 class ErasedOperator {
  public:
   template <ForwardOperator Op>
-  explicit ErasedOperator(const Op& op)
-      : forward_(
-            [shared = std::make_shared<const Op>(op)](const torch::Tensor& x) { return shared->forward(x); }),
-        measurement_shape_([shared = std::make_shared<const Op>(op)](const Shape& image_shape) {
-          return shared->measurement_shape(image_shape);
-        }) {}
+  explicit ErasedOperator(const Op& op) : ErasedOperator(std::make_shared<const Op>(op)) {}
 
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& x) const { return forward_(x); }
   [[nodiscard]] Shape measurement_shape(const Shape& image_shape) const {
     return measurement_shape_(image_shape);
   }
+
+ protected:
+  template <class Op>
+  explicit ErasedOperator(const std::shared_ptr<const Op>& op)
+      : forward_([op](const torch::Tensor& x) { return op->forward(x); }),
+        measurement_shape_([op](const Shape& image_shape) { return op->measurement_shape(image_shape); }) {}
 
  private:
   std::function<torch::Tensor(const torch::Tensor&)> forward_;
@@ -75,17 +76,18 @@ class ErasedPseudoInvertibleOperator : public ErasedOperator {
  public:
   template <PseudoInvertibleOperator Op>
   explicit ErasedPseudoInvertibleOperator(const Op& op)
-      : ErasedOperator(op),
-        adjoint_(
-            [shared = std::make_shared<const Op>(op)](const torch::Tensor& y) { return shared->adjoint(y); }),
-        pseudo_inverse_([shared = std::make_shared<const Op>(op)](const torch::Tensor& y) {
-          return shared->pseudo_inverse(y);
-        }) {}
+      : ErasedPseudoInvertibleOperator(std::make_shared<const Op>(op)) {}
 
   [[nodiscard]] torch::Tensor adjoint(const torch::Tensor& y) const { return adjoint_(y); }
   [[nodiscard]] torch::Tensor pseudo_inverse(const torch::Tensor& y) const { return pseudo_inverse_(y); }
 
  private:
+  template <class Op>
+  explicit ErasedPseudoInvertibleOperator(const std::shared_ptr<const Op>& op)
+      : ErasedOperator(op),
+        adjoint_([op](const torch::Tensor& y) { return op->adjoint(y); }),
+        pseudo_inverse_([op](const torch::Tensor& y) { return op->pseudo_inverse(y); }) {}
+
   std::function<torch::Tensor(const torch::Tensor&)> adjoint_;
   std::function<torch::Tensor(const torch::Tensor&)> pseudo_inverse_;
 };
