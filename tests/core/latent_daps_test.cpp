@@ -1,16 +1,20 @@
 // LatentDAPS: its samples against the exact Gaussian posterior over latents (a linear autoencoder, a Gaussian
 // latent prior, a linear operator through the decoder), with Langevin and with the official damped HMC; the
 // official latent preset's levels and cost on the FFHQ LDM's schedule; and the table of docs/methods.md that
-// compares diffpost's sigma -> timestep rounding with the official code's ADM mapping.
+// compares diffpost's sigma -> timestep rounding with the official code's ADM mapping; and one level's HMC
+// chain against the official MCMCSampler on the same inputs and draws (tests/data/latent_daps/README.md).
 #include <diffpost/dps.hpp>
+#include <diffpost/io/checkpoint.hpp>
 #include <diffpost/methods/latent_daps.hpp>
 #include "support/doctest_with_torch.hpp"
 
 #include "support/linear_autoencoder.hpp"
 #include "support/subsample_problem.hpp"
+#include "support/tensors.hpp"
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -100,6 +104,58 @@ double latent_daps_reference_timestep(double sigma) {
   return 999.0 * (std::sqrt(beta_min * beta_min + 2.0 * beta_d * std::log1p(sigma * sigma)) - beta_min) /
          beta_d;
 }
+
+// The tiny decoder of tests/data/latent_daps (README there): conv3x3(silu(conv3x3(nearest x2 upsampling of
+// z))) from 3-channel latents to 3-channel images, computed in the latents' dtype and then rounded to float32
+// and back, as the official LatentWrapper.loss casts the decoded image with `.float()` (a no-op for float32
+// latents; for float64 latents both sides round the image, and its gradient, identically). The encoder, which
+// the Autoencoder concept asks for and the chain never calls, is 2 x 2 average pooling.
+class LatentDapsChainDecoder {
+ public:
+  explicit LatentDapsChainDecoder(const StateDict& weights)
+      : w1_(weights.at("w1")), b1_(weights.at("b1")), w2_(weights.at("w2")), b2_(weights.at("b2")) {}
+
+  [[nodiscard]] torch::Tensor decode(const torch::Tensor& z) const {
+    namespace F = torch::nn::functional;
+    const auto upsampled = F::interpolate(
+        z, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kNearest));
+    const auto hidden =
+        torch::silu(torch::conv2d(upsampled, w1_.to(z.dtype()), b1_.to(z.dtype()), {1, 1}, {1, 1}));
+    return torch::conv2d(hidden, w2_.to(z.dtype()), b2_.to(z.dtype()), {1, 1}, {1, 1})
+        .to(torch::kFloat)
+        .to(z.dtype());
+  }
+
+  [[nodiscard]] torch::Tensor encode(const torch::Tensor& x) const { return torch::avg_pool2d(x, 2); }
+
+  [[nodiscard]] Shape image_shape(const Shape& latent_shape) const {
+    TORCH_CHECK(latent_shape.size() == 4 && latent_shape[1] == 3,
+                "LatentDapsChainDecoder: latents [B, 3, h, w]");
+    return {latent_shape[0], 3, 2 * latent_shape[2], 2 * latent_shape[3]};
+  }
+
+  [[nodiscard]] Shape latent_shape(const Shape& image_shape) const {
+    TORCH_CHECK(
+        image_shape.size() == 4 && image_shape[1] == 3 && image_shape[2] % 2 == 0 && image_shape[3] % 2 == 0,
+        "LatentDapsChainDecoder: images [B, 3, 2h, 2w]");
+    return {image_shape[0], 3, image_shape[2] / 2, image_shape[3] / 2};
+  }
+
+ private:
+  torch::Tensor w1_, b1_, w2_, b2_;
+};
+static_assert(Autoencoder<LatentDapsChainDecoder>);
+
+// A score model that predicts eps = 0: on a one-step schedule with beta 0.75 (abar = 1/4), Tweedie's estimate
+// is x_t / sqrt(abar) = 2 x_t exactly, so the level's z0_hat is the fixture's z0_hat bit for bit and the
+// comparison isolates the chain.
+struct LatentDapsZeroNoiseModel {
+  torch::Tensor operator()(const torch::Tensor& x_t, const torch::Tensor& /*t*/) const {
+    return torch::zeros_like(x_t);
+  }
+  [[nodiscard]] bool learns_variance() const { return false; }
+};
+static_assert(ScoreModel<LatentDapsZeroNoiseModel>);
 
 }  // namespace
 
@@ -279,4 +335,56 @@ TEST_CASE("sigma -> timestep on the FFHQ LDM: diffpost's rounding against the of
   // and off for the LDM: too little noise at the top (0.68 x at sigma 10), twice too much at the bottom.
   CHECK(smallest_ratio < 0.7);
   CHECK(largest_ratio > 1.9);
+}
+
+TEST_CASE(
+    "LatentDAPS's HMC chain on one level matches the official MCMCSampler (mc_algo hmc) step for step") {
+  // The official chain (cores/mcmc.py MCMCSampler.sample, LatentWrapper with its [-1, 1] gradient clamp,
+  // Inpainting) ran 24 steps from z0_hat on a tiny random decoder, with torch.manual_seed(seed) before the
+  // velocity and the per-step draws; diffpost's DAPS::correct draws the same numbers from a CPU generator
+  // seeded alike. tests/data/latent_daps/README.md says how the reference data were made.
+  const auto reference =
+      read_state_dict(std::filesystem::path(DIFFPOST_TEST_DATA_DIR) / "latent_daps" / "reference_chain.pt");
+  const auto number = [&](const char* key) { return reference.at(key).item<double>(); };
+  // The official LatentDAPS chain settings, as DAPSOptions::latent() has them, are the ones the reference
+  // ran.
+  const auto options = DAPSOptions::latent().annealing_steps(1).sigma_max(2.0).sigma_min(1.0).ode_steps(1);
+  REQUIRE(options.langevin_steps() == reference.at("num_steps").item<int64_t>());
+  REQUIRE(options.step_size() == number("lr"));
+  REQUIRE(options.tau() == number("tau"));
+  REQUIRE(options.momentum() == number("momentum"));
+  REQUIRE(options.gradient_clamp() == 1.0);
+
+  using ChainDAPS = LatentDAPS<GaussianLikelihood, InpaintingOperator, LatentDapsChainDecoder>;
+  const ChainDAPS method(GaussianLikelihood(0.05),
+                         {InpaintingOperator(reference.at("mask")), LatentDapsChainDecoder(reference)},
+                         DiffusionSchedule(std::vector<double>{0.75}), options);
+  REQUIRE(method.schedule().num_steps() == 1);
+  REQUIRE(method.ode_path(0).size() == 1);  // Tweedie's estimate at the level's own step
+  // The first of one level: the full step size (the official get_lr(0)); sigma sqrt(3) as the reference's.
+  REQUIRE(method.langevin_step_size(0) == number("lr"));
+  REQUIRE(method.model_schedule().sqrt_recipm1_alphas_cumprod()[0] == number("sigma"));
+  const PosteriorSampler daps(method);
+  LatentDapsZeroNoiseModel model;
+
+  for (const auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    const bool single = dtype == torch::kFloat32;
+    CAPTURE(single);
+    const auto z0_hat = reference.at("z0_hat").to(dtype);
+    const auto z_t = 0.5 * z0_hat;
+    const auto y = reference.at("y").to(dtype);
+    auto generator = make_generator(static_cast<uint64_t>(reference.at("seed").item<int64_t>()));
+    const auto result = daps.step(model, z_t, y, 0, torch::zeros_like(z_t), generator);
+    REQUIRE(torch::equal(result.x0_hat, z0_hat));
+    // One level only: the step re-noises to sigma 0, so x_prev is the chain's last z0.
+    const auto& expected = reference.at(single ? "z0_float32" : "z0_float64");
+    REQUIRE((result.x_prev.scalar_type() == expected.scalar_type()));
+    const double max_abs = (result.x_prev - expected).abs().max().item<double>();
+    const double relative = testing::relative_error(result.x_prev, expected);
+    MESSAGE("LatentDAPS HMC chain (24 steps) vs the official MCMCSampler, ", single ? "float32" : "float64",
+            ": max abs error ", max_abs, ", relative ", relative, " (max |z0| ",
+            expected.abs().max().item<double>(), ", moved ", (expected - z0_hat).abs().max().item<double>(),
+            " from z0_hat)");
+    CHECK(relative <= (single ? 1e-5 : 1e-10));
+  }
 }
